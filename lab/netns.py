@@ -168,7 +168,7 @@ def unique_prefix(tag: str = "t") -> str:
     """
     if not (1 <= len(tag) <= 2 and _NAME_RE.match(tag)):
         raise ValueError(f"tag {tag!r}: use 1 or 2 characters from a-z, 0-9")
-    pid_part = _base36(os.getpid(), 3)
+    pid_part = _base36(os.getpid(), 3)  # the pid's last 3 base-36 digits; clashes are skipped below
     counter_width = PREFIX_MAX_LEN - len(tag) - len(pid_part)
     in_use = list_namespaces()
     for _ in range(36 ** counter_width):
