@@ -1,0 +1,122 @@
+"""What the election core decides: reasons and effects, as frozen data.
+
+The core returns a list of these; the asyncio shell carries them out in
+order. Every transition carries a Reason: a code for machines (status,
+SNMP, tests) and one sentence for people (logs, notify scripts).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .states import Flags, State
+
+
+class Why(str, enum.Enum):
+    STARTUP = "startup"
+    MASTER_HEARD = "master-heard"        # INIT -> BACKUP: someone else is MASTER
+    MASTER_DOWN = "master-down"          # the MASTER fell silent (Master_Down_Timer)
+    NO_MASTER = "no-master"              # nobody was MASTER when the timer ran out
+    MASTER_LEFT = "master-left"          # the MASTER said it leaves (priority 0, FAULT, BACKUP)
+    HANDOVER_TO_ME = "handover-to-me"    # the MASTER handed its VIPs to this node
+    HANDED_OVER = "handed-over"          # this node handed its VIPs to another
+    SPLIT_BRAIN = "split-brain"          # two MASTERs heard each other; this one lost
+    FAULT = "fault"                      # link down, check down, ...
+    RECOVERED = "recovered"              # every fault cleared
+    COMMAND = "command"                  # takeover by an operator
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: Why
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The parts of a heartbeat the core decides; the shell adds the rest."""
+
+    state: State
+    priority: int
+    flags: Flags
+    term: int
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class SendAdvert:
+    advert: Outgoing
+
+
+@dataclass(frozen=True)
+class Transition:
+    old: State
+    new: State
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class AcquireVips:
+    """Add every VIP (as a renewable lease) and announce it (GARP / NA)."""
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class ReleaseVips:
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Announce the VIPs again (GARP / NA) without changing anything."""
+    why: str
+
+
+@dataclass(frozen=True)
+class StartDrain:
+    """Wait until no DICOM association is open on a VIP (at most timeout_s), then
+    tell the core with `drained()`."""
+    target: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class HandoverDone:
+    target: str | None
+    ok: bool
+    text: str
+    cut: int = 0
+
+
+@dataclass(frozen=True)
+class PeerChange:
+    name: str
+    up: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class SplitBrain:
+    peer: str
+    winner: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something an operator should read in the log, without a state change."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    text: str
+
+
+Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
+          | HandoverDone | PeerChange | SplitBrain | Notice | Stopped)

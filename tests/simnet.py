@@ -1,0 +1,210 @@
+"""An in-memory cluster for the election core: fake clock, lossy network, no sleeps.
+
+Each node is a real `Election`; heartbeats go through the real wire
+encoder, HMAC and replay guard, and arrive after `latency_s` unless the
+link is cut. The clock jumps straight to the next deadline or delivery,
+so a minute of cluster time takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+from dataclasses import dataclass, field
+
+from hapacs import wire
+from hapacs.effects import (
+    AcquireVips, Announce, HandoverDone, ReleaseVips, SendAdvert, SplitBrain, StartDrain, Stopped,
+    Transition,
+)
+from hapacs.election import Election, Params
+from hapacs.states import State
+
+KEY = b"k" * 32
+CLUSTER = 7
+DIGEST = wire.vip_digest(["192.0.2.100/24"])
+
+
+@dataclass
+class SimNode:
+    name: str
+    election: Election
+    address: bytes
+    alive: bool = True          # False: crashed, neither sends nor runs timers
+    holds_vip: bool = False
+    boot_id: int = 1
+    seq: int = 0
+    transitions: list[tuple[float, Transition]] = field(default_factory=list)
+    effects: list[tuple[float, object]] = field(default_factory=list)
+    drain_delay_s: float | None = 0.0   # None: the shell never finishes draining
+    guard: wire.ReplayGuard = field(default_factory=wire.ReplayGuard)
+
+    @property
+    def state(self) -> State:
+        return self.election.state
+
+
+class SimCluster:
+    def __init__(self, latency_s: float = 0.0005):
+        self.now = 1000.0
+        self.latency_s = latency_s
+        self.nodes: dict[str, SimNode] = {}
+        self.cut: set[frozenset[str]] = set()
+        self._queue: list = []
+        self._order = itertools.count()
+        self.holder_history: list[tuple[float, tuple[str, ...]]] = []
+
+    # --- building ------------------------------------------------------------
+
+    def add(self, name: str, priority: int, address: str, *, interval: float = 0.1, dead_after: int = 3,
+            preempt: bool = True, preempt_delay: float = 0.0, start: bool = True) -> SimNode:
+        packed = ipaddress.ip_address(address).packed
+        params = Params(name, packed, priority, interval, dead_after, preempt, preempt_delay, DIGEST,
+                        drain_timeout_s=1.0)
+        node = SimNode(name, Election(params, self.now), packed)
+        self.nodes[name] = node
+        if start:
+            self.apply(node, node.election.start(self.now))
+        return node
+
+    def restart(self, name: str, **kwargs) -> SimNode:
+        old = self.nodes[name]
+        params = old.election.p
+        node = SimNode(name, Election(params, self.now), old.address, boot_id=old.boot_id + 1,
+                       holds_vip=old.holds_vip)
+        self.nodes[name] = node
+        self.apply(node, node.election.start(self.now))
+        return node
+
+    # --- network ---------------------------------------------------------------
+
+    def isolate(self, name: str) -> None:
+        for other in self.nodes:
+            if other != name:
+                self.cut.add(frozenset((name, other)))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def crash(self, name: str) -> None:
+        """kill -9 of the agent: it stops, and its VIP stays until its lease would expire."""
+        self.nodes[name].alive = False
+
+    def apply(self, node: SimNode, effects) -> None:
+        for effect in effects:
+            node.effects.append((self.now, effect))
+            if isinstance(effect, SendAdvert):
+                self._send(node, effect)
+            elif isinstance(effect, Transition):
+                node.transitions.append((self.now, effect))
+            elif isinstance(effect, AcquireVips):
+                node.holds_vip = True
+                self._record_holders()
+            elif isinstance(effect, ReleaseVips):
+                node.holds_vip = False
+                self._record_holders()
+            elif isinstance(effect, Stopped):
+                node.alive = False   # the agent process exits
+            elif isinstance(effect, StartDrain) and node.drain_delay_s is not None:
+                self._schedule(self.now + node.drain_delay_s, "drained", node.name, None)
+
+    def _record_holders(self) -> None:
+        self.holder_history.append((self.now, self.holders()))
+
+    def _send(self, node: SimNode, effect: SendAdvert) -> None:
+        out = effect.advert
+        node.seq += 1
+        advert = wire.Advert(CLUSTER, node.name, out.state, out.priority, out.flags,
+                             int(round(node.election.p.advert_interval_s * 1000)), out.term,
+                             node.boot_id, node.seq, node.election.p.vip_digest, out.target)
+        data = wire.encode(advert, KEY)
+        for other in self.nodes:
+            if other != node.name and frozenset((node.name, other)) not in self.cut:
+                self._schedule(self.now + self.latency_s, "deliver", other, (data, node.address))
+
+    def _schedule(self, at: float, kind: str, name: str, payload) -> None:
+        heapq.heappush(self._queue, (at, next(self._order), kind, name, payload))
+
+    # --- running -----------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Advance to the next event (delivery or timer); False if nothing is left."""
+        timer_at, timer_node = None, None
+        for node in self.nodes.values():
+            deadline = node.election.next_deadline() if node.alive else None
+            if deadline is not None and (timer_at is None or deadline < timer_at):
+                timer_at, timer_node = deadline, node
+        queued_at = self._queue[0][0] if self._queue else None
+        if timer_at is None and queued_at is None:
+            return False
+        if queued_at is not None and (timer_at is None or queued_at <= timer_at):
+            at, _, kind, name, payload = heapq.heappop(self._queue)
+            self.now = max(self.now, at)
+            node = self.nodes[name]
+            if not node.alive:
+                return True
+            if kind == "deliver":
+                data, address = payload
+                advert = wire.decode(data, [KEY], CLUSTER)
+                try:
+                    node.guard.check(advert)
+                except wire.WireError:
+                    return True
+                self.apply(node, node.election.receive(advert, address, self.now))
+            elif kind == "drained":
+                self.apply(node, node.election.drained(0, self.now))
+            return True
+        self.now = max(self.now, timer_at)
+        self.apply(timer_node, timer_node.election.handle_timer(self.now))
+        return True
+
+    def run(self, seconds: float, max_steps: int = 200_000) -> None:
+        end = self.now + seconds
+        for _ in range(max_steps):
+            nxt = self._peek()
+            if nxt is None or nxt > end:
+                break
+            self.step()
+        else:
+            raise AssertionError(f"more than {max_steps} steps in {seconds} s of cluster time")
+        self.now = max(self.now, end)
+
+    def run_until(self, predicate, timeout: float, what: str) -> float:
+        """Run until predicate() holds; return the cluster time it took."""
+        start = self.now
+        end = start + timeout
+        while not predicate():
+            nxt = self._peek()
+            if nxt is None or nxt > end:
+                raise AssertionError(f"{what}: not reached within {timeout} s of cluster time")
+            self.step()
+        return self.now - start
+
+    def _peek(self) -> float | None:
+        candidates = [n.election.next_deadline() for n in self.nodes.values() if n.alive]
+        candidates = [c for c in candidates if c is not None]
+        if self._queue:
+            candidates.append(self._queue[0][0])
+        return min(candidates) if candidates else None
+
+    def command(self, name: str, method: str, *args, **kwargs) -> list:
+        """Call an Election method with the cluster's time as its `now`."""
+        node = self.nodes[name]
+        effects = getattr(node.election, method)(*args, self.now, **kwargs)
+        self.apply(node, effects)
+        return effects
+
+    # --- looking -------------------------------------------------------------------
+
+    def masters(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.alive and n.state == State.MASTER]
+
+    def holders(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes.values() if n.holds_vip and n.alive)
+
+    def effects_of(self, name: str, kind) -> list:
+        return [e for _, e in self.nodes[name].effects if isinstance(e, kind)]
+
+
+__all__ = ["SimCluster", "SimNode", "Announce", "HandoverDone", "SplitBrain", "Stopped"]

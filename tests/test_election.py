@@ -1,0 +1,355 @@
+"""The election core on a fake clock (RFC 5798 sections cited per test). No sleeps."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hapacs.effects import (
+    AcquireVips, Announce, HandoverDone, Notice, ReleaseVips, SendAdvert, SplitBrain, Stopped,
+    Transition, Why,
+)
+from hapacs.election import CommandRefused
+from hapacs.states import Flags, State
+
+from .simnet import SimCluster
+
+M, B = State.MASTER, State.BACKUP
+
+
+def two_nodes(**kwargs) -> SimCluster:
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11", **kwargs)
+    sim.add("b", 100, "192.0.2.12", **kwargs)
+    sim.run_until(lambda: sim.masters() == ["a"] and sim.nodes["b"].state == B, 2.0, "a elected")
+    sim.run(0.5)   # let each hear the other's new state
+    return sim
+
+
+def last_reason(sim: SimCluster, name: str) -> Transition:
+    return sim.nodes[name].transitions[-1][1]
+
+
+def test_highest_priority_becomes_master_and_only_it_holds_the_vip():
+    sim = two_nodes()
+    assert sim.holders() == ("a",)
+    sim.run(5.0)
+    assert sim.masters() == ["a"] and sim.holders() == ("a",)
+    assert [t.reason.code for _, t in sim.nodes["a"].transitions] == [Why.NO_MASTER]
+    assert [t.reason.code for _, t in sim.nodes["b"].transitions] == [Why.MASTER_HEARD]
+
+
+def test_start_listens_one_master_down_interval_before_deciding():
+    # RFC 5798 6.4.1 with a listening INIT: nobody is MASTER before the interval ends.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.run(0.29)
+    assert sim.masters() == []
+    took = sim.run_until(lambda: sim.masters() == ["a"], 1.0, "a master")
+    assert took <= 0.02
+
+
+def test_master_crash_backup_takes_over_after_master_down_interval():
+    # RFC 5798 6.4.2: Master_Down_Timer; b is the best candidate, so its skew is 0.
+    sim = two_nodes()
+    sim.crash("a")
+    crashed_at = sim.now
+    took = sim.run_until(lambda: sim.nodes["b"].state == M, 2.0, "b master")
+    assert 0.2 <= took <= 0.3 + 0.001
+    reason = last_reason(sim, "b").reason
+    assert reason.code == Why.MASTER_DOWN and "MASTER a silent for" in reason.text
+    assert sim.nodes["b"].holds_vip and sim.now - crashed_at == pytest.approx(took)
+
+
+def test_second_best_backup_waits_the_rfc_skew_behind_the_best():
+    sim = SimCluster()
+    sim.add("a", 200, "192.0.2.11")
+    sim.add("b", 150, "192.0.2.12")
+    sim.add("c", 100, "192.0.2.13")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.run(1.0)
+    a_peer = sim.nodes["c"].election.peers["a"]
+    assert sim.nodes["b"].election._master_down_interval_s(a_peer) == pytest.approx(0.3)
+    assert sim.nodes["c"].election._master_down_interval_s(a_peer) == pytest.approx(
+        3 * 0.1 + (256 - 100) * 0.1 / 256)
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    sim.run(2.0)
+    assert sim.masters() == ["b"] and sim.nodes["c"].state == B
+    assert all(t.new != M for _, t in sim.nodes["c"].transitions)
+
+
+def test_three_nodes_highest_remaining_priority_wins_even_if_listed_last():
+    sim = SimCluster()
+    sim.add("a", 200, "192.0.2.11")
+    sim.add("b", 100, "192.0.2.12")
+    sim.add("c", 150, "192.0.2.13")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.run(0.5)
+    sim.crash("a")
+    sim.run_until(lambda: len(sim.masters()) == 1 and sim.masters() != ["a"], 2.0, "new master")
+    sim.run(2.0)
+    assert sim.masters() == ["c"] and sim.holders() == ("c",)
+
+
+def test_ties_are_broken_by_the_higher_address():
+    # RFC 5798 6.4.3: same priority, the higher primary address wins.
+    sim = SimCluster()
+    sim.add("a", 100, "192.0.2.11")
+    sim.add("b", 100, "192.0.2.12")
+    sim.run_until(lambda: len(sim.masters()) == 1, 2.0, "one master")
+    sim.run(2.0)
+    assert sim.masters() == ["b"]
+
+
+def test_shutdown_of_master_hands_over_with_priority_zero_make_before_break():
+    # RFC 5798 6.4.3: a leaving MASTER sends priority 0; here it also names b.
+    sim = two_nodes()
+    sim.command("a", "shutdown", 0.0)
+    took = sim.run_until(lambda: sim.nodes["b"].state == M, 1.0, "b master")
+    assert took < 0.005   # no Master_Down_Interval: one heartbeat's flight
+    sim.run_until(lambda: sim.effects_of("a", Stopped), 1.0, "a stopped")
+    assert last_reason(sim, "b").reason.code == Why.HANDOVER_TO_ME
+    assert last_reason(sim, "a").reason.code == Why.HANDED_OVER
+    # Make before break: at every change someone held the VIP.
+    assert all(holders for _, holders in sim.holder_history)
+    assert sim.holders() == ("b",)
+
+
+def test_master_leaving_without_successor_backups_wait_skew_only():
+    # RFC 5798 6.4.2: priority 0 sets Master_Down_Timer to Skew_Time.
+    sim = SimCluster()
+    sim.add("a", 200, "192.0.2.11")
+    sim.add("b", 150, "192.0.2.12")
+    sim.add("c", 100, "192.0.2.13")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.run(0.5)
+    # a names no successor when it leaves: it sends priority 0 with no target.
+    sim.apply(sim.nodes["a"], sim.nodes["a"].election._finish_stop("test: leaving", sim.now))
+    took = sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
+    assert took < 0.005          # b is the best candidate: skew 0
+    assert last_reason(sim, "b").reason.code == Why.MASTER_LEFT
+    sim.run(1.0)
+    assert sim.nodes["c"].state == B
+
+
+def test_preempt_true_old_master_takes_back_after_preempt_delay_with_a_drained_handover():
+    sim = two_nodes(preempt_delay=2.0)
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    sim.restart("a")
+    sim.run_until(lambda: sim.nodes["a"].state == B, 1.0, "a backup")
+    started = sim.now
+    sim.run_until(lambda: sim.masters() == ["a"], 5.0, "a master again")
+    assert sim.now - started >= 2.0
+    assert last_reason(sim, "a").reason.code == Why.HANDOVER_TO_ME
+    assert any(isinstance(e, HandoverDone) and e.ok for e in sim.effects_of("b", HandoverDone))
+    sim.run(3.0)
+    assert sim.holders() == ("a",)
+
+
+def test_preempt_false_old_master_stays_backup():
+    sim = two_nodes(preempt=False)
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    sim.restart("a")
+    sim.run(10.0)
+    assert sim.masters() == ["b"] and sim.nodes["a"].state == B and sim.holders() == ("b",)
+
+
+def test_restarted_node_removes_stale_vip_when_it_hears_a_master():
+    sim = two_nodes()
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    node = sim.restart("a")
+    assert node.holds_vip   # the old lease is still on the interface
+    sim.run_until(lambda: not sim.nodes["a"].holds_vip, 0.2, "stale VIP released")
+    assert sim.nodes["a"].state == B
+
+
+def test_healed_partition_newer_master_stays_loser_steps_down_at_once_winner_announces():
+    sim = two_nodes(preempt=False)
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
+    sim.run(1.0)
+    sim.heal()
+    healed = sim.now
+    sim.run_until(lambda: sim.masters() == ["b"], 1.0, "one master")
+    assert sim.now - healed <= 2 * 0.1
+    assert last_reason(sim, "a").reason.code == Why.SPLIT_BRAIN
+    assert "became MASTER more recently" in last_reason(sim, "a").reason.text
+    sim.run(0.01)
+    assert sim.effects_of("b", Announce)
+    sim.run(2.0)
+    assert sim.holders() == ("b",)
+
+
+@pytest.mark.parametrize("partition_s", [0.35, 0.5, 3.0])
+def test_after_any_partition_the_winner_announces_again(partition_s):
+    # Short partitions too: b never marked a as lost, and a may step down before b hears it.
+    sim = two_nodes(preempt=False)
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
+    sim.run(partition_s - 0.3)
+    announced = len(sim.effects_of("b", Announce))
+    sim.heal()
+    sim.run(2 * 0.1)
+    assert sim.masters() == ["b"] and sim.holders() == ("b",)
+    assert len(sim.effects_of("b", Announce)) > announced
+
+
+def test_hung_master_resumed_resolves_to_one_holder():
+    sim = two_nodes(preempt=False)
+    sim.crash("a")                      # SIGSTOP: no timers, no packets
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    sim.run(3.0)
+    sim.nodes["a"].alive = True          # SIGCONT: a still believes it is MASTER
+    sim.run_until(lambda: sim.masters() == ["b"], 0.5, "a steps down")
+    assert sim.holders() == ("b",)
+
+
+def test_link_down_is_fault_at_once_and_link_up_returns_to_backup():
+    sim = two_nodes()
+    sim.command("a", "set_fault", "link:eth0", "link eth0 down")
+    assert sim.nodes["a"].state == State.FAULT and not sim.nodes["a"].holds_vip
+    took = sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
+    assert took < 0.005   # b hears a in FAULT: it left, and b is the best candidate
+    assert last_reason(sim, "b").reason.code == Why.MASTER_LEFT
+    sim.command("a", "set_fault", "link:eth0", None, recovered="link eth0 up")
+    assert sim.nodes["a"].state == B
+    assert last_reason(sim, "a").reason.text == "link eth0 up"
+
+
+def test_fault_node_never_becomes_master_even_alone():
+    sim = SimCluster()
+    node = sim.add("a", 150, "192.0.2.11", start=False)
+    node.election.set_fault("check:pacs", "check pacs down", sim.now)
+    sim.apply(node, node.election.start(sim.now))
+    sim.run(5.0)
+    assert node.state == State.FAULT and not node.holds_vip
+
+
+def test_negative_weight_penalty_lets_a_healthier_backup_preempt():
+    sim = two_nodes(preempt_delay=0.5)
+    sim.command("a", "set_penalty", 100)   # 150 - 100 = 50 < 100
+    sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b master")
+    assert sim.nodes["a"].election.priority == 50
+
+
+def test_penalty_is_clamped_to_one():
+    sim = two_nodes()
+    sim.command("a", "set_penalty", 1000)
+    assert sim.nodes["a"].election.priority == 1
+
+
+def test_maintenance_freezes_master_through_a_fault():
+    sim = two_nodes()
+    sim.command("a", "set_maintenance", True)
+    sim.command("a", "set_fault", "check:pacs", "check pacs down")
+    sim.run(3.0)
+    assert sim.masters() == ["a"]
+    effects = sim.command("a", "set_maintenance", False)
+    assert any(isinstance(e, Transition) and e.new == State.FAULT for e in effects)
+
+
+def test_backup_in_maintenance_does_not_take_over():
+    sim = two_nodes()
+    sim.command("b", "set_maintenance", True)
+    sim.crash("a")
+    sim.run(3.0)
+    assert sim.nodes["b"].state == B and sim.masters() == []
+    notices = [e.text for e in sim.effects_of("b", Notice)]
+    assert any("may not become MASTER: maintenance is on" in t for t in notices)
+    sim.command("b", "set_maintenance", False)
+    sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
+
+
+def test_release_refused_without_healthy_backup_and_on_backup():
+    sim = two_nodes()
+    with pytest.raises(CommandRefused, match="not MASTER"):
+        sim.command("b", "release", 30.0)
+    sim.command("b", "set_fault", "check:pacs", "check pacs down")
+    sim.run(0.01)
+    with pytest.raises(CommandRefused, match=r"no healthy BACKUP.*b FAULT"):
+        sim.command("a", "release", 30.0)
+
+
+def test_release_hands_over_after_drain_and_new_master_is_sticky():
+    sim = two_nodes(preempt_delay=0.0)
+    sim.nodes["a"].drain_delay_s = 1.5
+    sim.command("a", "release", 30.0)
+    sim.run(1.4)
+    assert sim.masters() == ["a"]        # still draining
+    sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
+    done = sim.effects_of("a", HandoverDone)
+    assert done and done[-1].ok and done[-1].target == "b"
+    sim.run(5.0)                         # a has preempt and a higher priority, but b is sticky
+    assert sim.masters() == ["b"] and sim.nodes["b"].election.sticky
+    assert all(holders for _, holders in sim.holder_history)
+
+
+def test_takeover_on_backup_asks_master_and_stays_master():
+    sim = two_nodes(preempt_delay=0.0)
+    sim.command("b", "takeover")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    assert sim.nodes["b"].election.sticky
+    sim.run(5.0)
+    assert sim.masters() == ["b"]
+    # another command ends it: release hands back to a
+    sim.command("b", "release", 1.0)
+    sim.run_until(lambda: sim.masters() == ["a"], 3.0, "a master")
+
+
+def test_takeover_refused_in_fault():
+    sim = two_nodes()
+    sim.command("b", "set_fault", "check:pacs", "check pacs down")
+    with pytest.raises(CommandRefused, match="FAULT"):
+        sim.command("b", "takeover")
+
+
+def test_handover_to_a_target_that_never_answers_is_abandoned_and_master_stays():
+    sim = two_nodes()
+    sim.command("a", "release", 0.0)
+    sim.crash("b")   # b dies right after the drain started
+    sim.run_until(lambda: sim.effects_of("a", HandoverDone), 3.0, "handover result")
+    result = sim.effects_of("a", HandoverDone)[-1]
+    assert not result.ok and sim.masters() == ["a"] and sim.nodes["a"].holds_vip
+
+
+def test_every_transition_has_a_reason_sentence():
+    sim = two_nodes()
+    sim.crash("a")
+    sim.run(2.0)
+    sim.restart("a")
+    sim.run(3.0)
+    for node in sim.nodes.values():
+        for _, transition in node.transitions:
+            assert transition.reason.text and isinstance(transition.reason.code, Why)
+
+
+def test_core_is_deterministic():
+    def scenario():
+        sim = two_nodes()
+        sim.crash("a")
+        sim.run(1.0)
+        sim.restart("a")
+        sim.run(3.0)
+        return [(round(t, 9), tr.old, tr.new, tr.reason.text)
+                for n in sim.nodes.values() for t, tr in n.transitions]
+    assert scenario() == scenario()
+
+
+def test_backup_heartbeats_carry_state_and_preempt_flag():
+    sim = two_nodes()
+    adverts = sim.effects_of("b", SendAdvert)
+    assert adverts[-1].advert.state == B and Flags.PREEMPT in adverts[-1].advert.flags
+
+
+def test_thousands_of_steps_per_second():
+    sim = two_nodes()
+    started = time.perf_counter()
+    sim.run(300.0)   # 300 s of cluster time: ~6000 heartbeats and their deliveries
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5.0
+    assert sim.masters() == ["a"]
