@@ -1,0 +1,184 @@
+"""One frozen status snapshot, rendered as JSON (CONTRACT.md) or as a table.
+
+The control socket, `hapacs status`, SNMP and systemd's STATUS= line all
+read this same object, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class VipStatus:
+    address: str
+    interface: str
+    held: bool
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    name: str
+    address: str
+    state: str            # INIT, BACKUP, MASTER, FAULT; "LOST" when silent
+    priority: int
+    last_seen_s: float
+    maintenance: bool = False
+
+
+@dataclass(frozen=True)
+class CheckStatus:
+    name: str
+    type: str
+    ok: bool | None       # None until the first result
+    latency_ms: float | None
+    message: str
+    since_s: float | None = None   # time in the current up/down state
+    weight: int = 0
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    at: str               # ISO 8601 UTC, for people
+    old: str
+    new: str
+    reason: str
+    code: str
+    monotonic: float = 0.0
+
+
+@dataclass(frozen=True)
+class Counters:
+    transitions: int = 0
+    became_master: int = 0
+    adverts_sent: int = 0
+    adverts_received: int = 0
+    split_brains: int = 0
+    peers_lost: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Status:
+    node: str
+    cluster_id: int
+    state: str
+    since_s: float
+    priority: int
+    effective_priority: int
+    master: str | None
+    maintenance: bool
+    vips: tuple[VipStatus, ...]
+    peers: tuple[PeerStatus, ...]
+    checks: tuple[CheckStatus, ...]
+    transitions: tuple[TransitionRecord, ...]
+    counters: Counters
+    sticky: bool = False
+    faults: tuple[str, ...] = ()
+    alone: bool = False
+    handover_target: str | None = None
+    master_address: str | None = None
+    address: str | None = None
+    interface: str = ""
+    advert_interval_s: float = 0.0
+    preempt: bool = True
+    uptime_s: float = 0.0
+    version: str = ""
+    pid: int = 0
+
+    def to_json(self) -> dict:
+        """The CONTRACT.md status object, plus what operators need beside it."""
+        return {
+            "node": self.node, "cluster_id": self.cluster_id,
+            "state": self.state, "since_s": round(self.since_s, 3),
+            "priority": self.priority, "effective_priority": self.effective_priority,
+            "master": self.master, "maintenance": self.maintenance,
+            "vips": [asdict(v) for v in self.vips],
+            "peers": [{"name": p.name, "address": p.address, "state": p.state, "priority": p.priority,
+                       "last_seen_s": round(p.last_seen_s, 3), "maintenance": p.maintenance}
+                      for p in self.peers],
+            "checks": [{"name": c.name, "type": c.type, "ok": c.ok,
+                        "latency_ms": None if c.latency_ms is None else round(c.latency_ms, 1),
+                        "message": c.message,
+                        "since_s": None if c.since_s is None else round(c.since_s, 3),
+                        "weight": c.weight} for c in self.checks],
+            "transitions": [{"at": t.at, "from": t.old, "to": t.new, "reason": t.reason, "code": t.code}
+                            for t in self.transitions],
+            "counters": {k: v for k, v in asdict(self.counters).items() if k != "drops"},
+            "drops": dict(self.counters.drops),
+            "sticky": self.sticky, "faults": list(self.faults), "alone": self.alone,
+            "handover_target": self.handover_target, "master_address": self.master_address,
+            "address": self.address, "interface": self.interface,
+            "advert_interval_s": self.advert_interval_s, "preempt": self.preempt,
+            "uptime_s": round(self.uptime_s, 3), "version": self.version, "pid": self.pid,
+        }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return lines
+
+
+def render_table(status: Status, history: int = 5) -> str:
+    """What an operator reads at a glance: who is MASTER, what is wrong, what changed."""
+    flags = []
+    if status.maintenance:
+        flags.append("MAINTENANCE")
+    if status.sticky:
+        flags.append("sticky (by takeover)")
+    if status.alone:
+        flags.append("alone: no peer heard")
+    if status.handover_target:
+        flags.append(f"handing over to {status.handover_target}")
+    priority = str(status.priority)
+    if status.effective_priority != status.priority:
+        priority += f" (effective {status.effective_priority})"
+    lines = [
+        f"{status.node}  {status.state}  for {_age(status.since_s)}"
+        + (f"  [{', '.join(flags)}]" if flags else ""),
+        f"cluster {status.cluster_id} on {status.interface}, priority {priority}, "
+        f"master {status.master or '(none)'}"
+        + (f" at {status.master_address}" if status.master_address and status.master != status.node else ""),
+    ]
+    if status.faults:
+        lines.append("FAULT because: " + "; ".join(status.faults))
+    lines.append("")
+    lines += _table(["VIP", "INTERFACE", "HELD HERE"],
+                    [[v.address, v.interface, "yes" if v.held else "no"] for v in status.vips])
+    lines.append("")
+    if status.peers:
+        lines += _table(["PEER", "ADDRESS", "STATE", "PRIORITY", "LAST HEARD"],
+                        [[p.name, p.address, p.state + (" (maintenance)" if p.maintenance else ""),
+                          str(p.priority), _age(p.last_seen_s) + " ago"] for p in status.peers])
+    else:
+        lines.append("PEERS  none heard yet")
+    if status.checks:
+        lines.append("")
+        lines += _table(["CHECK", "TYPE", "RESULT", "LATENCY", "SINCE", "MESSAGE"],
+                        [[c.name, c.type, {None: "pending", True: "up", False: "DOWN"}[c.ok],
+                          "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms",
+                          _age(c.since_s), c.message] for c in status.checks])
+    recent = status.transitions[-history:]
+    if recent:
+        lines.append("")
+        lines += _table(["WHEN (UTC)", "FROM", "TO", "REASON"],
+                        [[t.at.replace("T", " ").rstrip("Z"), t.old, t.new, t.reason] for t in recent])
+    drops = {k: v for k, v in status.counters.drops.items() if v}
+    lines.append("")
+    lines.append(f"heartbeats sent {status.counters.adverts_sent}, received {status.counters.adverts_received}; "
+                 f"dropped: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    return "\n".join(lines) + "\n"
