@@ -1,0 +1,3 @@
+"""hapacs: a high-availability agent for PACS servers."""
+
+__version__ = "0.1.0"

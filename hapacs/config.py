@@ -467,3 +467,27 @@ def _control(ctx: Context, sec: Section) -> ControlConfig:
                         "(then only root may use the control socket)")
     return ControlConfig(path, group)
 
+
+
+def control_socket_path(path: str) -> str:
+    """Only control.socket from the file, read leniently.
+
+    Control commands need nothing else, and an operator in control.group may
+    not be allowed to read the key file that a full load checks.
+    """
+    from .yamlsource import parse as parse_yaml
+    default = "/run/hapacs/hapacs.sock"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            root, _ = parse_yaml(handle.read(), path)
+    except (OSError, UnicodeDecodeError):
+        return default
+    if root is None or root.kind != "map":
+        return default
+    control = root.value.get("control")
+    if control is None or control.kind != "map":
+        return default
+    socket_path = control.value.get("socket")
+    if socket_path is not None and isinstance(socket_path.value, str) and socket_path.value.startswith("/"):
+        return socket_path.value
+    return default

@@ -1,0 +1,505 @@
+"""The asyncio shell: the one place where hapacs touches the world.
+
+It turns sockets, timers, netlink events, check results, signals and
+control commands into calls on the election core, carries out the effects
+the core returns, in order, and re-arms the core's single timer. The core
+decides; this module only does. Nothing here may block the loop: netlink
+is asynchronous, checks and notify scripts run in threads or processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import ipaddress
+import logging
+import os
+import signal
+import time
+from typing import Callable
+
+from . import __version__, wire
+from .announce import Announcer
+from .bootid import next_boot_id
+from .config import Config
+from .control import ControlError, ControlServer
+from .effects import (
+    AcquireVips, Announce, HandoverDone, Notice, PeerChange, ReleaseVips, SendAdvert, SplitBrain,
+    StartDrain, Stopped, Transition,
+)
+from .election import CommandRefused, Election, Params
+from .logs import RateLimited
+from .netlink import AddressEvent, Link, LinkEvent, Netlink, NetlinkFailure
+from .states import State
+from .status import Counters, PeerStatus, Status, TransitionRecord, render_table
+from .transport import HeartbeatTransport
+from .vips import VipManager, lease_seconds
+
+log = logging.getLogger("hapacs")
+
+HISTORY = 50
+SHUTDOWN_DRAIN_S = 5.0       # SIGTERM: a short drain, then hand over anyway
+STOP_GRACE_S = 5.0           # beyond drain and handover, the most a stop may take
+TAKEOVER_WAIT_S = 40.0       # the MASTER drains up to 30 s before it hands over
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message tells the operator what to fix."""
+
+
+def _plain(address: str) -> str:
+    return address.split("%", 1)[0]
+
+
+class Agent:
+    def __init__(self, config: Config):
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.core: Election | None = None
+        self.netlink = Netlink()
+        self.announcer = Announcer()
+        self.vips: VipManager | None = None
+        self.transport: HeartbeatTransport | None = None
+        self.control: ControlServer | None = None
+        self.checks = None            # hapacs.checks.runner.CheckRunner, imported only when configured
+        self.links: dict[str, Link] = {}
+        self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.boot_id = 0
+        self.seq = 0
+        self.guard = wire.ReplayGuard()
+        self.keys = config.cluster.auth_keys
+        self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
+        self.counts = collections.Counter()
+        self.drops = collections.Counter({code: 0 for code in wire.DROP_CODES + ("unknown_sender",)})
+        self.history: collections.deque[TransitionRecord] = collections.deque(maxlen=HISTORY)
+        self.started_at = 0.0
+        self._queue: asyncio.Queue | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._handover_waiters: list[asyncio.Future] = []
+        self._state_waiters: list[asyncio.Future] = []
+        self._peer_addresses: dict[str, str] = {}
+        self._limited = RateLimited(log)
+        self.listeners: list[Callable[[object], None]] = []   # effect observers (SNMP, notify)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.started_at = self.loop.time()
+        self._queue = asyncio.Queue()
+        try:
+            await self._setup()
+        except (StartupError, ControlError) as err:
+            log.error("cannot start: %s", err)
+            await self._teardown()
+            return 1
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.request_stop, signum)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._teardown()
+        log.info("stopped")
+        return 0
+
+    async def _setup(self) -> None:
+        config = self.config
+        await self.netlink.open()
+        for name in config.interfaces:
+            link = await self.netlink.link(name)
+            if link is None:
+                raise StartupError(f"interface {name} not found (cluster.interface or vips[].interface)")
+            self.links[name] = link
+        self.own_address = await self._own_address()
+        self.boot_id = next_boot_id(config.node.state_dir, time.time_ns())
+        params = Params(
+            name=config.node.name, address=self.own_address.packed, priority=config.node.priority,
+            advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
+            preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
+            vip_digest=wire.vip_digest(v.label for v in config.vips))
+        now = self.loop.time()
+        self.core = Election(params, now)
+        lease = lease_seconds(config.master_down_interval_s, config.cluster.advert_interval_s)
+        self.vips = VipManager(self.netlink, self.announcer, config.vips, lease, self._vip_failed)
+        for link in self.links.values():
+            self.vips.set_link(link)
+            if not link.up:
+                self.core.set_fault(f"link:{link.name}", f"link {link.name} down ({link.state})", now)
+        self._promote_secondaries()
+        present = await self.vips.find_present()
+        if present:
+            log.info("found %s already on this host (left by an earlier agent?); removed unless this node "
+                     "becomes MASTER", ", ".join(present))
+        if config.checks:
+            self._start_checks()
+        self.transport = HeartbeatTransport(config.cluster.interface, self.links[config.cluster.interface].index,
+                                            self.own_address, config.cluster.port, config.cluster.peers,
+                                            config.cluster.multicast_group)
+        try:
+            await self.transport.open(self._on_datagram)
+        except OSError as err:
+            raise StartupError(f"cannot open the heartbeat socket on {self.own_address} port "
+                               f"{config.cluster.port}: {err.strerror or err}") from None
+        self.control = ControlServer(config.control.socket, config.control.group, self._on_command)
+        try:
+            await self.control.start()
+        except OSError as err:
+            raise StartupError(f"cannot create the control socket {config.control.socket}: "
+                               f"{err.strerror or err}") from None
+        self._tasks.append(self.loop.create_task(self._effect_worker(), name="effects"))
+        self._tasks.append(self.loop.create_task(self._watch_netlink(), name="netlink"))
+        mode = (f"unicast to {', '.join(str(p) for p in config.cluster.peers)}" if config.cluster.unicast
+                else f"multicast {config.cluster.multicast_group}")
+        log.info("hapacs %s starting: node %s priority %d, cluster %d on %s (%s, heartbeats from %s every "
+                 "%g s, dead after %d), VIPs %s, lease %d s", __version__, config.node.name,
+                 config.node.priority, config.cluster.id, config.cluster.interface, mode, self.own_address,
+                 config.cluster.advert_interval_s, config.cluster.dead_after,
+                 ", ".join(v.label for v in config.vips), lease)
+        self._feed(self.core.start)
+
+    async def _own_address(self):
+        """The address heartbeats leave from: node.address, or the interface's first own address."""
+        config = self.config
+        link = self.links[config.cluster.interface]
+        addresses = await self.netlink.addresses(link.index)
+        vip_ips = {v.address.ip for v in config.vips}
+        if config.node.address is not None:
+            if config.node.address not in {a.interface.ip for a in addresses}:
+                raise StartupError(f"node.address {config.node.address} is not on {link.name}")
+            return config.node.address
+        family = (config.cluster.peers[0].version if config.cluster.peers
+                  else config.cluster.multicast_group.version)
+        for address in addresses:
+            ip = address.interface.ip
+            if ip.version != family or ip in vip_ips:
+                continue
+            # IPv6 multicast leaves from the link-local address; unicast from a global one.
+            if family == 6 and ip.is_link_local != (not config.cluster.peers):
+                continue
+            return ip
+        raise StartupError(f"{link.name} has no IPv{family} address to send heartbeats from; "
+                           "give it one or set node.address")
+
+    def _promote_secondaries(self) -> None:
+        # Without it, removing the interface's primary address also removes IPv4 VIPs in its subnet.
+        for name in {v.interface for v in self.config.vips if v.address.version == 4}:
+            path = f"/proc/sys/net/ipv4/conf/{name}/promote_secondaries"
+            try:
+                with open(path) as handle:
+                    if handle.read().strip() == "1":
+                        continue
+                with open(path, "w") as handle:
+                    handle.write("1")
+            except OSError as err:
+                log.warning("cannot set %s to 1 (%s): removing the primary address of %s would also "
+                            "remove the VIPs", path, err.strerror or err, name)
+
+    def _start_checks(self) -> None:
+        from .checks.runner import CheckRunner   # pynetdicom and threads only when checks exist
+        self.checks = CheckRunner(self.config.checks, self._on_checks, logging.getLogger("hapacs.checks"))
+        self.core.set_hold("checks", "waiting for the first check results")
+        self.checks.start()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """SIGTERM/SIGINT: leave cleanly; a second one stops at once."""
+        if self._stopping:
+            log.warning("second stop request: stopping now")
+            self._stopped.set()
+            return
+        self._stopping = True
+        name = signal.Signals(signum).name if signum else "stop request"
+        log.info("%s: leaving the cluster (a MASTER hands over first, draining up to %g s)", name,
+                 SHUTDOWN_DRAIN_S)
+        self._feed(lambda now: self.core.shutdown(SHUTDOWN_DRAIN_S, now))
+        self.loop.call_later(SHUTDOWN_DRAIN_S + STOP_GRACE_S + 2 * self.config.master_down_interval_s,
+                             self._stop_deadline)
+
+    def _stop_deadline(self) -> None:
+        if not self._stopped.is_set():
+            log.warning("stop took too long; releasing the VIPs and leaving now")
+            self._stopped.set()
+
+    async def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.checks is not None:
+            await self.checks.stop()
+        if self.vips is not None:
+            await self.vips.close()
+            if any(self.vips.held.values()) or self.vips.wanted:
+                await self.vips.release()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.transport is not None:
+            self.transport.close()
+        if self.control is not None:
+            await self.control.stop()
+        self.announcer.close()
+        await self.netlink.close()
+
+    # --- feeding the core -----------------------------------------------------------
+
+    def _feed(self, call: Callable[[float], list]) -> list:
+        """Call the core with the current time, queue its effects and re-arm its timer."""
+        try:
+            effects = call(self.loop.time())
+        except CommandRefused:
+            raise
+        except Exception:
+            log.exception("internal error in the election core; the agent carries on")
+            effects = []
+        for effect in effects:
+            self._queue.put_nowait(effect)
+        self._rearm()
+        return effects
+
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.core.next_deadline() if self.core else None
+        if deadline is not None:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._timer_at
+        self._feed(lambda now: self.core.handle_timer(max(now, deadline)))
+
+    def _on_datagram(self, data: bytes, source: str) -> None:
+        now = self.loop.time()
+        source = _plain(source)
+        if self.config.cluster.unicast and source not in self.peer_sources:
+            self._drop("unknown_sender", source, "not one of cluster.peers", now)
+            return
+        try:
+            advert = wire.decode(data, self.keys, self.config.cluster.id)
+            self.guard.check(advert)
+        except wire.WireError as err:
+            self._drop(err.code, source, err.reason, now)
+            return
+        self.counts["adverts_received"] += 1
+        self._peer_addresses[advert.node] = source
+        packed = ipaddress.ip_address(source).packed
+        self._feed(lambda t: self.core.receive(advert, packed, t))
+
+    def _drop(self, code: str, source: str, reason: str, now: float) -> None:
+        self.drops[code] += 1
+        if code == "cluster":
+            return   # another cluster on the same segment: normal, not worth a log line
+        self._limited.warning(f"drop-{code}", now, "dropped a heartbeat from %s (%s): %s", source, code, reason)
+
+    def _on_checks(self, verdict, changes) -> None:
+        self.core.set_hold("checks", verdict.pending)
+        self._feed(lambda now: self.core.set_penalty(verdict.penalty, now))
+        self._feed(lambda now: self.core.set_fault("checks", verdict.fault, now, "every check is up again"))
+        for listener in self.listeners:
+            for change in changes:
+                listener(change)
+
+    def _vip_failed(self, text: str) -> None:
+        log.error("VIP problem: %s", text)
+        self._feed(lambda now: self.core.vip_failed(text, now))
+
+    async def _watch_netlink(self) -> None:
+        try:
+            await self.netlink.watch(self._on_netlink)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("netlink event watch failed; link changes are no longer seen")
+
+    def _on_netlink(self, event) -> None:
+        if isinstance(event, LinkEvent):
+            link = event.link
+            old = self.links.get(link.name)
+            if old is None or old.index != link.index:
+                return
+            self.links[link.name] = link
+            self.vips.set_link(link)
+            if old.up != link.up:
+                if link.up:
+                    log.info("link %s is up again", link.name)
+                    self._feed(lambda now: self.core.set_fault(f"link:{link.name}", None, now,
+                                                               f"link {link.name} up"))
+                else:
+                    log.warning("link %s lost (%s)", link.name, link.state)
+                    self._feed(lambda now: self.core.set_fault(
+                        f"link:{link.name}", f"link {link.name} down ({link.state})", now))
+        elif isinstance(event, AddressEvent):
+            self.vips.on_address_event(event)
+
+    # --- carrying out effects ---------------------------------------------------------
+
+    async def _effect_worker(self) -> None:
+        while True:
+            effect = await self._queue.get()
+            try:
+                await self._execute(effect)
+            except Exception:
+                log.exception("carrying out %s failed", type(effect).__name__)
+            for listener in self.listeners:
+                try:
+                    listener(effect)
+                except Exception:
+                    log.exception("a status listener failed")
+
+    async def _execute(self, effect) -> None:
+        if isinstance(effect, SendAdvert):
+            self._send(effect)
+        elif isinstance(effect, Transition):
+            self._record(effect)
+        elif isinstance(effect, AcquireVips):
+            await self.vips.acquire()
+        elif isinstance(effect, ReleaseVips):
+            await self.vips.release()
+        elif isinstance(effect, Announce):
+            log.info("announcing the VIPs again: %s", effect.why)
+            self.vips.announce()
+        elif isinstance(effect, StartDrain):
+            self._start_drain(effect)
+        elif isinstance(effect, HandoverDone):
+            (log.info if effect.ok else log.warning)("handover: %s", effect.text)
+            waiters, self._handover_waiters = self._handover_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(effect)
+        elif isinstance(effect, PeerChange):
+            (log.info if effect.up else log.warning)("%s", effect.text)
+            if not effect.up:
+                self.counts["peers_lost"] += 1
+        elif isinstance(effect, SplitBrain):
+            self.counts["split_brains"] += 1
+            log.warning("split brain: %s", effect.text)
+        elif isinstance(effect, Notice):
+            log.info("%s", effect.text)
+        elif isinstance(effect, Stopped):
+            log.info("%s", effect.text)
+            self._stopped.set()
+
+    def _send(self, effect: SendAdvert) -> None:
+        out = effect.advert
+        self.seq += 1
+        advert = wire.Advert(self.config.cluster.id, self.config.node.name, out.state, out.priority, out.flags,
+                             int(round(self.config.cluster.advert_interval_s * 1000)), out.term, self.boot_id,
+                             self.seq, self.core.p.vip_digest, out.target)
+        failed = self.transport.send(wire.encode(advert, self.keys[0]))
+        self.counts["adverts_sent"] += 1
+        if failed:
+            self._limited.warning("send", self.loop.time(), "cannot send a heartbeat: %s",
+                                  self.transport.last_error)
+
+    def _record(self, transition: Transition) -> None:
+        level = logging.WARNING if transition.new == State.FAULT else logging.INFO
+        log.log(level, "%s -> %s: %s", transition.old.name, transition.new.name, transition.reason.text)
+        waiters, self._state_waiters = self._state_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(transition)
+        self.counts["transitions"] += 1
+        if transition.new == State.MASTER:
+            self.counts["became_master"] += 1
+        at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        self.history.append(TransitionRecord(at, transition.old.name, transition.new.name,
+                                             transition.reason.text, transition.reason.code.value,
+                                             self.loop.time()))
+
+    def _start_drain(self, effect: StartDrain) -> None:
+        # Draining DICOM associations comes with operations (issue 5); hand over at once here.
+        self.loop.call_soon(lambda: self._feed(lambda now: self.core.drained(0, now)))
+
+    # --- status and commands ------------------------------------------------------------
+
+    def status(self) -> Status:
+        now = self.loop.time()
+        view = self.core.view(now)
+        peers = tuple(PeerStatus(p.name, self._peer_addresses.get(p.name, str(ipaddress.ip_address(p.address))),
+                                 p.state.name if p.up else "LOST", p.priority, p.last_seen_s, p.maintenance)
+                      for p in view.peers)
+        if view.master == self.config.node.name:
+            master_address = str(self.own_address)
+        else:
+            master_address = self._peer_addresses.get(view.master) if view.master else None
+        counters = Counters(transitions=self.counts["transitions"], became_master=self.counts["became_master"],
+                            adverts_sent=self.counts["adverts_sent"],
+                            adverts_received=self.counts["adverts_received"],
+                            split_brains=self.counts["split_brains"], peers_lost=self.counts["peers_lost"],
+                            drops=dict(self.drops))
+        return Status(
+            node=self.config.node.name, cluster_id=self.config.cluster.id, state=view.state.name,
+            since_s=view.since_s, priority=view.priority, effective_priority=view.effective_priority,
+            master=view.master, maintenance=view.maintenance, vips=self.vips.statuses(), peers=peers,
+            checks=self.checks.snapshot(now) if self.checks else (), transitions=tuple(self.history),
+            counters=counters, sticky=view.sticky, faults=view.faults, alone=view.alone,
+            handover_target=view.handover_target, master_address=master_address,
+            address=str(self.own_address), interface=self.config.cluster.interface,
+            advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
+            uptime_s=now - self.started_at, version=__version__, pid=os.getpid())
+
+    async def _on_command(self, request: dict) -> dict:
+        command = request["command"]
+        if command == "status":
+            status = self.status()
+            return {"ok": True, "status": status.to_json(), "table": render_table(status)}
+        before = self.core.state.name
+        try:
+            if command == "maintenance":
+                self._feed(lambda now: self.core.set_maintenance(request["on"], now))
+                text = f"maintenance {'on' if request['on'] else 'off'}"
+            elif command == "takeover":
+                text = await self._takeover()
+            elif command == "release":
+                text = await self._release(float(request.get("drain_timeout_s", 30.0)))
+            else:
+                return {"ok": False, "message": f"{command} is not supported yet"}
+        except CommandRefused as err:
+            return {"ok": False, "message": f"refused: {err}", "before": before, "after": self.core.state.name}
+        return {"ok": True, "message": text, "before": before, "after": self.core.state.name}
+
+    async def _takeover(self) -> str:
+        self._feed(self.core.takeover)
+        if self.core.state == State.MASTER:
+            return "this node is MASTER and stays MASTER (no preemption back)"
+        deadline = self.loop.time() + TAKEOVER_WAIT_S
+        while self.core.state not in (State.MASTER, State.FAULT) and self.loop.time() < deadline:
+            waiter = self.loop.create_future()
+            self._state_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, deadline - self.loop.time())
+            except asyncio.TimeoutError:
+                break
+        if self.core.state != State.MASTER:
+            self._feed(self.core.cancel_takeover)
+            raise CommandRefused(f"the MASTER did not hand over within {TAKEOVER_WAIT_S:g} s")
+        return "this node is MASTER now and stays MASTER (no preemption back)"
+
+    async def _release(self, drain_timeout_s: float) -> str:
+        waiter = self.loop.create_future()
+        self._handover_waiters.append(waiter)
+        try:
+            self._feed(lambda now: self.core.release(drain_timeout_s, now))
+        except CommandRefused:
+            self._handover_waiters.remove(waiter)
+            raise
+        result: HandoverDone = await asyncio.wait_for(waiter, drain_timeout_s + STOP_GRACE_S
+                                                      + 2 * self.config.master_down_interval_s + 5)
+        if not result.ok:
+            raise CommandRefused(result.text)
+        cut = f"; {result.cut} DICOM association(s) cut" if result.cut else "; no DICOM association cut"
+        return f"handed over to {result.target}{cut}"
+
+
+def run(config: Config) -> int:
+    """Run the agent in the foreground until SIGTERM; the process exit code."""
+    return asyncio.run(Agent(config).run())

@@ -1,0 +1,127 @@
+"""The `hapacs` command: run the agent, check a config, talk to a running agent.
+
+Exit codes (CONTRACT.md): 0 done; 1 refused, with the reason on stderr;
+2 invalid configuration; 3 agent not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .config import DEFAULT_PATH, ConfigError, load
+
+EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hapacs", description="High-availability agent for PACS servers.")
+    parser.add_argument("--version", action="version", version=f"hapacs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("-c", "--config", default=DEFAULT_PATH, metavar="FILE",
+                         help=f"configuration file (default {DEFAULT_PATH})")
+        return sub
+
+    run = command("run", "run the agent in the foreground (logs to stderr)")
+    run.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    run.add_argument("--pidfile", metavar="PATH", help="with --daemon: the PID file to hold")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    command("check-config", "validate the configuration: exit 0 and 'ok', or 2 and every problem")
+
+    def control(name: str, text: str) -> argparse.ArgumentParser:
+        sub = command(name, text)
+        sub.add_argument("--socket", metavar="PATH", help="the agent's control socket (default: from the config)")
+        return sub
+
+    status = control("status", "show the state of this node, its peers, checks and recent transitions")
+    status.add_argument("--json", action="store_true", help="machine-readable JSON")
+    control("takeover", "make this node MASTER now and keep it there until another command or a fault")
+    release = control("release", "hand the VIPs to the best healthy BACKUP (after draining DICOM associations)")
+    release.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                         help="wait at most this long for open DICOM associations to end (default 30)")
+    maintenance = control("maintenance", "freeze this node: no automatic transition while on")
+    maintenance.add_argument("mode", choices=("on", "off"))
+    control("reload", "re-read the configuration; an invalid one is refused and the agent runs on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "run":
+        return _run(args)
+    return _control(args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        load(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print("ok")
+    return EXIT_OK
+
+
+def _run(args) -> int:
+    try:
+        config = load(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.daemon:
+        from .daemon import run_daemon
+        return run_daemon(config, args.pidfile, args.log_level)
+    from . import agent, logs
+    logs.setup(args.log_level, config.node.name)
+    return agent.run(config)
+
+
+def _socket_path(args) -> str:
+    if args.socket:
+        return args.socket
+    from .config import control_socket_path
+    return control_socket_path(args.config)
+
+
+def _control(args) -> int:
+    from .control import ControlError, request
+    message: dict = {"command": args.command}
+    timeout = 10.0
+    if args.command == "maintenance":
+        message["on"] = args.mode == "on"
+    elif args.command == "release":
+        if not 0 <= args.drain_timeout <= 3600:
+            print("refused: --drain-timeout must be from 0 to 3600 seconds", file=sys.stderr)
+            return EXIT_REFUSED
+        message["drain_timeout_s"] = args.drain_timeout
+        timeout = args.drain_timeout + 30
+    elif args.command == "takeover":
+        timeout = 60.0
+    try:
+        reply = request(_socket_path(args), message, timeout)
+    except ControlError as err:
+        print(f"hapacs: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.command == "status" and reply.get("ok"):
+        if args.json:
+            print(json.dumps(reply["status"], indent=2))
+        else:
+            sys.stdout.write(reply["table"])
+        return EXIT_OK
+    if not reply.get("ok"):
+        print(reply.get("message", "refused"), file=sys.stderr)
+        return EXIT_REFUSED
+    before, after = reply.get("before"), reply.get("after")
+    change = f" ({before} -> {after})" if before and after and before != after else \
+        (f" (still {after})" if after else "")
+    print(f"{reply.get('message', 'done')}{change}")
+    return EXIT_OK

@@ -1,0 +1,173 @@
+"""Thin adapter over rtnetlink (pyroute2's asyncio API): links, addresses, events.
+
+All calls are coroutines on the agent's loop; none blocks it. Addresses
+are passed as `ipaddress` interface objects; interfaces by name, resolved
+to an index once (pyroute2 refuses `ifname=` on address calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+IFA_F_NODAD = 0x02
+INFINITE_LIFETIME = 0xFFFFFFFF
+CALL_TIMEOUT_S = 2.0
+
+log = logging.getLogger("hapacs.netlink")
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class NetlinkFailure(Exception):
+    """A netlink request failed; the message names the operation and the error."""
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    up: bool            # administratively up and carrier present
+    mac: bytes
+    state: str          # operstate as the kernel says it: UP, DOWN, LOWERLAYERDOWN, ...
+
+
+@dataclass(frozen=True)
+class Address:
+    interface: Interface
+    index: int
+    secondary: bool
+    valid_lft: int      # seconds; INFINITE_LIFETIME when permanent
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    link: Link
+
+
+@dataclass(frozen=True)
+class AddressEvent:
+    address: Interface
+    index: int
+    removed: bool
+
+
+def _link_from(msg) -> Link:
+    flags = msg["flags"]
+    mac = msg.get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"
+    return Link(name=msg.get_attr("IFLA_IFNAME"), index=msg["index"],
+                up=bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP),
+                mac=bytes.fromhex(mac.replace(":", "")), state=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN")
+
+
+def _address_from(msg) -> Address | None:
+    ip = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if ip is None:
+        return None
+    cache = msg.get_attr("IFA_CACHEINFO") or {}
+    interface = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
+    return Address(interface, msg["index"], bool(msg["flags"] & 0x01) and interface.version == 4,
+                   cache.get("ifa_valid", INFINITE_LIFETIME))
+
+
+class Netlink:
+    """One request socket and one event socket, opened in the current network namespace."""
+
+    def __init__(self) -> None:
+        self._ipr: AsyncIPRoute | None = None
+        self._events: AsyncIPRoute | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self._ipr = AsyncIPRoute()
+        await self._ipr.setup_endpoint()
+
+    async def close(self) -> None:
+        for sock in (self._events, self._ipr):
+            if sock is not None:
+                try:
+                    sock.close()
+                except Exception:   # closing must never stop a shutdown
+                    log.debug("closing netlink socket failed", exc_info=True)
+        self._events = self._ipr = None
+
+    async def _call(self, what: str, coro):
+        # One request at a time on the request socket, each bounded in time.
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(coro, CALL_TIMEOUT_S)
+            except NetlinkError as err:
+                raise NetlinkFailure(f"{what}: {err.args[1] if len(err.args) > 1 else err} "
+                                     f"(errno {err.code})") from err
+            except asyncio.TimeoutError:
+                raise NetlinkFailure(f"{what}: no answer from the kernel within {CALL_TIMEOUT_S} s") from None
+
+    async def link(self, name: str) -> Link | None:
+        assert self._ipr is not None
+        try:
+            msgs = await self._call(f"look up interface {name}", self._ipr.link("get", ifname=name))
+        except NetlinkFailure as err:
+            if isinstance(err.__cause__, NetlinkError) and err.__cause__.code == errno.ENODEV:
+                return None
+            raise
+        return _link_from(msgs[0]) if msgs else None
+
+    async def addresses(self, index: int) -> list[Address]:
+        assert self._ipr is not None
+
+        async def dump():
+            found = []
+            async for msg in await self._ipr.addr("dump", index=index):
+                address = _address_from(msg)
+                if address is not None and msg["index"] == index:
+                    found.append(address)
+            return found
+        return await self._call(f"list addresses of interface {index}", dump())
+
+    async def add_lease(self, index: int, address: Interface, lease_s: int) -> None:
+        """Add or renew `address` with a lifetime: the kernel removes it if we stop renewing."""
+        assert self._ipr is not None
+        kwargs = dict(index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+                      valid_lft=lease_s, preferred_lft=lease_s)
+        if address.version == 6:
+            # No duplicate address detection: a tentative VIP cannot be used for 1-2 s.
+            kwargs["flags"] = IFA_F_NODAD
+        await self._call(f"add {address} to interface {index}", self._ipr.addr("replace", **kwargs))
+
+    async def delete(self, index: int, address: Interface) -> bool:
+        """Remove `address`; False if it was not there."""
+        assert self._ipr is not None
+        try:
+            await self._call(f"remove {address} from interface {index}",
+                             self._ipr.addr("del", index=index, address=str(address.ip),
+                                            prefixlen=address.network.prefixlen))
+            return True
+        except NetlinkFailure as err:
+            cause = err.__cause__
+            if isinstance(cause, NetlinkError) and cause.code in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                return False
+            raise
+
+    async def watch(self, on_event: Callable[[LinkEvent | AddressEvent], None]) -> None:
+        """Report link and address changes until cancelled."""
+        self._events = AsyncIPRoute()
+        await self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        while True:
+            async for msg in self._events.get():
+                event = msg.get("event")
+                if event == "RTM_NEWLINK":
+                    on_event(LinkEvent(_link_from(msg)))
+                elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+                    address = _address_from(msg)
+                    if address is not None:
+                        on_event(AddressEvent(address.interface, address.index, event == "RTM_DELADDR"))

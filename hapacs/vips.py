@@ -1,0 +1,159 @@
+"""The VIPs on this host, held as leases.
+
+A VIP is added with a lifetime of `lease_s` seconds (Linux `valid_lft`)
+and renewed while this node is MASTER. If the agent is killed or hangs,
+nobody renews it and the kernel removes the address by itself a few
+seconds later, so a standby that took over is left as the only holder.
+keepalived leaves the address on a dead agent's host for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Callable
+
+from .announce import Announcer
+from .config import VipConfig
+from .netlink import AddressEvent, Link, Netlink, NetlinkFailure
+from .status import VipStatus
+
+log = logging.getLogger("hapacs.vips")
+
+
+def lease_seconds(master_down_interval_s: float, advert_interval_s: float) -> int:
+    """Longer than a MASTER may legitimately go without renewing, and whole seconds.
+
+    A lease shorter than Master_Down_Interval could expire on a live MASTER
+    whose loop stalled less than its peers tolerate: the VIP would vanish
+    with nobody taking over.
+    """
+    return max(2, math.ceil(master_down_interval_s + advert_interval_s))
+
+
+class VipManager:
+    def __init__(self, netlink: Netlink, announcer: Announcer, vips: tuple[VipConfig, ...], lease_s: int,
+                 on_failure: Callable[[str], None]):
+        self.netlink = netlink
+        self.announcer = announcer
+        self.vips = vips
+        self.lease_s = lease_s
+        self.on_failure = on_failure
+        self.links: dict[str, Link] = {}
+        self.held: dict[str, bool] = {vip.label: False for vip in vips}
+        self.wanted = False
+        self.renewals = 0
+        self._renew_task: asyncio.Task | None = None
+        self._readd: set[str] = set()
+
+    def set_link(self, link: Link) -> None:
+        self.links[link.name] = link
+
+    def statuses(self) -> tuple[VipStatus, ...]:
+        return tuple(VipStatus(v.label, v.interface, self.held.get(v.label, False)) for v in self.vips)
+
+    async def find_present(self) -> list[str]:
+        """VIPs already on our interfaces (a previous agent's leases, or added by hand)."""
+        present = []
+        for name in {vip.interface for vip in self.vips}:
+            link = self.links.get(name)
+            if link is None:
+                continue
+            on_link = {a.interface.ip for a in await self.netlink.addresses(link.index)}
+            for vip in self.vips:
+                if vip.interface == name and vip.address.ip in on_link:
+                    self.held[vip.label] = True
+                    present.append(vip.label)
+        return present
+
+    async def acquire(self) -> None:
+        """Add every VIP as a lease, then announce it."""
+        self.wanted = True
+        failures = []
+        for vip in self.vips:
+            try:
+                await self._add(vip)
+            except (NetlinkFailure, KeyError) as err:
+                failures.append(f"{vip.label}: {err}")
+        self.announce()
+        if self._renew_task is None or self._renew_task.done():
+            self._renew_task = asyncio.get_running_loop().create_task(self._renew_loop())
+        if failures:
+            self.on_failure("; ".join(failures))
+
+    async def _add(self, vip: VipConfig) -> None:
+        link = self.links.get(vip.interface)
+        if link is None:
+            raise KeyError(f"interface {vip.interface} not found")
+        await self.netlink.add_lease(link.index, vip.address, self.lease_s)
+        self.held[vip.label] = True
+
+    async def release(self) -> None:
+        self.wanted = False
+        self.announcer.stop_bursts()
+        for vip in self.vips:
+            link = self.links.get(vip.interface)
+            if link is None:
+                self.held[vip.label] = False
+                continue
+            try:
+                await self.netlink.delete(link.index, vip.address)
+                self.held[vip.label] = False
+            except NetlinkFailure as err:
+                log.error("cannot remove VIP %s from %s: %s", vip.label, vip.interface, err)
+
+    def announce(self) -> None:
+        targets = []
+        for vip in self.vips:
+            link = self.links.get(vip.interface)
+            if link is not None and self.held.get(vip.label):
+                targets.append((link.name, link.index, link.mac, vip.address.ip))
+        if targets:
+            self.announcer.burst("vips", targets)
+
+    async def _renew_loop(self) -> None:
+        # Renew four times per lease: one missed renewal must not let it lapse.
+        period = self.lease_s / 4
+        while self.wanted:
+            await asyncio.sleep(period)
+            if not self.wanted:
+                break
+            for vip in self.vips:
+                try:
+                    await self._add(vip)
+                except (NetlinkFailure, KeyError) as err:
+                    log.error("cannot renew VIP %s: %s", vip.label, err)
+            self.renewals += 1
+
+    def on_address_event(self, event: AddressEvent) -> None:
+        """Keep `held` true to the kernel; put back a VIP someone removed while we are MASTER."""
+        for vip in self.vips:
+            link = self.links.get(vip.interface)
+            if link is None or link.index != event.index or vip.address.ip != event.address.ip:
+                continue
+            self.held[vip.label] = not event.removed
+            if event.removed and self.wanted and vip.label not in self._readd:
+                log.warning("VIP %s disappeared from %s while this node is MASTER; adding it again",
+                            vip.label, vip.interface)
+                self._readd.add(vip.label)
+                asyncio.get_running_loop().create_task(self._readd_one(vip))
+
+    async def _readd_one(self, vip: VipConfig) -> None:
+        try:
+            if self.wanted:
+                await self._add(vip)
+                self.announce()
+        except (NetlinkFailure, KeyError) as err:
+            self.on_failure(f"{vip.label}: {err}")
+        finally:
+            self._readd.discard(vip.label)
+
+    async def close(self) -> None:
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            try:
+                await self._renew_task
+            except asyncio.CancelledError:
+                pass
+
