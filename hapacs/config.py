@@ -283,7 +283,9 @@ def _witness(ctx: Context, located, path: str):
     sec = Section(ctx, located, path)
     kind = sec.take("type", choice(*WITNESS_TYPES))
     host = sec.take("host", hostname)
-    witness_port = sec.take("port", port, default=104 if kind == "dicom-echo" else Section.REQUIRED)
+    # Without a valid type there is no telling whether a port is needed: report the type only.
+    needs_port = Section.REQUIRED if kind == "tcp" else (104 if kind == "dicom-echo" else INVALID)
+    witness_port = sec.take("port", port, default=needs_port)
     called = sec.take("called_ae", ae_title, default="ANY-SCP")
     calling = sec.take("calling_ae", ae_title, default="HAPACS")
     interval = sec.take("interval", number(0.05, 3600.0), default=1.0)

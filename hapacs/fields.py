@@ -66,15 +66,16 @@ class Section:
 
     REQUIRED = _REQUIRED
 
-    def __init__(self, ctx: Context, located: Located | None, path: str, line: int = 1):
+    def __init__(self, ctx: Context, located: Located | None, path: str, line: int | None = None):
+        """`line` is where a missing key is reported: the section's own key, if known."""
         self.ctx, self.path = ctx, path
         self.asked: list[str] = []
         self.items: dict[str, Located] = {}
         self.key_lines: dict[str, int] = {}
-        self.line = line
+        self.line = line or 1
         if located is None or (located.kind == "scalar" and located.value is None):
             return
-        self.line = located.line
+        self.line = line or located.line
         if located.kind != "map":
             ctx.bad(located, path, f"must be a mapping of keys to values, not {shown(located)}")
             return
@@ -102,7 +103,7 @@ class Section:
         located = self.items.get(key)
         if located is None and required:
             self.ctx.bad(None, self.key_path(key), "this section is required but missing", line=self.line)
-        return Section(self.ctx, located, self.key_path(key), line=self.line)
+        return Section(self.ctx, located, self.key_path(key), line=self.key_lines.get(key, self.line))
 
     def problem(self, key: str, message: str, line: int | None = None) -> None:
         where = line if line is not None else self.key_lines.get(key, self.line)

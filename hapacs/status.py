@@ -102,7 +102,8 @@ class Status:
                         "message": c.message,
                         "since_s": None if c.since_s is None else round(c.since_s, 3),
                         "weight": c.weight} for c in self.checks],
-            "transitions": [{"at": t.at, "from": t.old, "to": t.new, "reason": t.reason, "code": t.code}
+            "transitions": [{"at": t.at, "from": t.old, "to": t.new, "reason": t.reason, "code": t.code,
+                             "monotonic": round(t.monotonic, 6)}
                             for t in self.transitions],
             "counters": {k: v for k, v in asdict(self.counters).items() if k != "drops"},
             "drops": dict(self.counters.drops),

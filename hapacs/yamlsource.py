@@ -54,6 +54,8 @@ def parse(text: str, filename: str) -> tuple[Located | None, list[Problem]]:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else 1
         what = (err.problem or "invalid YAML").strip()
+        if err.context and err.context_mark and err.context_mark.line + 1 != line:
+            what += f" ({err.context.strip()} on line {err.context_mark.line + 1})"
         problems.append(Problem(filename, line, "(file)", f"not valid YAML: {what}"))
         return None, problems
     except yaml.YAMLError as err:

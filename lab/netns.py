@@ -130,6 +130,20 @@ def wait_for(predicate, timeout, interval=0.02, what="condition"):
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+def hold_for(predicate, duration, interval=0.05, what="condition"):
+    """Assert that predicate() stays true for `duration` seconds (checked every `interval`).
+
+    For negative results ("nothing moves"), where there is no event to wait for.
+    """
+    deadline = time.monotonic() + duration
+    while True:
+        if not predicate():
+            raise AssertionError(f"{what}: stopped holding after {duration - (deadline - time.monotonic()):.2f} s")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 def list_namespaces() -> list[str]:
     """Names of all named network namespaces (`ip netns list`)."""
     try:
@@ -436,6 +450,9 @@ class Lab:
             self._partitioned.discard(port)
 
     # ---- observing ------------------------------------------------------------
+
+    def hold_for(self, predicate, duration, interval=0.05, what="condition"):
+        return hold_for(predicate, duration, interval, what)
 
     def addresses(self, host) -> set[str]:
         """Addresses with prefix length on the host's interface, e.g. "192.0.2.100/24".

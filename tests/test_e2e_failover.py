@@ -1,0 +1,212 @@
+"""End to end: real agents in network namespaces, a real DICOM server on each host,
+a workstation that C-ECHOes the VIP. After every case exactly one host holds each
+VIP and the workstation reaches it. Waits are on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from lab import Lab, unique_prefix
+from lab.cluster import AgentCluster
+from lab.dicom import echo, start_storescp
+
+VIP = "192.0.2.100"
+VIP6 = "2001:db8::100"
+
+
+@pytest.fixture
+def lab():
+    with Lab(unique_prefix("fo"), hosts=("a", "b", "c")) as lab:
+        yield lab
+
+
+def make_cluster(lab, hosts=(("a", 150), ("b", 100)), pacs=True, **kwargs) -> AgentCluster:
+    cluster = AgentCluster(lab, **kwargs)
+    for host, priority in hosts:
+        cluster.add(host, priority)
+        if pacs:
+            start_storescp(lab, lab.ns(host), port=104, aet="PACS")
+    cluster.start_all()
+    return cluster
+
+
+def one_holder(lab, vip=VIP) -> str:
+    holders = lab.holders(vip)
+    return holders[0] if len(holders) == 1 else ""
+
+
+def workstation_echo(lab, vip=VIP) -> bool:
+    return echo(lab.ns("ws"), vip, 104, called_ae="PACS", timeout=2.0)
+
+
+def neighbour_mac(lab, ns: str, ip: str) -> str | None:
+    out = lab.exec(ns, ["ip", "-j", "neigh", "show", ip], check=False).stdout
+    entries = json.loads(out or "[]")
+    return entries[0].get("lladdr") if entries else None
+
+
+def mac_of(lab, host: str) -> str:
+    node = lab.node(host)
+    out = json.loads(lab.exec(host, ["ip", "-j", "link", "show", node.ifname]).stdout)
+    return out[0]["address"]
+
+
+def settle(lab, cluster, master: str, timeout=10.0, vip=VIP) -> None:
+    lab.wait_for(lambda: cluster.masters() == [master], timeout, what=f"{master} sole MASTER")
+    lab.wait_for(lambda: one_holder(lab, vip) == master, timeout, what=f"{master} sole holder of {vip}")
+
+
+def assert_served(lab, master: str, vip=VIP) -> None:
+    assert lab.holders(vip) == [master]
+    assert workstation_echo(lab, vip), f"workstation C-ECHO to {vip} failed"
+
+
+def test_kill_9_of_master_standby_takes_over_and_dead_agents_vip_expires(lab):
+    cluster = make_cluster(lab)
+    try:
+        settle(lab, cluster, "a")
+        assert_served(lab, "a")
+        assert neighbour_mac(lab, lab.ns("ws"), VIP) == mac_of(lab, "a")
+        killed = time.monotonic()
+        cluster.kill("a", signal.SIGKILL)
+        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER")
+        # The gratuitous ARP moved the workstation at once, while a still has the old lease.
+        lab.wait_for(lambda: neighbour_mac(lab, lab.ns("ws"), VIP) == mac_of(lab, "b"), 1.0,
+                     what="workstation ARP entry on b's MAC")
+        lab.wait_for(lambda: one_holder(lab) == "b", 5, what="a's VIP lease expired")
+        assert time.monotonic() - killed < 5
+        assert_served(lab, "b")
+        reasons = [t["reason"] for t in cluster.transitions("b")]
+        assert any("MASTER pacs-a silent" in r for r in reasons), reasons
+    finally:
+        print(cluster.logs())
+
+
+def test_master_link_down_gives_fault_and_standby_takes_over(lab):
+    cluster = make_cluster(lab)
+    try:
+        settle(lab, cluster, "a")
+        lab.link_down("a")
+        lab.wait_for(lambda: cluster.state("a") == "FAULT", 3, what="a FAULT")
+        settle(lab, cluster, "b")
+        assert_served(lab, "b")
+        status = cluster.status("a")
+        assert any("link" in f and "down" in f for f in status["faults"]), status["faults"]
+        lab.link_up("a")
+        # preempt is on: a comes back as BACKUP, then takes the VIPs back after preempt_delay.
+        settle(lab, cluster, "a", timeout=15)
+        assert_served(lab, "a")
+    finally:
+        print(cluster.logs())
+
+
+def test_hung_master_resumed_leaves_exactly_one_holder(lab):
+    cluster = make_cluster(lab, preempt=False)
+    try:
+        settle(lab, cluster, "a")
+        proc = cluster.procs["a"]
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER while a hangs")
+            lab.wait_for(lambda: one_holder(lab) == "b", 5, what="hung a's lease expired")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        settle(lab, cluster, "b")
+        assert cluster.state("a") == "BACKUP"
+        assert_served(lab, "b")
+        reasons = [t["reason"] for t in cluster.transitions("a")]
+        assert any("also MASTER" in r for r in reasons), reasons
+    finally:
+        print(cluster.logs())
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_old_master_back_preempts_only_with_preempt(lab, preempt):
+    cluster = make_cluster(lab, preempt=preempt, preempt_delay=0.5)
+    try:
+        settle(lab, cluster, "a")
+        cluster.kill("a", signal.SIGKILL)
+        settle(lab, cluster, "b")
+        cluster.start("a")
+        lab.wait_for(lambda: cluster.state("a") in ("BACKUP", "MASTER"), 5, what="a back")
+        if preempt:
+            settle(lab, cluster, "a")
+            reasons = [t["reason"] for t in cluster.transitions("a")]
+            assert any("handed its VIPs to this node" in r for r in reasons), reasons
+            assert_served(lab, "a")
+        else:
+            # Give a every chance to preempt: 3 s is six preempt delays.
+            lab.hold_for(lambda: cluster.state("b") == "MASTER" and cluster.state("a") == "BACKUP",
+                         3.0, what="b stays MASTER, a stays BACKUP")
+            assert_served(lab, "b")
+    finally:
+        print(cluster.logs())
+
+
+def test_three_nodes_highest_remaining_priority_wins(lab):
+    cluster = make_cluster(lab, hosts=(("a", 200), ("b", 100), ("c", 150)))
+    try:
+        settle(lab, cluster, "a")
+        cluster.kill("a", signal.SIGKILL)
+        settle(lab, cluster, "c")
+        assert cluster.state("b") == "BACKUP"
+        assert_served(lab, "c")
+    finally:
+        print(cluster.logs())
+
+
+def test_multicast_heartbeats(lab):
+    cluster = make_cluster(lab, multicast=True)
+    try:
+        settle(lab, cluster, "a")
+        peers = cluster.status("a")["peers"]
+        assert [p["name"] for p in peers] == ["pacs-b"] and peers[0]["state"] == "BACKUP"
+        cluster.kill("a", signal.SIGKILL)
+        settle(lab, cluster, "b")
+        assert_served(lab, "b")
+    finally:
+        print(cluster.logs())
+
+
+def test_ipv6_vip_moves_with_unsolicited_neighbour_advertisement(lab):
+    cluster = make_cluster(lab, vips=(f"{VIP}/24", f"{VIP6}/64"))
+    try:
+        settle(lab, cluster, "a")
+        settle(lab, cluster, "a", vip=VIP6)
+        # storescp listens on IPv4 only: reach the IPv6 VIP with ICMPv6.
+        assert lab.ping("ws", VIP6)
+        assert neighbour_mac(lab, lab.ns("ws"), VIP6) == mac_of(lab, "a")
+        cluster.kill("a", signal.SIGKILL)
+        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER")
+        lab.wait_for(lambda: neighbour_mac(lab, lab.ns("ws"), VIP6) == mac_of(lab, "b"), 1.0,
+                     what="workstation IPv6 neighbour entry on b's MAC")
+        settle(lab, cluster, "b", vip=VIP6)
+        assert lab.ping("ws", VIP6)
+        assert_served(lab, "b")
+    finally:
+        print(cluster.logs())
+
+
+def test_hostile_datagrams_cause_no_transition_and_are_counted(lab):
+    cluster = make_cluster(lab, pacs=False)
+    try:
+        settle(lab, cluster, "a")
+        before = cluster.transitions("b")
+        # From the workstation: not a peer at all, then forged as b would be if it were a peer.
+        script = (
+            "import socket, os\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for i in range(300):\n"
+            "    s.sendto(os.urandom(i % 150), ('192.0.2.12', 5405))\n"
+        )
+        lab.exec("ws", ["python3", "-c", script])
+        lab.wait_for(lambda: cluster.status("b")["drops"]["unknown_sender"] >= 300, 3,
+                     what="drops counted")
+        assert cluster.transitions("b") == before and cluster.masters() == ["a"]
+    finally:
+        print(cluster.logs())
