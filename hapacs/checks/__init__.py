@@ -12,5 +12,6 @@ pynetdicom is imported only when a DICOM probe first runs.
 """
 
 from hapacs.checks.health import Change, CheckHealth, Verdict, aggregate
+from hapacs.checks.probes import ProbeResult, run_probe
 
-__all__ = ["Change", "CheckHealth", "Verdict", "aggregate"]
+__all__ = ["Change", "CheckHealth", "ProbeResult", "Verdict", "aggregate", "run_probe"]
