@@ -97,17 +97,17 @@ def test_dicom_echo_to_a_port_nobody_listens_on_is_refused_even_with_a_long_time
 # ---- Orthanc: rejection, dicom-find ------------------------------------------------------
 
 
-def start_strict_orthanc(net):
+def start_strict_orthanc(net, port=ORTHANC_PORT, http_port=ORTHANC_HTTP_PORT):
     """Orthanc that rejects associations addressed to another AE title than ORTHANC."""
     directory = Path(net.mkdtemp("orthanc-strict"))
-    config = orthanc_config(ORTHANC_PORT, ORTHANC_HTTP_PORT, directory, aet="ORTHANC")
+    config = orthanc_config(port, http_port, directory, aet="ORTHANC")
     config["DicomCheckCalledAet"] = True
     (directory / "orthanc.json").write_text(json.dumps(config))
     log = open(directory / "orthanc.log", "ab")
     process = net.spawn("a", [ORTHANC, str(directory / "orthanc.json")], env={"TCP_NODELAY": "1"},
                         stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    echo = make_check("dicom-echo", timeout_s=1.0, host="127.0.0.1", port=ORTHANC_PORT, called_ae="ORTHANC")
+    echo = make_check("dicom-echo", timeout_s=1.0, host="127.0.0.1", port=port, called_ae="ORTHANC")
 
     def serving():
         if process.poll() is not None:
@@ -180,13 +180,26 @@ def test_dicom_find_to_the_wrong_called_ae_is_rejected(net, orthanc):
     assert not result.ok and result.message.startswith("association rejected by PACS")
 
 
-def test_dicom_find_fails_when_orthanc_is_gone(net, orthanc):
-    check = make_check("dicom-find", host="127.0.0.1", port=ORTHANC_PORT, called_ae="ORTHANC")
+def test_dicom_find_fails_within_the_timeout_when_orthanc_hangs(net, orthanc):
+    check = make_check("dicom-find", timeout_s=0.5, host="127.0.0.1", port=ORTHANC_PORT, called_ae="ORTHANC")
+    orthanc.send_signal(signal.SIGSTOP)
+    try:
+        result, seconds = probe_in(net, check)
+    finally:
+        orthanc.send_signal(signal.SIGCONT)
+    assert not result.ok and result.message == "no answer within 0.5 s (association request)"
+    assert 0.5 <= seconds < 0.5 + 1.0
+
+
+def test_dicom_find_fails_at_once_when_orthanc_is_gone(net):
+    port = ORTHANC_PORT + 1
+    own = start_strict_orthanc(net, port=port, http_port=ORTHANC_HTTP_PORT + 1)
+    check = make_check("dicom-find", host="127.0.0.1", port=port, called_ae="ORTHANC")
     assert probe_in(net, check)[0].ok
-    net.kill(orthanc, signal.SIGKILL)
-    orthanc.wait(5)
+    net.kill(own, signal.SIGKILL)
+    own.wait(5)
     result, seconds = probe_in(net, check)
-    assert not result.ok and result.message == f"connection refused (127.0.0.1:{ORTHANC_PORT})"
+    assert not result.ok and result.message == f"connection refused (127.0.0.1:{port})"
     assert seconds < 0.4
 
 

@@ -13,5 +13,6 @@ pynetdicom is imported only when a DICOM probe first runs.
 
 from hapacs.checks.health import Change, CheckHealth, Verdict, aggregate
 from hapacs.checks.probes import ProbeResult, run_probe
+from hapacs.checks.runner import CheckRunner
 
-__all__ = ["Change", "CheckHealth", "ProbeResult", "Verdict", "aggregate", "run_probe"]
+__all__ = ["Change", "CheckHealth", "CheckRunner", "ProbeResult", "Verdict", "aggregate", "run_probe"]
