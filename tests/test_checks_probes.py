@@ -268,6 +268,34 @@ def test_http_fails_within_the_timeout_when_the_server_hangs_and_at_once_when_it
     assert not result.ok and result.message == f"connection refused (127.0.0.1:{HTTP_PORT})"
 
 
+HTTPS_SERVER = """
+import http.server, ssl, sys
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def test_https_verifies_the_certificate(net):
+    require_tools("openssl")
+    directory = Path(net.mkdtemp("tls"))
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=pacs.test", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = HTTP_PORT + 10
+    server = net.spawn("a", [sys.executable, "-c", HTTPS_SERVER, str(port), str(cert), str(key)], cwd=directory)
+    wait_for(lambda: probe_in(net, make_check("tcp", host="127.0.0.1", port=port))[0].ok, 10, interval=0.05,
+             what="the HTTPS server to listen")
+    try:
+        result, _ = probe_in(net, make_check("http", url=f"https://127.0.0.1:{port}/"))
+    finally:
+        net.stop(server)
+    assert not result.ok
+    assert result.message == f"TLS with 127.0.0.1:{port} failed: CERTIFICATE_VERIFY_FAILED"
+
+
 # ---- process --------------------------------------------------------------------------------
 
 

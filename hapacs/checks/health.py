@@ -19,10 +19,15 @@ Schedule (`next_probe_at`): a probe runs `interval_s` after the previous one
 finished, except after a failure while the check is not yet down: then the
 next probe runs after FAST_REPROBE_S (or the interval, if shorter). A dead
 PACS is therefore confirmed about one interval after it died, not fall
-intervals after: with interval 0.2 s and fall 2, a refused connection is
-seen within 0.2 s and confirmed 0.1 s later. A check that is down goes
-back to the normal interval; it needs rise successes to come up again, and
-probing a dead server faster gains nothing.
+intervals after: the worst case is
+
+    interval + fall x probe time + (fall - 1) x FAST_REPROBE_S
+
+With interval 0.2 s and fall 2, a killed PACS (refused: ~0.1 s per
+pynetdicom probe) was declared down 0.32-0.50 s after it died; a hung one
+(each probe waits its timeout of 0.5 s, +0.11 s) after 1.33-1.53 s.
+A check that is down goes back to the normal interval: it needs rise
+successes to come up again, and probing a dead server faster gains nothing.
 
 `aggregate` turns all checks into a `Verdict`: a fault (a check with weight
 0 is down: the node may not be MASTER), a priority penalty (the sum of -weight

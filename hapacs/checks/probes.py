@@ -214,11 +214,11 @@ def _http(check: CheckConfig, deadline: float) -> str:
                 response = connection.getresponse()
                 status, location = response.status, response.getheader("Location")
                 response.close()
-            except ssl.SSLError as error:
-                raise ProbeFailed(f"TLS with {_where(host, port)} failed: {error.reason or error}") from None
-            except (OSError, http.client.HTTPException) as error:
+            except (OSError, http.client.HTTPException) as error:  # ssl.SSLError is an OSError
                 if watchdog.fired or isinstance(error, TimeoutError):
                     raise _no_answer(check, f"HTTP GET {check.url}") from None
+                if isinstance(error, ssl.SSLError):
+                    raise ProbeFailed(f"TLS with {_where(host, port)} failed: {error.reason or error}") from None
                 detail = _os_error(error) if isinstance(error, OSError) else type(error).__name__
                 raise ProbeFailed(f"HTTP GET {check.url} failed: {detail}") from None
     finally:
