@@ -6,12 +6,16 @@ the only timings asserted are loose bounds (precise figures belong in a benchmar
 """
 
 import asyncio
+import json
 import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +27,7 @@ from lab import Lab, unique_prefix
 from lab.dicom import STORESCP, start_storescp
 from tests.checks_netns import in_netns, require_tools
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SCP_PORT, CLOSED_PORT = 11112, 18081
 TICK_S = 0.05
 
@@ -313,3 +318,33 @@ def test_stop_returns_at_once_while_a_probe_is_stuck():
         assert asyncio.run(scenario()) < 0.1
     finally:
         stuck.release.set()
+
+
+def test_the_first_import_of_pynetdicom_does_not_count_against_a_dicom_check():
+    """In a fresh process, importing pynetdicom takes longer than this check's patience."""
+    program = f"""
+import asyncio, json, logging, sys
+sys.path.insert(0, {str(REPO_ROOT)!r})
+import hapacs.checks.runner as runner_module
+from hapacs.config import CheckConfig
+runner_module.STUCK_GRACE_S = 0.15      # patience 0.2 s: a refusal takes 0.1 s, the import 0.4-0.7 s
+check = CheckConfig(name="pacs-dicom", type="dicom-echo", interval_s=1, timeout_s=0.05, fall=1, rise=1,
+                    weight=0, host="127.0.0.1", port={CLOSED_PORT})
+async def main():
+    changes = []
+    runner = runner_module.CheckRunner((check,), lambda verdict, new: changes.extend(new), logging.getLogger("t"))
+    runner.start()
+    while not changes:
+        await asyncio.sleep(0.01)
+    await runner.stop()
+    return changes[0].reason
+reason = asyncio.run(asyncio.wait_for(main(), 20))
+print(json.dumps(["pynetdicom" in sys.modules, reason]))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    imported, reason = json.loads(done.stdout)
+    assert imported
+    # pynetdicom polls every 0.1 s, so with a 0.05 s timeout the probe may say either
+    assert reason in (f"check pacs-dicom down: connection refused (127.0.0.1:{CLOSED_PORT})",
+                      f"check pacs-dicom down: no answer within 0.05 s (TCP connect to 127.0.0.1:{CLOSED_PORT})")

@@ -63,6 +63,18 @@ class ProbeFailed(Exception):
     """The probe ran and the answer is "unhealthy"; the message says why."""
 
 
+def prepare(check: CheckConfig) -> None:
+    """Load what the probe for `check` needs (pynetdicom), so that the first run is timed fairly.
+
+    Blocking, like the probes; never raises (a failed import shows in the first result).
+    """
+    if check.type in DICOM_TYPES:
+        try:
+            _pynetdicom()
+        except Exception:  # noqa: BLE001 - run_probe reports it
+            pass
+
+
 def run_probe(check: CheckConfig) -> ProbeResult:
     """Run the probe for `check` once, bounded by check.timeout_s; never raises."""
     probe = _PROBES.get(check.type)

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from hapacs.checks.health import Change, CheckHealth, Verdict, aggregate
-from hapacs.checks.probes import ProbeResult, run_probe
+from hapacs.checks.probes import ProbeResult, prepare, run_probe
 from hapacs.config import CheckConfig
 from hapacs.status import CheckStatus
 
@@ -85,6 +85,8 @@ class CheckRunner:
         health = self._health[check.name]
         loop = self._loop
         patience_s = check.timeout_s + STUCK_GRACE_S
+        # The first import of pynetdicom (0.3-0.8 s) must not count against the patience.
+        await loop.run_in_executor(self._executor, prepare, check)
         while True:
             started = loop.time()
             future = loop.run_in_executor(self._executor, self._probe, check)
