@@ -57,8 +57,8 @@ def main() -> int:
             f"{_successes(records_path)} successes so far.\n")
 
         say("pacs-a loses power: its switch port goes silent, its agent and archive die.")
-        fault_t = time.monotonic()
         lab.partition("a")
+        fault_t = time.monotonic()   # the port is silent from here (nft takes ~10 ms to apply)
         cluster.kill("a", signal.SIGKILL)
         lab.stop(pacs["a"], timeout=1.0)
         lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="pacs-b MASTER")

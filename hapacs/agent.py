@@ -70,11 +70,14 @@ class Agent:
         self.guard = wire.ReplayGuard()
         self.keys = config.cluster.auth_keys
         self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
+        self.unicast = config.cluster.unicast
+        self._packed: dict[str, bytes] = {}
         self.counts = collections.Counter()
         self.drops = collections.Counter({code: 0 for code in wire.DROP_CODES + ("unknown_sender",)})
         self.history: collections.deque[TransitionRecord] = collections.deque(maxlen=HISTORY)
         self.started_at = 0.0
         self._queue: asyncio.Queue | None = None
+        self._worker_busy = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: list[asyncio.Task] = []
@@ -258,16 +261,27 @@ class Agent:
         except Exception:
             log.exception("internal error in the election core; the agent carries on")
             effects = []
-        for effect in effects:
-            self._queue.put_nowait(effect)
+        self._dispatch(effects)
         self._rearm()
         return effects
 
+    def _dispatch(self, effects: list) -> None:
+        """Carry out effects in order: synchronous ones at once while nothing is queued,
+        the rest (netlink) through the worker, which keeps the order."""
+        for index, effect in enumerate(effects):
+            if self._worker_busy or not self._queue.empty() or isinstance(effect, (AcquireVips, ReleaseVips)):
+                for rest in effects[index:]:
+                    self._queue.put_nowait(rest)
+                return
+            self._execute_now(effect)
+
     def _rearm(self) -> None:
+        deadline = self.core.next_deadline() if self.core else None
         if self._timer is not None:
+            if deadline == self._timer_at:
+                return
             self._timer.cancel()
             self._timer = None
-        deadline = self.core.next_deadline() if self.core else None
         if deadline is not None:
             self._timer_at = deadline
             self._timer = self.loop.call_at(deadline, self._on_timer)
@@ -280,7 +294,7 @@ class Agent:
     def _on_datagram(self, data: bytes, source: str) -> None:
         now = self.loop.time()
         source = _plain(source)
-        if self.config.cluster.unicast and source not in self.peer_sources:
+        if self.unicast and source not in self.peer_sources:
             self._drop("unknown_sender", source, "not one of cluster.peers", now)
             return
         try:
@@ -291,7 +305,9 @@ class Agent:
             return
         self.counts["adverts_received"] += 1
         self._peer_addresses[advert.node] = source
-        packed = ipaddress.ip_address(source).packed
+        packed = self._packed.get(source)
+        if packed is None:
+            packed = self._packed[source] = ipaddress.ip_address(source).packed
         self._feed(lambda t: self.core.receive(advert, packed, t))
 
     def _drop(self, code: str, source: str, reason: str, now: float) -> None:
@@ -345,25 +361,35 @@ class Agent:
     async def _effect_worker(self) -> None:
         while True:
             effect = await self._queue.get()
+            self._worker_busy = True
             try:
-                await self._execute(effect)
+                if isinstance(effect, AcquireVips):
+                    await self.vips.acquire()
+                elif isinstance(effect, ReleaseVips):
+                    await self.vips.release()
+                self._execute_now(effect)
             except Exception:
                 log.exception("carrying out %s failed", type(effect).__name__)
-            for listener in self.listeners:
-                try:
-                    listener(effect)
-                except Exception:
-                    log.exception("a status listener failed")
+            finally:
+                self._worker_busy = self._queue.qsize() > 0
 
-    async def _execute(self, effect) -> None:
+    def _execute_now(self, effect) -> None:
+        try:
+            self._execute(effect)
+        except Exception:
+            log.exception("carrying out %s failed", type(effect).__name__)
+        for listener in self.listeners:
+            try:
+                listener(effect)
+            except Exception:
+                log.exception("a status listener failed")
+
+    def _execute(self, effect) -> None:
+        """The synchronous part of every effect (VIP changes were awaited before)."""
         if isinstance(effect, SendAdvert):
             self._send(effect)
         elif isinstance(effect, Transition):
             self._record(effect)
-        elif isinstance(effect, AcquireVips):
-            await self.vips.acquire()
-        elif isinstance(effect, ReleaseVips):
-            await self.vips.release()
         elif isinstance(effect, Announce):
             log.info("announcing the VIPs again: %s", effect.why)
             self.vips.announce()

@@ -158,10 +158,16 @@ class Netlink:
                 return False
             raise
 
-    async def watch(self, on_event: Callable[[LinkEvent | AddressEvent], None]) -> None:
-        """Report link and address changes until cancelled."""
+    async def watch(self, on_event: Callable[[LinkEvent | AddressEvent], None], addresses: bool = False) -> None:
+        """Report link (and, if asked, address) changes until cancelled.
+
+        Address events are off by default: every lease renewal causes one, and parsing
+        them costs more CPU than the heartbeats themselves; the renewal (an `ip addr
+        replace`) puts back a VIP someone removed anyway.
+        """
         self._events = AsyncIPRoute()
-        await self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
+        await self._events.bind(groups=groups)
         while True:
             async for msg in self._events.get():
                 event = msg.get("event")

@@ -113,8 +113,9 @@ class VipManager:
             self.announcer.burst("vips", targets)
 
     async def _renew_loop(self) -> None:
-        # Renew four times per lease: one missed renewal must not let it lapse.
-        period = self.lease_s / 4
+        # Renew three times per lease: one missed renewal must not let it lapse. (Each renewal
+        # costs a netlink round trip and an address event, so not more often than that.)
+        period = self.lease_s / 3
         while self.wanted:
             await asyncio.sleep(period)
             if not self.wanted:

@@ -96,7 +96,7 @@ def encode(advert: Advert, key: bytes) -> bytes:
                         int(advert.flags), advert.advert_interval_ms, advert.term,
                         advert.boot_id, advert.seq, advert.vip_digest)
     body += _name_bytes(advert.node, "node name") + _name_bytes(advert.target, "target name")
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    return body + hmac.digest(key, body, "sha256")
 
 
 def decode(data: bytes, keys: Sequence[bytes], cluster_id: int) -> Advert:
@@ -112,7 +112,7 @@ def decode(data: bytes, keys: Sequence[bytes], cluster_id: int) -> Advert:
     if data[3] != cluster_id:
         raise WireError("cluster", f"cluster id {data[3]}, ours is {cluster_id}")
     body, digest = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
-    if not any(hmac.compare_digest(hmac.new(k, body, hashlib.sha256).digest(), digest) for k in keys):
+    if not any(hmac.compare_digest(hmac.digest(k, body, "sha256"), digest) for k in keys):
         raise WireError("auth", "HMAC does not match any of our keys (wrong key or forged)")
     return _parse(body)
 
