@@ -208,6 +208,45 @@ class TrapReceiver:
             self.process.stderr.close()
 
 
+def ber_length(size: int) -> bytes:
+    return bytes([size]) if size < 128 else bytes([0x82]) + size.to_bytes(2, "big")
+
+
+def ber(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + ber_length(len(content)) + content
+
+
+def ber_integer(value: int) -> bytes:
+    return ber(0x02, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True))
+
+
+def ber_oid(oid: tuple[int, ...]) -> bytes:
+    body = bytes([40 * oid[0] + oid[1]])
+    for arc in oid[2:]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.insert(0, 0x80 | (arc & 0x7F))
+        body += bytes(chunk)
+    return ber(0x06, body)
+
+
+def raw_v2c_get(request_id: int, oid: tuple[int, ...], community: str = COMMUNITY) -> bytes:
+    """An SNMPv2c GetRequest, BER-encoded by hand (RFC 3416), independent of pysnmp."""
+    varbind = ber(0x30, ber(0x30, ber_oid(oid) + b"\x05\x00"))
+    pdu = ber(0xA0, ber_integer(request_id) + ber_integer(0) + ber_integer(0) + varbind)
+    return ber(0x30, ber_integer(1) + ber(0x04, community.encode()) + pdu)
+
+
+def response_request_id(message: bytes) -> int:
+    """The request-id of a GetResponse: the first INTEGER inside the 0xA2 PDU."""
+    at = message.index(b"\xa2", 5)
+    at += 2 if message[at + 1] < 0x80 else 2 + (message[at + 1] & 0x7F)
+    assert message[at] == 0x02
+    size = message[at + 1]
+    return int.from_bytes(message[at + 2:at + 2 + size], "big", signed=True)
+
+
 def trap_target(receiver: TrapReceiver, version: str, user: str | None = None,
                 timeout_s: float = 1.0, retries: int = 2, port: int | None = None) -> SnmpTrapTarget:
     return SnmpTrapTarget(host="127.0.0.1", port=port or receiver.port, version=version,

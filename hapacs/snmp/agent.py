@@ -1,0 +1,302 @@
+"""The SNMP agent of hapacs, running inside the caller's asyncio loop.
+
+It answers GET, GETNEXT and GETBULK (SNMPv1/v2c with the read-only
+community, SNMPv3 with the USM users) from the Status snapshot, refuses
+every SET, and sends notifications to the `snmp.traps` receivers. It never
+blocks the loop: requests only read in-memory state; notifications are
+queued by `notify()` and sent by a task.
+
+Only this package imports pysnmp; import this module only when SNMP is
+configured (an agent without SNMP then never loads pysnmp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import time
+from typing import Callable, Mapping
+
+from pysnmp.carrier.asyncio.dgram import udp, udp6
+from pysnmp.entity import config as engine_config
+from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity.rfc3413 import cmdrsp, context
+from pysnmp.smi import error
+
+from ..config import SnmpConfig, SnmpUser
+from ..status import Status
+from . import oids
+from .identity import engine_id_for, next_boots
+from .instrumentation import SnapshotInstrumentation
+from .notify import Notifier, Receiver
+from .render import Snapshot, Value, integer, notifications, octets, render
+
+RECEIVE_BUFFER_BYTES = 4 << 20      # a burst of 1000 GETs fits (LIBNOTES: 256/1000 with the default)
+IP_FREEBIND = 15                    # linux/in.h; Python 3.11 has no socket.IP_FREEBIND
+SO_RCVBUFFORCE = 33                 # asm-generic/socket.h; neither socket.SO_RCVBUFFORCE
+READ_VIEW = (1, 3, 6, 1)            # the instrumentation decides what exists; VACM who may read
+COMMUNITY_SECURITY_NAME = "hapacs-read"
+LISTEN_DOMAINS = {socket.AF_INET: udp.DOMAIN_NAME + (1,), socket.AF_INET6: udp6.DOMAIN_NAME + (1,)}
+INTERFACE_RETRY_S = 10.0
+
+AUTH_PROTOCOLS = {
+    "sha": engine_config.USM_AUTH_HMAC96_SHA,
+    "sha256": engine_config.USM_AUTH_HMAC192_SHA256,
+    "sha512": engine_config.USM_AUTH_HMAC384_SHA512,
+}
+# AES-256 key extension as in draft-blumenthal-aes-usm-04, which net-snmp's "-x AES-256"
+# uses (pysnmp's USM_PRIV_CFB256_AES is the Cisco "Reeder" variant instead).
+PRIV_PROTOCOLS = {
+    None: engine_config.USM_PRIV_NONE,
+    "aes128": engine_config.USM_PRIV_CFB128_AES,
+    "aes256": engine_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+}
+
+
+class SnmpBindError(Exception):
+    """A `snmp.listen` address could not be bound; the message names it."""
+
+    def __init__(self, host: str, port: int, problem: OSError):
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen for SNMP on {shown}: {problem.strerror or problem}")
+        self.host, self.port, self.errno = host, port, problem.errno
+
+
+class SnmpAgent:
+    """SNMP for one hapacs node: call `await start()` in the running loop, `await stop()` at the end."""
+
+    def __init__(self, config: SnmpConfig, node_name: str, status: Callable[[], Status], log,
+                 state_dir: str | None = None, *, if_indexes: Mapping[str, int] | None = None,
+                 snapshot_ttl_s: float = 0.1):
+        """`status` is called on the loop for each request burst (at most every snapshot_ttl_s)
+        and for each notify(); it must only read memory. `if_indexes` maps interface names to
+        the ifIndex used in VRRPV3-MIB rows; missing names are looked up with if_nametoindex."""
+        self._config = config
+        self._node_name = node_name
+        self._status = status
+        self._log = log
+        self._state_dir = state_dir
+        self._fixed_if_indexes = dict(if_indexes or {})
+        self._found_if_indexes: dict[str, tuple[int | None, float]] = {}
+        self._snapshot_ttl_s = snapshot_ttl_s
+        self._snapshot_cache: tuple[float, Snapshot] | None = None
+        self._render_failures = 0
+        self._system = " ".join(os.uname()[i] for i in (0, 2, 4))      # sysname release machine
+        self.engine_id = engine_id_for(node_name, config.engine_id)
+        self.engine_boots = 0
+        self.addresses: list[tuple[str, int]] = []
+        self._engine: snmp_engine.SnmpEngine | None = None
+        self._notifier: Notifier | None = None
+        self._responders: list = []
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listen address (raises SnmpBindError naming the first that fails),
+        set up the engine, users and receivers. Returns when requests are answered."""
+        if self._engine is not None:
+            raise RuntimeError("the SNMP agent is already started")
+        sockets = []
+        try:
+            for host, port in self._config.listen:
+                sockets.append(self._bind(host, port))
+            await self._serve(sockets)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            await self.stop(flush_timeout_s=0)
+            raise
+        self._log.info("SNMP listening on %s; engine ID 0x%s, boots %d; %s",
+                       ", ".join(_shown(h, p) for h, p in self.addresses), self.engine_id.hex(),
+                       self.engine_boots, self._describe_access())
+
+    async def _serve(self, sockets: list[socket.socket]) -> None:
+        engine = self._engine = snmp_engine.SnmpEngine()
+        self._set_identity(engine)
+        for number, sock in enumerate(sockets, start=1):
+            family = sock.family
+            transport = (udp.UdpAsyncioTransport if family == socket.AF_INET
+                         else udp6.Udp6AsyncioTransport)().open_server_mode(sock=sock)
+            await transport._lport              # the endpoint is made in a task; wait for it
+            engine_config.add_transport(engine, LISTEN_DOMAINS[family] + (number,), transport)
+            self.addresses.append(sock.getsockname()[:2])
+        self._add_credentials(engine)
+
+        snmp_context = context.SnmpContext(engine)
+        snmp_context.unregister_context_name(b"")
+        snmp_context.register_context_name(b"", SnapshotInstrumentation(self._snapshot))
+        self._responders = [responder(engine, snmp_context) for responder in (
+            cmdrsp.GetCommandResponder, cmdrsp.NextCommandResponder,
+            cmdrsp.BulkCommandResponder, cmdrsp.SetCommandResponder)]
+
+        self._notifier = Notifier(engine, self._config, self._log)
+        await self._notifier.start()
+
+    async def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Send what is queued (up to flush_timeout_s), then close every socket."""
+        if self._engine is None:
+            return
+        if self._notifier:
+            if not await self._notifier.flush(flush_timeout_s):
+                self._log.warning("SNMP: stopping with notifications not yet delivered")
+            await self._notifier.stop()
+            self._notifier = None
+        for responder in self._responders:
+            responder.close(self._engine)
+        self._responders = []
+        self._engine.close_dispatcher()
+        self._engine = None
+        self.addresses = []
+
+    def notify(self, kind: str, **fields) -> None:
+        """Queue the notification(s) for an event and return at once; never raises.
+
+        state_change(old, new, reason, code=None), check_down(check, message),
+        check_up(check, message), peer_lost(peer), split_brain(peer, winner).
+        A state_change to MASTER also sends vrrpv3NewMaster.
+        """
+        if self._notifier is None:
+            return
+        try:
+            for notification in notifications(kind, fields, self._status(), self._if_index_of):
+                self._notifier.submit(notification)
+        except Exception as problem:
+            self._log.error("SNMP notification %s not sent: %s", kind, problem)
+
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until queued notifications are sent (informs answered or timed out)."""
+        return await self._notifier.flush(timeout_s) if self._notifier else True
+
+    @property
+    def receivers(self) -> list[Receiver]:
+        """The notification receivers with their sent/failed counts."""
+        return self._notifier.receivers if self._notifier else []
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _bind(self, host: str, port: int) -> socket.socket:
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as problem:
+            raise SnmpBindError(host, port, problem) from problem
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:        # as root, beyond net.core.rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            try:
+                sock.bind(address)
+            except OSError as problem:
+                if problem.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # Not on this host (yet): a VIP. Bind anyway; answers start when it appears.
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind(address)
+                self._log.warning("SNMP: %s is not an address of this host yet; listening there "
+                                  "anyway (IP_FREEBIND), answers start when it appears", _shown(host, port))
+            sock.setblocking(False)
+        except OSError as problem:
+            sock.close()
+            raise SnmpBindError(host, port, problem) from problem
+        return sock
+
+    def _set_identity(self, engine: snmp_engine.SnmpEngine) -> None:
+        """Our engine ID and boots. Set after construction: given to the constructor, pysnmp
+        would keep boots under the temporary directory instead (LIBNOTES pitfall 4)."""
+        builder = engine.get_mib_builder()
+        engine_id, boots = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots")
+        engine_id.syntax = engine_id.syntax.clone(self.engine_id)
+        engine.snmpEngineID = engine_id.syntax
+        self.engine_boots, problem = next_boots(self._state_dir, self.engine_id)
+        if problem:
+            self._log.warning("SNMP: %s", problem)
+        boots.syntax = boots.syntax.clone(self.engine_boots)
+
+    def _add_credentials(self, engine: snmp_engine.SnmpEngine) -> None:
+        if self._config.community:
+            engine_config.add_v1_system(engine, COMMUNITY_SECURITY_NAME, self._config.community)
+            for model in (1, 2):            # SNMPv1 and SNMPv2c
+                engine_config.add_vacm_user(engine, model, COMMUNITY_SECURITY_NAME, "noAuthNoPriv",
+                                            readSubTree=READ_VIEW)
+        for user in self._config.users:
+            engine_config.add_v3_user(engine, user.name, AUTH_PROTOCOLS[user.auth_protocol], user.auth_key,
+                                      PRIV_PROTOCOLS[user.priv_protocol], user.priv_key)
+            engine_config.add_vacm_user(engine, 3, user.name, _security_level(user), readSubTree=READ_VIEW)
+
+    def _describe_access(self) -> str:
+        parts = ["v1/v2c community set" if self._config.community else "no v1/v2c"]
+        parts += [f"v3 user {u.name} ({u.auth_protocol}/{u.priv_protocol or 'no privacy'})"
+                  for u in self._config.users]
+        parts += [str(receiver) for receiver in self.receivers]
+        return "; ".join(parts)
+
+    # --- the read path: synchronous, on the loop, memory only -----------------------------
+
+    def _snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        cached = self._snapshot_cache
+        if cached and now - cached[0] < self._snapshot_ttl_s:
+            return cached[1]
+        try:
+            status = self._status()
+            snapshot = render(status, self._if_index_of, self._description(status),
+                              self._uptime_ticks(), self._engine_items())
+        except Exception as problem:
+            self._render_failures += 1
+            if self._render_failures in (1, 10, 100) or self._render_failures % 1000 == 0:
+                self._log.exception("SNMP: cannot render the status (%d times): %s",
+                                    self._render_failures, problem)
+            raise error.GenError() from problem
+        self._snapshot_cache = (now, snapshot)
+        return snapshot
+
+    def _description(self, status: Status) -> str:
+        version = f" {status.version}" if status.version else ""
+        return (f"hapacs{version}, high-availability agent for PACS servers: node {status.node}, "
+                f"cluster {status.cluster_id}; {self._system}")
+
+    def _uptime_ticks(self) -> int:
+        # The engine's sysUpTime, so requests and notifications agree.
+        uptime, = self._engine.get_mib_builder().import_symbols("__SNMPv2-MIB", "sysUpTime")
+        return int(uptime.syntax.clone())
+
+    def _engine_items(self) -> list[tuple[tuple[int, ...], Value]]:
+        builder = self._engine.get_mib_builder()
+        engine_id, boots, engine_time, max_size = builder.import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots", "snmpEngineTime",
+            "snmpEngineMaxMessageSize")
+        return [(oids.snmpEngineID + (0,), octets(bytes(engine_id.syntax))),
+                (oids.snmpEngineBoots + (0,), integer(int(boots.syntax))),
+                (oids.snmpEngineTime + (0,), integer(int(engine_time.syntax.clone()))),
+                (oids.snmpEngineMaxMessageSize + (0,), integer(int(max_size.syntax)))]
+
+    def _if_index_of(self, interface: str) -> int | None:
+        if interface in self._fixed_if_indexes:
+            return self._fixed_if_indexes[interface]
+        found = self._found_if_indexes.get(interface)
+        now = time.monotonic()
+        if found and (found[0] is not None or now - found[1] < INTERFACE_RETRY_S):
+            return found[0]
+        try:
+            index = socket.if_nametoindex(interface) if interface else None
+        except OSError:
+            index = None
+            if found is None:
+                self._log.warning("SNMP: no interface %r on this host; its VIPs have no VRRPV3-MIB row",
+                                  interface)
+        self._found_if_indexes[interface] = (index, now)
+        return index
+
+
+def _security_level(user: SnmpUser) -> str:
+    return "authPriv" if user.priv_protocol else "authNoPriv"
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
