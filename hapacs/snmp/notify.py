@@ -182,6 +182,7 @@ class Notifier:
                 for receiver in self._receivers:
                     if receiver.address or await self._resolve(receiver):
                         self._send(receiver, notification)
+                    await asyncio.sleep(0)      # one message at a time: SNMPv3 crypto takes ms
             except Exception:                           # never let the task die
                 self._log.exception("SNMP notification %s failed", name_of(notification.trap_oid))
             finally:

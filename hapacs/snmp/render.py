@@ -20,6 +20,7 @@ Mapping decisions (also in the MIB's DESCRIPTIONs):
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -103,6 +104,7 @@ def vrrp_status(state: object) -> int:
     return VRRP_STATUS.get(state_name(state), 1)
 
 
+@functools.lru_cache(maxsize=1024)       # the same few addresses, rendered on every snapshot
 def inet_address(address: str | None) -> tuple[int, bytes, int | None]:
     """(InetAddressType, InetAddress, prefix length) of "192.0.2.1", "2001:db8::1/64", ...
 
