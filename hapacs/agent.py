@@ -205,7 +205,7 @@ class Agent:
     def _start_checks(self) -> None:
         from .checks.runner import CheckRunner   # pynetdicom and threads only when checks exist
         self.checks = CheckRunner(self.config.checks, self._on_checks, logging.getLogger("hapacs.checks"))
-        self.core.set_hold("checks", "waiting for the first check results")
+        self.core.set_hold("checks", "waiting for the first check results", self.loop.time())
         self.checks.start()
 
     def request_stop(self, signum: int | None = None) -> None:
@@ -317,7 +317,7 @@ class Agent:
         self._limited.warning(f"drop-{code}", now, "dropped a heartbeat from %s (%s): %s", source, code, reason)
 
     def _on_checks(self, verdict, changes) -> None:
-        self.core.set_hold("checks", verdict.pending)
+        self._feed(lambda now: self.core.set_hold("checks", verdict.pending, now))
         self._feed(lambda now: self.core.set_penalty(verdict.penalty, now))
         self._feed(lambda now: self.core.set_fault("checks", verdict.fault, now, "every check is up again"))
         for listener in self.listeners:

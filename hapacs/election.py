@@ -583,12 +583,21 @@ class Election:
             return self._enter(State.BACKUP, Reason(Why.RECOVERED, recovered), now)
         return []
 
-    def set_hold(self, source: str, text: str | None) -> None:
+    def set_hold(self, source: str, text: str | None, now: float) -> list[Effect]:
         """Keep this node from becoming MASTER on its own (e.g. checks not run yet)."""
+        held = bool(self.holds)
         if text is None:
             self.holds.pop(source, None)
         else:
             self.holds[source] = text
+        if held and not self.holds and self.state in (State.INIT, State.BACKUP) and self._down is None:
+            # It listened all along: with no live MASTER it takes over after the skew only.
+            master = self._live_master()
+            if master is None:
+                self._arm_skew_only(now, self.p.advert_interval_s)
+            else:
+                self._arm_master_down(now, master)
+        return []
 
     def set_penalty(self, penalty: int, now: float) -> list[Effect]:
         """Priority lowered by failing checks with a negative weight."""

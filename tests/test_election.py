@@ -353,3 +353,25 @@ def test_thousands_of_steps_per_second():
     elapsed = time.perf_counter() - started
     assert elapsed < 5.0
     assert sim.masters() == ["a"]
+
+
+def test_node_held_back_until_first_check_results_then_takes_over():
+    sim = SimCluster()
+    node = sim.add("a", 150, "192.0.2.11", start=False)
+    node.election.set_hold("checks", "waiting for the first check results", sim.now)
+    sim.apply(node, node.election.start(sim.now))
+    sim.run(2.0)
+    assert node.state == B and not node.holds_vip
+    assert any("may not become MASTER: waiting for the first check results" in e.text
+               for e in sim.effects_of("a", Notice))
+    sim.command("a", "set_hold", "checks", None)
+    took = sim.run_until(lambda: node.state == M, 1.0, "a master")
+    assert took < 0.01   # it listened for 2 s already: skew only
+
+
+def test_hold_cleared_with_a_live_master_waits_for_it():
+    sim = two_nodes()
+    sim.command("b", "set_hold", "checks", "pending")
+    sim.command("b", "set_hold", "checks", None)
+    sim.run(3.0)
+    assert sim.masters() == ["a"]

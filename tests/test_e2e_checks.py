@@ -1,0 +1,173 @@
+"""Health checks end to end: real agents, real DICOM servers (dcmtk storescp, Orthanc),
+a real small file system. The VIP follows the healthy PACS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+
+import pytest
+
+from lab import Lab, unique_prefix
+from lab.cluster import AgentCluster
+from lab.dicom import start_orthanc, start_storescp
+
+from .e2e import assert_served, one_holder, settle
+
+ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
+        "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
+
+
+@pytest.fixture
+def lab():
+    with Lab(unique_prefix("hc")) as lab:
+        yield lab
+
+
+def cluster_with(lab, checks_a, checks_b=None, **kwargs) -> AgentCluster:
+    cluster = AgentCluster(lab, checks={"a": checks_a, "b": checks_b or []}, **kwargs)
+    cluster.add("a", 150)
+    cluster.add("b", 100)
+    return cluster
+
+
+def check_of(cluster, host, name) -> dict:
+    return next(c for c in cluster.status(host)["checks"] if c["name"] == name)
+
+
+def test_pacs_killed_on_master_vip_moves_and_returns_after_rise(lab):
+    scp = {h: start_storescp(lab, lab.ns(h), port=104, aet="PACS") for h in ("a", "b")}
+    cluster = cluster_with(lab, [ECHO], [ECHO], preempt_delay=0.5)
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a")
+        lab.stop(scp["a"], timeout=1.0)
+        lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="a FAULT")
+        settle(lab, cluster, "b")
+        assert_served(lab, "b")
+        status = cluster.status("a")
+        assert "pacs-dicom" in status["faults"][0] and "connection refused" in status["faults"][0]
+        assert check_of(cluster, "a", "pacs-dicom")["ok"] is False
+        # The archive comes back: up after `rise` successes, then preempt returns the VIP.
+        start_storescp(lab, lab.ns("a"), port=104, aet="PACS")
+        lab.wait_for(lambda: check_of(cluster, "a", "pacs-dicom")["ok"] is True, 5, what="check up again")
+        settle(lab, cluster, "a")
+        assert_served(lab, "a")
+    finally:
+        print(cluster.logs())
+
+
+def test_hung_pacs_sigstop_is_a_failure_after_the_timeout(lab):
+    scp = {h: start_storescp(lab, lab.ns(h), port=104, aet="PACS") for h in ("a", "b")}
+    cluster = cluster_with(lab, [ECHO], [ECHO])
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a")
+        scp["a"].send_signal(signal.SIGSTOP)
+        try:
+            settle(lab, cluster, "b", timeout=6)
+            assert cluster.state("a") == "FAULT"
+            message = check_of(cluster, "a", "pacs-dicom")["message"]
+            assert "0.5 s" in message or "no answer" in message or "timed out" in message, message
+            # Heartbeats kept their rhythm while the check hung: no false loss of a peer.
+            assert cluster.status("b")["counters"]["peers_lost"] == 0
+        finally:
+            scp["a"].send_signal(signal.SIGCONT)
+        assert_served(lab, "b")
+    finally:
+        print(cluster.logs())
+
+
+def test_dicom_find_against_orthanc_moves_vip_when_orthanc_dies(lab):
+    find = {"name": "pacs-db", "type": "dicom-find", "port": 4242, "called_ae": "ORTHANC",
+            "interval": 0.2, "timeout": 1.0, "fall": 2, "rise": 2}
+    orthanc = start_orthanc(lab, lab.ns("a"), dicom_port=4242, http_port=8042)
+    start_orthanc(lab, lab.ns("b"), dicom_port=4242, http_port=8042)
+    cluster = cluster_with(lab, [find], [find])
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a", timeout=15)
+        assert check_of(cluster, "a", "pacs-db")["message"].startswith("C-FIND ok")
+        orthanc.send_signal(signal.SIGKILL)
+        lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="a FAULT")
+        settle(lab, cluster, "b")
+        assert lab.holders("192.0.2.100") == ["b"]
+    finally:
+        print(cluster.logs())
+
+
+def test_disk_check_on_a_full_file_system(lab):
+    mount = lab.mkdtemp("archive")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "hapacs-test", mount], check=True)
+    try:
+        disk = {"name": "archive-disk", "type": "disk", "path": mount, "min_free_percent": 50,
+                "interval": 0.2, "timeout": 1.0, "fall": 2, "rise": 2}
+        cluster = cluster_with(lab, [disk])
+        cluster.start_all()
+        try:
+            settle(lab, cluster, "a")
+            with open(os.path.join(mount, "filler"), "wb") as handle:
+                handle.write(b"\0" * (700 * 1024))     # 70% used: under 50% free
+            lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="a FAULT on a full disk")
+            settle(lab, cluster, "b")
+            assert "free" in check_of(cluster, "a", "archive-disk")["message"]
+        finally:
+            print(cluster.logs())
+            cluster.kill("a", signal.SIGTERM)
+    finally:
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+def test_flapping_check_does_not_flap_the_vip(lab):
+    state_file = os.path.join(lab.mkdtemp("flap"), "count")
+    script = os.path.join(os.path.dirname(state_file), "flap.sh")
+    with open(script, "w") as handle:
+        # Alternates: success, failure, success, ... never two failures in a row.
+        handle.write(f"#!/bin/sh\nn=$(cat {state_file} 2>/dev/null || echo 0)\necho $((n+1)) > {state_file}\n"
+                     "[ $((n % 2)) -eq 0 ] && { echo ok; exit 0; }\necho flap; exit 1\n")
+    os.chmod(script, stat.S_IRWXU)
+    flap = {"name": "flappy", "type": "script", "command": [script], "interval": 0.1, "timeout": 1.0,
+            "fall": 2, "rise": 2}
+    cluster = cluster_with(lab, [flap])
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a")
+        transitions = len(cluster.transitions("a"))
+        lab.hold_for(lambda: cluster.state("a") == "MASTER" and len(cluster.transitions("a")) == transitions,
+                     3.0, what="a stays MASTER while its check flaps")
+        with open(state_file) as handle:
+            assert int(handle.read()) >= 10   # it really ran, and really flapped
+    finally:
+        print(cluster.logs())
+
+
+def test_negative_weight_lowers_priority_so_healthier_backup_takes_over(lab):
+    # Port 9 on a: nothing listens, so the check fails; weight -100 takes 150 down to 50.
+    soft = {"name": "dicomweb", "type": "tcp", "host": "127.0.0.1", "port": 9, "interval": 0.2,
+            "timeout": 0.5, "fall": 2, "rise": 2, "weight": -100}
+    cluster = cluster_with(lab, [soft], preempt_delay=0.5)
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "b", timeout=10)
+        status = cluster.status("a")
+        assert status["state"] == "BACKUP" and status["effective_priority"] == 50 and status["priority"] == 150
+        assert status["faults"] == []
+    finally:
+        print(cluster.logs())
+
+
+def test_weight_zero_check_down_gives_fault_even_alone(lab):
+    dead = {"name": "pacs-port", "type": "tcp", "host": "127.0.0.1", "port": 9, "interval": 0.2,
+            "timeout": 0.5, "fall": 2, "rise": 2, "weight": 0}
+    cluster = AgentCluster(lab, checks={"a": [dead]})
+    cluster.add("a", 150)
+    cluster.start_all()
+    try:
+        lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="a FAULT")
+        lab.hold_for(lambda: cluster.state("a") == "FAULT" and not lab.holders("192.0.2.100"), 1.0,
+                     what="FAULT holds no VIP")
+        assert one_holder(lab) == ""
+    finally:
+        print(cluster.logs())
