@@ -347,10 +347,13 @@ def test_notifications_reach_snmptrapd_as_v2c_traps_and_v3_informs(trap_receiver
         assert "HAPACS-MIB::hapacsNodeState.0 = INTEGER: master(3)" in state
         assert "HAPACS-MIB::hapacsNodePreviousState.0 = INTEGER: backup(2)" in state
         assert "HAPACS-MIB::hapacsNodeLastReason.0 = STRING: master pacs-b silent for 0.35 s" in state
-        new_master = [line for line in received if "OID: VRRPV3-MIB::vrrpv3NewMaster" in line]
+        # One per VRRP row; INFORMs may arrive in any order (SNMPv3 discovery, retries).
+        new_master = sorted(line for line in received if "OID: VRRPV3-MIB::vrrpv3NewMaster" in line)
         assert len(new_master) == 2
-        assert f"vrrpv3OperationsMasterIpAddr.{IF_INDEX}.51.ipv4 = Hex-STRING: C0 00 02 0B" in new_master[0]
-        assert f"vrrpv3StatisticsNewMasterReason.{IF_INDEX}.51.ipv4 = INTEGER: masterNoResponse(3)" in new_master[0]
+        ipv4 = next(line for line in new_master if f"{IF_INDEX}.51.ipv4" in line)
+        assert f"vrrpv3OperationsMasterIpAddr.{IF_INDEX}.51.ipv4 = Hex-STRING: C0 00 02 0B" in ipv4
+        assert f"vrrpv3StatisticsNewMasterReason.{IF_INDEX}.51.ipv4 = INTEGER: masterNoResponse(3)" in ipv4
+        assert any(f"{IF_INDEX}.51.ipv6" in line for line in new_master)
         down = next(line for line in received if "OID: HAPACS-MIB::hapacsCheckDown" in line)
         assert "HAPACS-MIB::hapacsCheckName.1 = STRING: pacs-dicom" in down
         assert "HAPACS-MIB::hapacsCheckMessage.1 = STRING: C-ECHO timed out" in down

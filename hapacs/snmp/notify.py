@@ -3,7 +3,9 @@
 `Notifier.submit()` only puts a `render.Notification` on a bounded queue;
 the task sends it to every receiver: SNMPv2c as TRAP, SNMPv3 as INFORM,
 acknowledged and sent again after each `timeout`, `retries` times (RFC 3413
-3.3). Failures are logged and counted, never raised.
+3.3). Failures are logged and counted, never raised. Like SNMP itself, it
+does not promise order: an INFORM waiting for discovery or a retry may
+arrive after a later one (each carries sysUpTime.0).
 
 Why not pysnmp's NotificationOriginator or hlapi: both import pysnmp.smi's
 MIB compiler, so pysmi and jinja2 (+250 ms, +15 MB RSS), and hlapi stalls the
