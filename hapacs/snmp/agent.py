@@ -12,7 +12,6 @@ configured (an agent without SNMP then never loads pysnmp).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
@@ -74,7 +73,6 @@ class SnmpAgent:
         and for each notify(); it must only read memory. `if_indexes` maps interface names to
         the ifIndex used in VRRPV3-MIB rows; missing names are looked up with if_nametoindex."""
         self._config = config
-        self._node_name = node_name
         self._status = status
         self._log = log
         self._state_dir = state_dir

@@ -83,9 +83,10 @@ class Notifier:
         return list(self._receivers)
 
     async def start(self) -> None:
+        """Register the receivers; their names are resolved in the task, so a slow DNS
+        never delays the agent's start."""
         for receiver in self._receivers:
             self._add_security(receiver)
-            await self._resolve(receiver)
         self._task = asyncio.create_task(self._run(), name="hapacs-snmp-notify")
 
     def submit(self, notification: Notification) -> None:
@@ -177,6 +178,8 @@ class Notifier:
     # --- sending -------------------------------------------------------------------
 
     async def _run(self) -> None:
+        for receiver in self._receivers:
+            await self._resolve(receiver)
         while True:
             notification = await self._queue.get()
             self._sending = True

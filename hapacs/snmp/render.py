@@ -6,7 +6,7 @@ and GETNEXT from them; `notifications()` builds the varbinds of a
 notification. Pure: no pysnmp, no sockets, no clock. The pysnmp adapter
 (instrumentation.py) only converts a `Value` into a pysnmp object.
 
-Mapping decisions (also in the MIB's DESCRIPTIONs):
+Mapping decisions (see also the DESCRIPTIONs in etc/HAPACS-MIB.txt):
 - States: init(1) backup(2) master(3) fault(4) lost(5); VRRP has no fault,
   so FAULT shows as initialize(1) there (not participating).
 - VRRP rows: one per (interface, address family) of the VIPs, indexed
