@@ -12,6 +12,7 @@ configured (an agent without SNMP then never loads pysnmp).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
@@ -111,8 +112,10 @@ class SnmpAgent:
                        self.engine_boots, self._describe_access())
 
     async def _serve(self, sockets: list[socket.socket]) -> None:
-        engine = self._engine = snmp_engine.SnmpEngine()
-        self._set_identity(engine)
+        # Building the engine is 0.3 s or more of CPU (pysnmp compiles its own MIB modules,
+        # USM turns every password into keys): in a thread, so that heartbeats on this loop
+        # keep their timing, also when a reload restarts SNMP.
+        engine = self._engine = await asyncio.to_thread(self._build_engine)
         for number, sock in enumerate(sockets, start=1):
             family = sock.family
             transport = (udp.UdpAsyncioTransport if family == socket.AF_INET
@@ -120,17 +123,21 @@ class SnmpAgent:
             await transport._lport              # the endpoint is made in a task; wait for it
             engine_config.add_transport(engine, LISTEN_DOMAINS[family] + (number,), transport)
             self.addresses.append(sock.getsockname()[:2])
-        self._add_credentials(engine)
+        self._notifier = Notifier(engine, self._config, self._log)
+        await self._notifier.start()
 
+    def _build_engine(self) -> snmp_engine.SnmpEngine:
+        """Engine, identity, credentials and responders; touches no event loop."""
+        engine = snmp_engine.SnmpEngine()
+        self._set_identity(engine)
+        self._add_credentials(engine)
         snmp_context = context.SnmpContext(engine)
         snmp_context.unregister_context_name(b"")
         snmp_context.register_context_name(b"", SnapshotInstrumentation(self._snapshot))
         self._responders = [responder(engine, snmp_context) for responder in (
             cmdrsp.GetCommandResponder, cmdrsp.NextCommandResponder,
             cmdrsp.BulkCommandResponder, cmdrsp.SetCommandResponder)]
-
-        self._notifier = Notifier(engine, self._config, self._log)
-        await self._notifier.start()
+        return engine
 
     async def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Send what is queued (up to flush_timeout_s), then close every socket."""
