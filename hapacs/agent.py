@@ -63,6 +63,7 @@ class Agent:
         self.transport: HeartbeatTransport | None = None
         self.control: ControlServer | None = None
         self.checks = None            # hapacs.checks.runner.CheckRunner, imported only when configured
+        self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.boot_id = 0
@@ -87,6 +88,7 @@ class Agent:
         self._state_waiters: list[asyncio.Future] = []
         self._peer_addresses: dict[str, str] = {}
         self._limited = RateLimited(log)
+        self.late = LatenessMeter()
         self.listeners: list[Callable[[object], None]] = []   # effect observers (SNMP, notify)
 
     # --- life cycle ---------------------------------------------------------------
@@ -154,6 +156,8 @@ class Agent:
         except OSError as err:
             raise StartupError(f"cannot create the control socket {config.control.socket}: "
                                f"{err.strerror or err}") from None
+        if config.snmp is not None:
+            await self._start_snmp()
         self._tasks.append(self.loop.create_task(self._effect_worker(), name="effects"))
         self._tasks.append(self.loop.create_task(self._watch_netlink(), name="netlink"))
         mode = (f"unicast to {', '.join(str(p) for p in config.cluster.peers)}" if config.cluster.unicast
@@ -208,6 +212,27 @@ class Agent:
         self.core.set_hold("checks", "waiting for the first check results", self.loop.time())
         self.checks.start()
 
+    async def _start_snmp(self) -> None:
+        from .snmp.agent import SnmpAgent, SnmpBindError   # pysnmp only when SNMP is configured
+        self.snmp = SnmpAgent(self.config.snmp, self.config.node.name, self.status,
+                              logging.getLogger("hapacs.snmp"), self.config.node.state_dir,
+                              if_indexes={name: link.index for name, link in self.links.items()})
+        try:
+            await self.snmp.start()
+        except SnmpBindError as err:
+            raise StartupError(str(err)) from None
+        self.listeners.append(self._to_snmp)
+
+    def _to_snmp(self, event) -> None:
+        """Effects and check changes that an NMS hears about as notifications."""
+        if isinstance(event, Transition):
+            self.snmp.notify("state_change", old=event.old.name, new=event.new.name, reason=event.reason.text,
+                             code=event.reason.code)
+        elif isinstance(event, PeerChange) and not event.up:
+            self.snmp.notify("peer_lost", peer=event.name)
+        elif isinstance(event, SplitBrain):
+            self.snmp.notify("split_brain", peer=event.peer, winner=event.winner)
+
     def request_stop(self, signum: int | None = None) -> None:
         """SIGTERM/SIGINT: leave cleanly; a second one stops at once."""
         if self._stopping:
@@ -247,6 +272,8 @@ class Agent:
             self.transport.close()
         if self.control is not None:
             await self.control.stop()
+        if self.snmp is not None:
+            await self.snmp.stop()
         self.announcer.close()
         await self.netlink.close()
 
@@ -289,6 +316,8 @@ class Agent:
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._timer_at
+        now = self.loop.time()
+        self.late.record(now - deadline, now)
         self._feed(lambda now: self.core.handle_timer(max(now, deadline)))
 
     def _on_datagram(self, data: bytes, source: str) -> None:
@@ -320,9 +349,10 @@ class Agent:
         self._feed(lambda now: self.core.set_hold("checks", verdict.pending, now))
         self._feed(lambda now: self.core.set_penalty(verdict.penalty, now))
         self._feed(lambda now: self.core.set_fault("checks", verdict.fault, now, "every check is up again"))
-        for listener in self.listeners:
+        if self.snmp is not None:
             for change in changes:
-                listener(change)
+                self.snmp.notify("check_up" if change.up else "check_down", check=change.name,
+                                 message=change.reason)
 
     def _vip_failed(self, text: str) -> None:
         log.error("VIP problem: %s", text)
@@ -471,7 +501,8 @@ class Agent:
             handover_target=view.handover_target, master_address=master_address,
             address=str(self.own_address), interface=self.config.cluster.interface,
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
-            uptime_s=now - self.started_at, version=__version__, pid=os.getpid())
+            uptime_s=now - self.started_at, version=__version__, pid=os.getpid(),
+            timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000)
 
     async def _on_command(self, request: dict) -> dict:
         command = request["command"]
@@ -524,6 +555,31 @@ class Agent:
             raise CommandRefused(result.text)
         cut = f"; {result.cut} DICOM association(s) cut" if result.cut else "; no DICOM association cut"
         return f"handed over to {result.target}{cut}"
+
+
+class LatenessMeter:
+    """The largest timer lateness ever, and over roughly the last minute."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+        self._window_start = 0.0
+        self._current = 0.0
+        self._previous = 0.0
+
+    def record(self, late_s: float, now: float) -> None:
+        late_s = max(0.0, late_s)
+        if now - self._window_start >= self.WINDOW_S:
+            self._previous = self._current if now - self._window_start < 2 * self.WINDOW_S else 0.0
+            self._current, self._window_start = 0.0, now
+        self._current = max(self._current, late_s)
+        self.max_s = max(self.max_s, late_s)
+
+    def recent_s(self, now: float) -> float:
+        if now - self._window_start >= 2 * self.WINDOW_S:
+            return 0.0
+        return max(self._current, self._previous)
 
 
 def run(config: Config) -> int:

@@ -85,6 +85,9 @@ class Status:
     uptime_s: float = 0.0
     version: str = ""
     pid: int = 0
+    # How late the agent's timer fired (heartbeats included): a loaded host shows here first.
+    timer_late_ms_max: float = 0.0
+    timer_late_ms_minute: float = 0.0
 
     def to_json(self) -> dict:
         """The CONTRACT.md status object, plus what operators need beside it."""
@@ -112,6 +115,8 @@ class Status:
             "address": self.address, "interface": self.interface,
             "advert_interval_s": self.advert_interval_s, "preempt": self.preempt,
             "uptime_s": round(self.uptime_s, 3), "version": self.version, "pid": self.pid,
+            "timer_late_ms": {"max": round(self.timer_late_ms_max, 2),
+                              "last_minute": round(self.timer_late_ms_minute, 2)},
         }
 
 
@@ -182,4 +187,7 @@ def render_table(status: Status, history: int = 5) -> str:
     lines.append("")
     lines.append(f"heartbeats sent {status.counters.adverts_sent}, received {status.counters.adverts_received}; "
                  f"dropped: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    if status.timer_late_ms_minute > 0.3 * status.advert_interval_s * 1000 > 0:
+        lines.append(f"warning: heartbeats ran up to {status.timer_late_ms_minute:.0f} ms late in the last "
+                     "minute: the host is too loaded for these timers (see README, Choosing timers)")
     return "\n".join(lines) + "\n"

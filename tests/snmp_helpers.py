@@ -24,7 +24,8 @@ from hapacs.config import SnmpConfig, SnmpTrapTarget, SnmpUser
 from hapacs.status import CheckStatus, Counters, PeerStatus, Status, TransitionRecord, VipStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB_DIRS = f"{ROOT / 'etc'}:/work/shared/mibs"
+IETF_MIBS = Path(os.environ.get("HAPACS_IETF_MIBS", ROOT.parent / "shared" / "mibs"))
+MIB_DIRS = f"{ROOT / 'etc'}:{IETF_MIBS}"
 NET_SNMP_TOOLS = ("snmpget", "snmpwalk", "snmpbulkwalk", "snmpset", "snmptrapd", "smilint")
 COMMUNITY = "public"
 USERS = (

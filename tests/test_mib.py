@@ -21,7 +21,8 @@ from tests.snmp_helpers import IF_INDEX, make_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = ROOT / "etc" / "HAPACS-MIB.txt"
-SMIPATH = f"/work/shared/mibs:{ROOT / 'etc'}"
+IETF_MIBS = Path(os.environ.get("HAPACS_IETF_MIBS", ROOT.parent / "shared" / "mibs"))
+SMIPATH = f"{IETF_MIBS}:{ROOT / 'etc'}"
 
 pytestmark = pytest.mark.skipif(not (shutil.which("smilint") and shutil.which("smidump")),
                                 reason="smilint and smidump (Debian package smitools) are needed")
@@ -72,7 +73,7 @@ def hapacs_mib():
 
 @pytest.fixture(scope="module")
 def vrrp_mib():
-    return mib_nodes("/work/shared/mibs/VRRPV3-MIB.txt")
+    return mib_nodes(str(IETF_MIBS / "VRRPV3-MIB.txt"))
 
 
 def dotted(oid: tuple[int, ...]) -> str:
