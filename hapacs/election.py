@@ -86,7 +86,7 @@ class Peer:
     def candidate(self) -> bool:
         """Could take over if the MASTER went away."""
         return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
-                and Flags.MAINTENANCE not in self.flags)
+                and not self.flags & (Flags.MAINTENANCE | Flags.HELD))
 
     def timeout_s(self, dead_after: int) -> float:
         return (dead_after + 1) * self.interval_s
@@ -162,6 +162,7 @@ class Election:
         self._conflicts: set[str] = set()
         self._noticed: set[str] = set()
         self._left: tuple[str, str] | None = None   # (peer, how) of a MASTER that stepped down
+        self._deferring_since: float | None = None  # waiting for a better candidate to take over
 
     # --- derived values -----------------------------------------------------
 
@@ -239,6 +240,8 @@ class Election:
             flags |= Flags.PREEMPT
         if self.maintenance:
             flags |= Flags.MAINTENANCE
+        if self.holds:
+            flags |= Flags.HELD
         if self.state == State.MASTER:
             if self.sticky:
                 flags |= Flags.STICKY
@@ -263,6 +266,7 @@ class Election:
         if old == new:
             return []
         self.state, self.since = new, now
+        self._deferring_since = None
         effects: list[Effect] = [Transition(old, new, reason)]
         self.preempt_since, self.preempt_requesting = None, False
         if new == State.MASTER:
@@ -365,6 +369,7 @@ class Election:
             effects: list[Effect] = []
             self.master = peer.name
             self._left = None
+            self._deferring_since = None
             if self.state == State.INIT:
                 effects += self._enter(State.BACKUP, Reason(Why.MASTER_HEARD, f"{peer.name} is MASTER"), now)
             self._arm_master_down(now, peer)
@@ -540,6 +545,15 @@ class Election:
             reason = Reason(Why.MASTER_DOWN, f"MASTER {master.name} silent for {now - master.last_seen:.2f} s")
         else:
             reason = Reason(Why.NO_MASTER, f"no MASTER heard for {now - self.since:.2f} s")
+        if not self._best_candidate():
+            # A better live candidate will take over (it started its timer later, or the RFC
+            # skew put it first): wait for it, but not for ever.
+            if self._deferring_since is None:
+                self._deferring_since = now
+            if now < self._deferring_since + 2 * self._master_down_interval_s(master):
+                self._arm_skew_only(now, master.interval_s if master else self.p.advert_interval_s)
+                return []
+        self._deferring_since = None
         blocked = self._may_become_master()
         if blocked is not None:
             effects = self._notice_once(f"blocked-{blocked}", f"{reason.text}, but this node may not "

@@ -25,3 +25,4 @@ class Flags(enum.IntFlag):
     HANDOVER = 0x10          # a MASTER (priority 0) hands its VIPs to the node named in `target`
     MANUAL = 0x20            # with TAKEOVER_REQUEST or HANDOVER: an operator's command, the
                              # new MASTER is STICKY
+    HELD = 0x40              # may not become MASTER on its own yet (e.g. checks not run yet)

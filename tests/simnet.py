@@ -174,12 +174,14 @@ class SimCluster:
         """Run until predicate() holds; return the cluster time it took."""
         start = self.now
         end = start + timeout
-        while not predicate():
+        for _ in range(200_000):
+            if predicate():
+                return self.now - start
             nxt = self._peek()
             if nxt is None or nxt > end:
                 raise AssertionError(f"{what}: not reached within {timeout} s of cluster time")
             self.step()
-        return self.now - start
+        raise AssertionError(f"{what}: more than 200000 steps (a deadline that never moves?)")
 
     def _peek(self) -> float | None:
         candidates = [n.election.next_deadline() for n in self.nodes.values() if n.alive]

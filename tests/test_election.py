@@ -375,3 +375,37 @@ def test_hold_cleared_with_a_live_master_waits_for_it():
     sim.command("b", "set_hold", "checks", None)
     sim.run(3.0)
     assert sim.masters() == ["a"]
+
+
+@pytest.mark.parametrize("head_start", [0.05, 0.08, 0.2, 0.29])
+def test_worse_node_started_earlier_waits_for_the_better_one(head_start):
+    # Cold start: b's listening period ends first, but it hears a better candidate (a).
+    sim = SimCluster()
+    sim.add("b", 100, "192.0.2.12")
+    sim.run(head_start)
+    sim.add("a", 150, "192.0.2.11")
+    sim.run_until(lambda: len(sim.masters()) == 1, 2.0, "one master")
+    sim.run(1.0)
+    assert sim.masters() == ["a"]
+    assert all(t.new != M for _, t in sim.nodes["b"].transitions)
+
+
+def test_waiting_for_a_better_candidate_is_bounded():
+    # a is alive but (through some fault of its own) never takes over: b does, after 2 more intervals.
+    sim = SimCluster()
+    sim.add("b", 100, "192.0.2.12")
+    a = sim.add("a", 150, "192.0.2.11")
+    a.election._may_become_master = lambda: "broken"   # a stays a candidate but never decides
+    took = sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b master")
+    assert 0.3 < took < 0.3 + 2 * 0.37 + 0.1
+
+
+def test_node_held_back_by_pending_checks_is_not_waited_for():
+    sim = SimCluster()
+    b = sim.add("b", 100, "192.0.2.12")
+    a = sim.add("a", 150, "192.0.2.11", start=False)
+    a.election.set_hold("checks", "waiting for the first check results", sim.now)
+    sim.apply(a, a.election.start(sim.now))
+    took = sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    assert took < 0.5
+    assert Flags.HELD in sim.nodes["b"].election.peers["a"].flags
