@@ -23,7 +23,9 @@ from . import __version__, wire
 from .announce import Announcer
 from .bootid import next_boot_id
 from .config import Config
+from .config import ConfigError, load
 from .control import ControlError, ControlServer
+from .drain import Drainer, DrainResult
 from .effects import (
     AcquireVips, Announce, HandoverDone, Notice, PeerChange, ReleaseVips, SendAdvert, SplitBrain,
     StartDrain, Stopped, Transition,
@@ -31,6 +33,7 @@ from .effects import (
 from .election import CommandRefused, Election, Params
 from .logs import RateLimited
 from .netlink import AddressEvent, Link, LinkEvent, Netlink, NetlinkFailure
+from .reload import describe, restart_needed
 from .states import State
 from .status import Counters, PeerStatus, Status, TransitionRecord, render_table
 from .transport import HeartbeatTransport
@@ -39,7 +42,6 @@ from .vips import VipManager, lease_seconds
 log = logging.getLogger("hapacs")
 
 HISTORY = 50
-SHUTDOWN_DRAIN_S = 5.0       # SIGTERM: a short drain, then hand over anyway
 STOP_GRACE_S = 5.0           # beyond drain and handover, the most a stop may take
 TAKEOVER_WAIT_S = 40.0       # the MASTER drains up to 30 s before it hands over
 
@@ -85,6 +87,9 @@ class Agent:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._handover_waiters: list[asyncio.Future] = []
+        self._vip_lock = asyncio.Lock()
+        self.drainer: Drainer | None = None
+        self.last_drain: DrainResult | None = None
         self._state_waiters: list[asyncio.Future] = []
         self._peer_addresses: dict[str, str] = {}
         self._limited = RateLimited(log)
@@ -105,6 +110,7 @@ class Agent:
             return 1
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop, signum)
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self._stopped.wait()
         finally:
@@ -122,13 +128,8 @@ class Agent:
             self.links[name] = link
         self.own_address = await self._own_address()
         self.boot_id = next_boot_id(config.node.state_dir, time.time_ns())
-        params = Params(
-            name=config.node.name, address=self.own_address.packed, priority=config.node.priority,
-            advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
-            preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
-            vip_digest=wire.vip_digest(v.label for v in config.vips))
         now = self.loop.time()
-        self.core = Election(params, now)
+        self.core = Election(self._params(config), now)
         lease = lease_seconds(config.master_down_interval_s, config.cluster.advert_interval_s)
         self.vips = VipManager(self.netlink, self.announcer, config.vips, lease, self._vip_failed)
         for link in self.links.values():
@@ -136,6 +137,9 @@ class Agent:
             if not link.up:
                 self.core.set_fault(f"link:{link.name}", f"link {link.name} down ({link.state})", now)
         self._promote_secondaries()
+        self.drainer = Drainer([v.address.ip for v in config.vips], config.drain_ports,
+                               config.handover.hold_new_connections)
+        await self.drainer.clear_stale()
         present = await self.vips.find_present()
         if present:
             log.info("found %s already on this host (left by an earlier agent?); removed unless this node "
@@ -168,6 +172,14 @@ class Agent:
                  config.cluster.advert_interval_s, config.cluster.dead_after,
                  ", ".join(v.label for v in config.vips), lease)
         self._feed(self.core.start)
+
+    def _params(self, config: Config) -> Params:
+        return Params(
+            name=config.node.name, address=self.own_address.packed, priority=config.node.priority,
+            advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
+            preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
+            vip_digest=wire.vip_digest(v.label for v in config.vips),
+            drain_timeout_s=config.handover.drain_timeout_s)
 
     async def _own_address(self):
         """The address heartbeats leave from: node.address, or the interface's first own address."""
@@ -241,11 +253,10 @@ class Agent:
             return
         self._stopping = True
         name = signal.Signals(signum).name if signum else "stop request"
-        log.info("%s: leaving the cluster (a MASTER hands over first, draining up to %g s)", name,
-                 SHUTDOWN_DRAIN_S)
-        self._feed(lambda now: self.core.shutdown(SHUTDOWN_DRAIN_S, now))
-        self.loop.call_later(SHUTDOWN_DRAIN_S + STOP_GRACE_S + 2 * self.config.master_down_interval_s,
-                             self._stop_deadline)
+        drain = self.config.handover.shutdown_drain_timeout_s
+        log.info("%s: leaving the cluster (a MASTER hands over first, draining up to %g s)", name, drain)
+        self._feed(lambda now: self.core.shutdown(drain, now))
+        self.loop.call_later(drain + STOP_GRACE_S + 2 * self.config.master_down_interval_s, self._stop_deadline)
 
     def _stop_deadline(self) -> None:
         if not self._stopped.is_set():
@@ -261,6 +272,8 @@ class Agent:
             await self.vips.close()
             if any(self.vips.held.values()) or self.vips.wanted:
                 await self.vips.release()
+        if self.drainer is not None:
+            await self.drainer.release_hold()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -393,10 +406,12 @@ class Agent:
             effect = await self._queue.get()
             self._worker_busy = True
             try:
-                if isinstance(effect, AcquireVips):
-                    await self.vips.acquire()
-                elif isinstance(effect, ReleaseVips):
-                    await self.vips.release()
+                async with self._vip_lock:
+                    if isinstance(effect, AcquireVips):
+                        await self.drainer.release_hold()   # never hold our own new connections
+                        await self.vips.acquire()
+                    elif isinstance(effect, ReleaseVips):
+                        await self.vips.release()
                 self._execute_now(effect)
             except Exception:
                 log.exception("carrying out %s failed", type(effect).__name__)
@@ -427,6 +442,7 @@ class Agent:
             self._start_drain(effect)
         elif isinstance(effect, HandoverDone):
             (log.info if effect.ok else log.warning)("handover: %s", effect.text)
+            self.loop.create_task(self.drainer.release_hold())
             waiters, self._handover_waiters = self._handover_waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -472,8 +488,21 @@ class Agent:
                                              self.loop.time()))
 
     def _start_drain(self, effect: StartDrain) -> None:
-        # Draining DICOM associations comes with operations (issue 5); hand over at once here.
-        self.loop.call_soon(lambda: self._feed(lambda now: self.core.drained(0, now)))
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._tasks.append(self.loop.create_task(self._drain(effect), name="drain"))
+
+    async def _drain(self, effect: StartDrain) -> None:
+        result = await self.drainer.drain(effect.timeout_s)
+        self.last_drain = result
+        if self.core.handover is None:
+            # Abandoned meanwhile (a fault, a stop): nothing to hand over, hold nothing.
+            await self.drainer.release_hold()
+            return
+        if result.open_at_start:
+            (log.warning if result.cut else log.info)(
+                "drained for %.2f s: %d DICOM association(s) were open, %d still open now and cut by the "
+                "handover", result.waited_s, result.open_at_start, result.cut)
+        self._feed(lambda now: self.core.drained(result.cut, now))
 
     # --- status and commands ------------------------------------------------------------
 
@@ -519,7 +548,7 @@ class Agent:
             elif command == "release":
                 text = await self._release(float(request.get("drain_timeout_s", 30.0)))
             else:
-                return {"ok": False, "message": f"{command} is not supported yet"}
+                return await self.reload()
         except CommandRefused as err:
             return {"ok": False, "message": f"refused: {err}", "before": before, "after": self.core.state.name}
         return {"ok": True, "message": text, "before": before, "after": self.core.state.name}
@@ -553,8 +582,72 @@ class Agent:
                                                       + 2 * self.config.master_down_interval_s + 5)
         if not result.ok:
             raise CommandRefused(result.text)
-        cut = f"; {result.cut} DICOM association(s) cut" if result.cut else "; no DICOM association cut"
-        return f"handed over to {result.target}{cut}"
+        drain = self.last_drain
+        if drain is None or not drain.open_at_start:
+            drained = "no DICOM association was open"
+        else:
+            drained = (f"{drain.open_at_start} DICOM association(s) were open; waited {drain.waited_s:.1f} s, "
+                       + (f"cut {drain.cut}" if drain.cut else "none cut"))
+        return f"handed over to {result.target} ({drained})"
+
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        self._tasks.append(self.loop.create_task(self._reload_from_signal(), name="reload"))
+
+    async def _reload_from_signal(self) -> None:
+        reply = await self.reload()
+        (log.info if reply["ok"] else log.error)("SIGHUP: %s", reply["message"])
+
+    async def reload(self) -> dict:
+        """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged."""
+        try:
+            new = await asyncio.to_thread(load, self.config.path)
+        except ConfigError as err:
+            return {"ok": False, "message": "refused, the agent runs on unchanged; the new configuration is "
+                    "invalid:\n" + "\n".join(str(p) for p in err.problems)}
+        fixed = restart_needed(self.config, new)
+        if fixed:
+            return {"ok": False, "message": "refused, the agent runs on unchanged: changing "
+                    f"{', '.join(fixed)} needs a restart (systemctl restart hapacs)"}
+        new_links = {}
+        for name in new.interfaces:
+            if name not in self.links:
+                link = await self.netlink.link(name)
+                if link is None:
+                    return {"ok": False, "message": f"refused, the agent runs on unchanged: interface {name} "
+                            "not found"}
+                new_links[name] = link
+        changes = describe(self.config, new)
+        await self._apply_config(new, new_links)
+        text = "reloaded: " + ("; ".join(changes) if changes else "nothing changed")
+        log.info("%s", text)
+        return {"ok": True, "message": text}
+
+    async def _apply_config(self, new: Config, new_links: dict[str, Link]) -> None:
+        old, self.config = self.config, new
+        self.keys = new.cluster.auth_keys
+        self.peer_sources = {str(p) for p in new.cluster.peers}
+        self.transport.peers = new.cluster.peers
+        for link in new_links.values():
+            self.links[link.name] = link
+            self.vips.set_link(link)
+        lease = lease_seconds(new.master_down_interval_s, new.cluster.advert_interval_s)
+        async with self._vip_lock:
+            await self.vips.update(new.vips, lease)
+        if not self.drainer.holding:
+            self.drainer = Drainer([v.address.ip for v in new.vips], new.drain_ports,
+                                   new.handover.hold_new_connections)
+        self._feed(lambda now: self.core.reconfigure(self._params(new), now))
+        if old.checks != new.checks:
+            if self.checks is not None:
+                await self.checks.stop()
+                self.checks = None
+                self._feed(lambda now: self.core.set_fault("checks", None, now, "checks reconfigured"))
+                self._feed(lambda now: self.core.set_penalty(0, now))
+            if new.checks:
+                self._start_checks()
 
 
 class LatenessMeter:

@@ -148,6 +148,14 @@ class SnmpConfig:
 
 
 @dataclass(frozen=True)
+class HandoverConfig:
+    drain_ports: tuple[int, ...]          # empty: the ports of the DICOM checks
+    drain_timeout_s: float                # handovers a peer asks for (takeover, preempt)
+    shutdown_drain_timeout_s: float       # SIGTERM on a MASTER
+    hold_new_connections: bool            # drop new SYNs to the VIPs while draining
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str
     group: str | None
@@ -163,6 +171,14 @@ class Config:
     notify: NotifyConfig
     snmp: SnmpConfig | None
     control: ControlConfig
+    handover: HandoverConfig
+
+    @property
+    def drain_ports(self) -> tuple[int, ...]:
+        """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports."""
+        if self.handover.drain_ports:
+            return self.handover.drain_ports
+        return tuple(sorted({c.port for c in self.checks if c.type in ("dicom-echo", "dicom-find")}))
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -209,10 +225,11 @@ def _build(ctx: Context) -> Config | None:
     notify = _notify(top.section("notify"))
     snmp = _snmp(ctx, top.section("snmp")) if "snmp" in top else None
     control = _control(ctx, top.section("control"))
+    handover = _handover(top.section("handover"))
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover)
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:
@@ -455,6 +472,18 @@ def _snmp(ctx: Context, sec: Section) -> SnmpConfig | None:
     if community is None and not users:
         sec.problem("community", "SNMP is configured but neither community (v2c) nor users (v3) is set")
     return SnmpConfig(tuple(listen), community, tuple(users), tuple(traps), engine_id)
+
+
+def _handover(sec: Section) -> HandoverConfig:
+    ports = sec.take("drain_ports", list_of(port), default=())
+    drain = sec.take("drain_timeout", number(0.0, 3600.0), default=30.0)
+    shutdown = sec.take("shutdown_drain_timeout", number(0.0, 600.0), default=5.0)
+    hold = sec.take("hold_new_connections", boolean, default=True)
+    sec.done()
+    if ports is not INVALID and len(set(ports)) != len(ports):
+        sec.problem("drain_ports", "lists the same port twice")
+    return HandoverConfig(tuple(ports) if ports is not INVALID else (), drain if drain is not INVALID else 30.0,
+                          shutdown if shutdown is not INVALID else 5.0, hold if hold is not INVALID else True)
 
 
 def _control(ctx: Context, sec: Section) -> ControlConfig:

@@ -173,6 +173,9 @@ def request(path: str, message: dict, timeout_s: float = 10.0) -> dict:
                 data += chunk
     except FileNotFoundError:
         raise ControlError(f"no agent socket at {path}: is hapacs running?") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no agent answers at {path} (the socket was left by an agent that died): "
+                           "is hapacs running?") from None
     except PermissionError:
         raise ControlError(f"permission denied on {path}: run as root or as a member of control.group") from None
     except socket.timeout:

@@ -629,6 +629,17 @@ class Election:
         self.vip_retry_at = now + VIP_RETRY_S
         return self.set_fault("vips", f"cannot hold the VIPs: {text}", now)
 
+    def reconfigure(self, params: Params, now: float) -> list[Effect]:
+        """A reloaded configuration: new priority, timers, preempt or VIP set; state stays."""
+        if params.name != self.p.name:
+            raise ValueError("the node name cannot change without a restart")
+        self.p = params
+        effects: list[Effect] = [self._send(now)]
+        master = self._live_master()
+        if self.state == State.BACKUP and master is not None:
+            effects += self._consider_preempt(master, now)
+        return effects
+
     # --- operator commands ------------------------------------------------------------
 
     def release(self, drain_timeout_s: float, now: float) -> list[Effect]:

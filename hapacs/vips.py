@@ -103,6 +103,33 @@ class VipManager:
             except NetlinkFailure as err:
                 log.error("cannot remove VIP %s from %s: %s", vip.label, vip.interface, err)
 
+    async def update(self, vips: tuple[VipConfig, ...], lease_s: int) -> tuple[list[str], list[str]]:
+        """A reloaded VIP set: VIPs that stay are not touched; removed ones go, added ones come
+        (on the MASTER). Returns (added, removed) labels."""
+        added = [v for v in vips if v not in self.vips]
+        removed = [v for v in self.vips if v not in vips]
+        for vip in removed:
+            link = self.links.get(vip.interface)
+            if link is not None:
+                try:
+                    await self.netlink.delete(link.index, vip.address)
+                except NetlinkFailure as err:
+                    log.error("cannot remove VIP %s from %s: %s", vip.label, vip.interface, err)
+        self.vips = vips
+        self.lease_s = lease_s
+        self.held = {v.label: self.held.get(v.label, False) for v in vips}
+        if self.wanted and added:
+            failures = []
+            for vip in added:
+                try:
+                    await self._add(vip)
+                except (NetlinkFailure, KeyError) as err:
+                    failures.append(f"{vip.label}: {err}")
+            self.announce()
+            if failures:
+                self.on_failure("; ".join(failures))
+        return [v.label for v in added], [v.label for v in removed]
+
     def announce(self) -> None:
         targets = []
         for vip in self.vips:

@@ -70,7 +70,7 @@ def _wait_until_serving(lab, process, namespace, ports, ready, name, log: Path, 
 
 
 def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,
-                   start_timeout_s=5.0) -> subprocess.Popen:
+                   start_timeout_s=5.0, fork=False) -> subprocess.Popen:
     """Start dcmtk storescp in host/namespace `ns`; return once the port listens.
 
     It accepts C-ECHO and C-STORE (any called AE title) and writes received
@@ -78,7 +78,10 @@ def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,
     into tmpdir/storescp.log. `timeout_s` (whole seconds, dcmtk takes integers)
     bounds the ACSE, DIMSE and socket waits: storescp serves one association
     at a time, so a client that vanished mid-association (partition) would
-    otherwise block every other client for up to 60 s.
+    otherwise block every other client for up to 60 s. With `fork`, storescp
+    serves each association in a child process, as a PACS serves many
+    workstations at once (the children end with their association; the lab
+    kills any left at teardown).
     """
     namespace = lab.ns(ns)
     directory = Path(tmpdir or lab.mkdtemp(f"storescp-{namespace}"))
@@ -87,7 +90,7 @@ def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,
     argv = [STORESCP, "--aetitle", aet, "--output-directory", str(directory),
             "--disable-host-lookup",  # no reverse DNS: nothing may leave the lab
             "--acse-timeout", seconds, "--dimse-timeout", seconds, "--socket-timeout", seconds,
-            str(port)]
+            *(["--fork"] if fork else []), str(port)]
     with open(log, "ab") as log_file:
         process = lab.spawn(namespace, argv, env=NODELAY_ENV, stdout=log_file, stderr=subprocess.STDOUT)
     _wait_until_serving(lab, process, namespace, [port], lambda: True, "storescp", log, start_timeout_s)

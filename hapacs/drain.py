@@ -1,0 +1,141 @@
+"""Drain DICOM associations before a planned handover.
+
+A MASTER that hands over (release, takeover, preempt, stop) first waits
+until no association is established to a VIP's DICOM ports, so that no
+transfer is cut. While it waits, new connections to those ports are held
+back: an nftables rule drops their first packet (SYN), the workstation's
+TCP sends it again one second later, and by then the VIP lives on the new
+MASTER. Without the hold, a workstation whose association started in the
+last milliseconds before the move would have it cut.
+
+Counting uses psutil (from a thread: reading the kernel's connection table
+takes ~10 ms); the rule is added and removed with the `nft` command, run
+as a subprocess. Nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import shutil
+from dataclasses import dataclass
+
+import psutil
+
+log = logging.getLogger("hapacs.drain")
+
+TABLE = "hapacs_drain"
+POLL_S = 0.05
+QUIET_WAIT_S = 0.5      # how long to hope for a moment with no association before holding new ones
+NFT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    open_at_start: int
+    cut: int            # still established when the timeout ended the wait
+    waited_s: float
+    held: bool          # new connections were held back
+
+
+def established(vips: set[str], ports: set[int]) -> int:
+    """Associations (TCP connections) established to a VIP on a drained port."""
+    count = 0
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.laddr.port in ports \
+                and conn.laddr.ip.removeprefix("::ffff:") in vips:
+            count += 1
+    return count
+
+
+def hold_ruleset(vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: list[int]) -> str:
+    """An nftables table that drops new connections (SYN without ACK) to the VIPs' ports."""
+    port_set = ", ".join(str(p) for p in sorted(ports))
+    rules = []
+    for family, match in ((4, "ip daddr"), (6, "ip6 daddr")):
+        addresses = [str(v) for v in vips if v.version == family]
+        if addresses:
+            rules.append(f"    {match} {{ {', '.join(addresses)} }} tcp dport {{ {port_set} }} "
+                         "tcp flags & (fin | syn | rst | ack) == syn drop")
+    return (f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -150; policy accept;\n"
+            + "\n".join(rules) + "\n  }\n}\n")
+
+
+class Drainer:
+    def __init__(self, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: tuple[int, ...],
+                 hold_new_connections: bool):
+        self.vips = vips
+        self.ports = ports
+        self.hold_wanted = hold_new_connections and bool(ports)
+        self.nft = shutil.which("nft")
+        self.holding = False
+        if self.hold_wanted and self.nft is None:
+            log.warning("the nft command is missing (Debian package nftables): during a handover new "
+                        "associations are not held back, and one that starts in the last moment is cut")
+
+    async def _nft(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), NFT_TIMEOUT_S)
+            return proc.returncode, err.decode(errors="replace").strip()
+        except (OSError, asyncio.TimeoutError) as error:
+            return -1, str(error) or type(error).__name__
+
+    async def clear_stale(self) -> None:
+        """Remove a hold left by an agent that died during a handover."""
+        if self.nft is not None:
+            code, _ = await self._nft("delete", "table", "inet", TABLE)
+            if code == 0:
+                log.warning("removed a connection hold left by an earlier agent")
+
+    async def hold(self) -> bool:
+        if not self.hold_wanted or self.nft is None or self.holding:
+            return self.holding
+        code, err = await self._nft("-f", "-", stdin=hold_ruleset(self.vips, list(self.ports)))
+        if code != 0:
+            log.warning("cannot hold new associations during the handover (nft: %s)", err)
+            return False
+        self.holding = True
+        return True
+
+    async def release_hold(self) -> None:
+        if not self.holding:
+            return
+        code, err = await self._nft("delete", "table", "inet", TABLE)
+        if code != 0:
+            log.error("cannot remove the connection hold (nft: %s); remove it with: nft delete table inet %s",
+                      err, TABLE)
+            return
+        self.holding = False
+
+    async def _count(self) -> int:
+        try:
+            return await asyncio.to_thread(established, {str(v) for v in self.vips}, set(self.ports))
+        except (psutil.Error, OSError) as error:
+            log.warning("cannot count DICOM associations: %s", error)
+            return 0
+
+    async def drain(self, timeout_s: float) -> DrainResult:
+        """Wait until no association is open (at most timeout_s), holding new ones back.
+
+        First a short wait for a quiet moment without holding anything; then the hold,
+        and a count again (one may have started just before it), and the wait for the
+        rest. The hold stays until `release_hold()`, after the handover.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if not self.ports:
+            return DrainResult(0, 0, 0.0, False)
+        first = count = await self._count()
+        while count and loop.time() - start < min(timeout_s, QUIET_WAIT_S):
+            await asyncio.sleep(POLL_S)
+            count = await self._count()
+        held = await self.hold()
+        count = await self._count()
+        while count and loop.time() - start < timeout_s:
+            await asyncio.sleep(POLL_S)
+            count = await self._count()
+        return DrainResult(first, count, loop.time() - start, held)

@@ -1,0 +1,225 @@
+"""Operations end to end: planned switchover that drains DICOM, takeover, restart,
+maintenance, reload. A workstation C-ECHOes the VIP every 20 ms and runs a C-STORE
+loop at the same time; planned moves must cost it nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from lab import Lab, unique_prefix
+from lab.cluster import AgentCluster
+from lab.dicom import start_storescp
+from lab.outage import load
+from lab.probe import start_probe
+
+from .e2e import VIP, one_holder, settle
+
+ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
+        "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
+# A long-running study transfer: one association that stays open until killed.
+HOLD_ASSOCIATION = """
+import sys, time
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ae = AE(ae_title="VIEWER"); ae.add_requested_context(Verification)
+ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+assoc = ae.associate(sys.argv[1], 104, ae_title="PACS")
+print("established" if assoc.is_established else "failed", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def lab():
+    with Lab(unique_prefix("op")) as lab:
+        yield lab
+
+
+def pacs_cluster(lab, preempt_delay=2.0, **kwargs) -> AgentCluster:
+    for host in ("a", "b"):
+        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]}, preempt_delay=preempt_delay, **kwargs)
+    cluster.add("a", 150)
+    cluster.add("b", 100)
+    cluster.start_all()
+    settle(lab, cluster, "a", timeout=15)
+    return cluster
+
+
+class Workstation:
+    """C-ECHO every 20 ms and a C-STORE loop against the VIP, with a realistic 3 s timeout."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.path = os.path.join(lab.tmpdir, "workstation.jsonl")
+        self.proc = start_probe(lab, self.path, VIP, port=104, called_ae="PACS", interval=0.02, duration=120,
+                                store=True, timeout=3.0)
+        self.wait_served(since=0.0)
+
+    def records(self) -> list[dict]:
+        try:
+            return load(self.path)
+        except OSError:
+            return []
+
+    def ok(self, kind: str, since: float) -> int:
+        return sum(1 for r in self.records() if r["ok"] and r["kind"] == kind and r["t"] > since)
+
+    def wait_served(self, since: float) -> None:
+        self.lab.wait_for(lambda: self.ok("echo", since) >= 20 and self.ok("store", since) >= 3, 20,
+                          what="the workstation served (20 echoes and 3 stores)")
+
+    def finish(self) -> tuple[int, int, list[dict]]:
+        self.lab.stop(self.proc, timeout=5)
+        records = self.records()
+        failed = [r for r in records if not r["ok"]]
+        return (sum(1 for r in records if r["kind"] == "echo"), sum(1 for r in records if r["kind"] == "store"),
+                failed)
+
+
+def assert_no_failure(ws: Workstation) -> None:
+    echoes, stores, failed = ws.finish()
+    assert echoes > 50 and stores > 5, (echoes, stores)
+    assert failed == [], f"{len(failed)} failures of {echoes} echoes and {stores} stores: {failed[:5]}"
+
+
+def test_release_drains_and_hands_over_with_zero_workstation_failures(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        ws = Workstation(lab)
+        result = cluster.cli("a", "release")
+        assert result.returncode == 0, result.stderr
+        assert "handed over to pacs-b" in result.stdout and "MASTER -> BACKUP" in result.stdout
+        settle(lab, cluster, "b")
+        ws.wait_served(since=time.monotonic())
+        # b took over by command: a does not preempt back although its priority is higher.
+        lab.hold_for(lambda: cluster.state("b") == "MASTER", 3.0, what="b stays MASTER (sticky)")
+        assert_no_failure(ws)
+    finally:
+        print(cluster.logs())
+
+
+def test_takeover_on_backup_with_zero_workstation_failures(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        ws = Workstation(lab)
+        result = cluster.cli("b", "takeover")
+        assert result.returncode == 0, result.stderr
+        assert "BACKUP -> MASTER" in result.stdout
+        settle(lab, cluster, "b")
+        ws.wait_served(since=time.monotonic())
+        lab.hold_for(lambda: cluster.state("b") == "MASTER", 3.0, what="no preemption back after takeover")
+        assert cluster.status("b")["sticky"] is True
+        assert_no_failure(ws)
+    finally:
+        print(cluster.logs())
+
+
+def test_agent_restart_on_master_costs_the_workstation_nothing(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        ws = Workstation(lab)
+        cluster.kill("a", signal.SIGTERM)        # hands over first (short drain), then exits
+        assert cluster.procs["a"].returncode == 0
+        settle(lab, cluster, "b")
+        ws.wait_served(since=time.monotonic())
+        cluster.start("a")
+        settle(lab, cluster, "a", timeout=15)   # back, and preempts after preempt_delay, drained
+        ws.wait_served(since=time.monotonic())
+        assert_no_failure(ws)
+    finally:
+        print(cluster.logs())
+
+
+def test_release_waits_for_a_long_association_then_reports_the_cut(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        viewer = lab.spawn("ws", [sys.executable, "-c", HOLD_ASSOCIATION, VIP],
+                           env={"PYTHONPATH": os.getcwd()}, stdout=open(os.path.join(lab.tmpdir, "viewer"), "w"))
+        lab.wait_for(lambda: "established" in open(os.path.join(lab.tmpdir, "viewer")).read(), 10,
+                     what="a long association open")
+        started = time.monotonic()
+        result = cluster.cli("a", "release", "--drain-timeout", "1.5")
+        waited = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert "1 DICOM association(s) were open" in result.stdout and "cut 1" in result.stdout, result.stdout
+        assert waited >= 1.5
+        settle(lab, cluster, "b")
+        lab.stop(viewer)
+    finally:
+        print(cluster.logs())
+
+
+def test_release_refused_without_a_healthy_backup(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        cluster.kill("b", signal.SIGKILL)
+        lab.wait_for(lambda: cluster.status("a")["peers"][0]["state"] == "LOST", 5, what="b lost")
+        result = cluster.cli("a", "release")
+        assert result.returncode == 1 and "no healthy BACKUP" in result.stderr, result.stderr
+        assert cluster.state("a") == "MASTER" and one_holder(lab) == "a"
+        refused = cluster.cli("b", "status")
+        assert refused.returncode == 3 and "is hapacs running" in refused.stderr
+    finally:
+        print(cluster.logs())
+
+
+def test_maintenance_freezes_a_node_through_a_pacs_failure(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        result = cluster.cli("a", "maintenance", "on")
+        assert result.returncode == 0, result.stderr
+        assert cluster.status("a")["maintenance"] is True
+        assert cluster.status("b")["peers"][0]["maintenance"] is True   # the flag travels in heartbeats
+        storescp_a = [p for p in lab._processes if "storescp" in " ".join(p.args) and lab.ns("a") in " ".join(p.args)]
+        for proc in storescp_a:
+            lab.stop(proc, timeout=1.0)
+        lab.wait_for(lambda: any(c["ok"] is False for c in cluster.status("a")["checks"]), 5,
+                     what="a's check down")
+        lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 2.0,
+                     what="a frozen as MASTER in maintenance")
+        result = cluster.cli("a", "maintenance", "off")
+        assert result.returncode == 0
+        lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="a FAULT once maintenance is off")
+        settle(lab, cluster, "b")
+    finally:
+        print(cluster.logs())
+
+
+def test_reload_adds_and_removes_a_vip_and_refuses_a_bad_file(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        cluster.vips = ["192.0.2.100/24", "192.0.2.101/24"]
+        for host in ("a", "b"):
+            cluster.write(host)
+        result = cluster.cli("a", "reload")
+        assert result.returncode == 0 and "VIP 192.0.2.101/24 added" in result.stdout, result.stdout + result.stderr
+        lab.wait_for(lambda: one_holder(lab, "192.0.2.101") == "a", 3, what="added VIP held")
+        assert one_holder(lab) == "a"
+        os.kill(cluster.procs["b"].pid, signal.SIGHUP)          # SIGHUP reloads too
+        lab.wait_for(lambda: "192.0.2.101/24" in [v["address"] for v in cluster.status("b")["vips"]], 3,
+                     what="b reloaded by SIGHUP")
+
+        cluster.vips = ["192.0.2.101/24"]
+        cluster.write("a")
+        result = cluster.cli("a", "reload")
+        assert result.returncode == 0 and "VIP 192.0.2.100/24 removed" in result.stdout
+        lab.wait_for(lambda: lab.holders("192.0.2.100") == [], 3, what="removed VIP gone")
+        assert one_holder(lab, "192.0.2.101") == "a" and cluster.state("a") == "MASTER"
+
+        with open(cluster.config_path("a")) as handle:
+            good = handle.read()
+        with open(cluster.config_path("a"), "w") as handle:
+            handle.write(good.replace("priority: 150", "priority: 999"))
+        result = cluster.cli("a", "reload")
+        assert result.returncode == 1
+        assert f"{cluster.config_path('a')}:3: node.priority: 999 is out of range" in result.stderr, result.stderr
+        status = cluster.status("a")
+        assert status["state"] == "MASTER" and status["priority"] == 150 and one_holder(lab, "192.0.2.101") == "a"
+    finally:
+        print(cluster.logs())
