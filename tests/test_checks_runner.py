@@ -166,13 +166,13 @@ class CountingProbe:
         self.most_at_once = 0
         self.calls = 0
 
-    def __call__(self, check):
+    def __call__(self, check, confirming=False):
         with self.lock:
             self.calls += 1
             self.running[check.name] = self.running.get(check.name, 0) + 1
             self.most_at_once = max(self.most_at_once, self.running[check.name])
         try:
-            return self.probe(check)
+            return self.probe(check, confirming)
         finally:
             with self.lock:
                 self.running[check.name] -= 1
@@ -254,7 +254,7 @@ class StuckProbe:
         self.calls = 0
         self.stuck_since = None  # time.monotonic(), the clock of asyncio's loop.time()
 
-    def __call__(self, check):
+    def __call__(self, check, confirming=False):
         self.calls += 1
         if self.calls == self.stuck_call:
             self.stuck_since = time.monotonic()

@@ -39,7 +39,7 @@ class CheckRunner:
 
     def __init__(self, checks: tuple[CheckConfig, ...],
                  on_change: Callable[[Verdict, list[Change]], None], log: logging.Logger,
-                 probe: Callable[[CheckConfig], ProbeResult] = run_probe):
+                 probe: Callable[[CheckConfig, bool], ProbeResult] = run_probe):
         self._checks = tuple(checks)
         self._health = {check.name: CheckHealth(check) for check in self._checks}
         self._on_change = on_change
@@ -89,7 +89,7 @@ class CheckRunner:
         await loop.run_in_executor(self._executor, prepare, check)
         while True:
             started = loop.time()
-            future = loop.run_in_executor(self._executor, self._probe, check)
+            future = loop.run_in_executor(self._executor, self._probe, check, health.confirming)
             self._in_flight[check.name] = future
             done, _ = await asyncio.wait({future}, timeout=patience_s)
             if done:
