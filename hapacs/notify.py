@@ -61,6 +61,11 @@ class NotifyListener:
         self._running: asyncio.subprocess.Process | None = None
         self._closed = False
 
+    def reconfigure(self, config: NotifyConfig, vips: list[str]) -> None:
+        """After a reload: later transitions use the new command, timeout and VIPs."""
+        self.config = config
+        self.vips = list(vips)
+
     def __call__(self, effect) -> None:
         if not isinstance(effect, Transition) or self.config.command is None or self._closed:
             return

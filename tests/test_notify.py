@@ -71,7 +71,14 @@ async def until(predicate, timeout: float, what: str) -> None:
 
 
 class LoopLag:
-    """How late a 10 ms ticker on the loop ran: proof the loop never blocked."""
+    """How late a 10 ms ticker on the loop ran: proof the loop never blocked.
+
+    The scripts below take 0.6 s or more, so running one on the loop would show
+    as a lag of that size. The limit leaves room for the test machine: an idle
+    loop alone saw stalls of 100-150 ms there (a busy 2-CPU VM).
+    """
+
+    LIMIT_S = 0.5
 
     def __init__(self):
         self.worst_s = 0.0
@@ -96,7 +103,7 @@ def log():
 
 
 def test_script_gets_each_transition_in_order_one_at_a_time(tmp_path, log):
-    command, out = recorder(tmp_path, delay_s=0.05)
+    command, out = recorder(tmp_path, delay_s=0.6)
     sequence = [transition(State.INIT, State.BACKUP, "pacs-b is MASTER", Why.MASTER_HEARD),
                 transition(State.BACKUP, State.MASTER, "MASTER pacs-b silent for 0.35 s"),
                 transition(State.MASTER, State.FAULT, "link eth0 down (NO-CARRIER)", Why.FAULT)]
@@ -122,7 +129,22 @@ def test_script_gets_each_transition_in_order_one_at_a_time(tmp_path, log):
         f"pacs-a|BACKUP|MASTER|MASTER pacs-b silent for 0.35 s|master-down|{' '.join(VIPS)}",
         f"pacs-a|MASTER|FAULT|link eth0 down (NO-CARRIER)|fault|{' '.join(VIPS)}",
     ]
-    assert worst_lag_s < 0.05, f"the loop stalled {worst_lag_s * 1000:.0f} ms"
+    assert worst_lag_s < LoopLag.LIMIT_S, f"the loop stalled {worst_lag_s * 1000:.0f} ms"
+
+
+def test_without_a_command_nothing_runs_until_a_reload_sets_one(tmp_path, log):
+    command, out = recorder(tmp_path)
+
+    async def main():
+        listener = NotifyListener(NotifyConfig(None, 10.0), "pacs-a", VIPS, log)
+        listener(transition(State.INIT, State.BACKUP, "before the reload"))
+        listener.reconfigure(NotifyConfig((str(command),), 5.0), ["192.0.2.101/24"])
+        listener(transition(State.BACKUP, State.MASTER, "after the reload"))
+        await until(lambda: len(lines(out)) == 2, 10, "the run after the reload")
+        await listener.close()
+
+    asyncio.run(main())
+    assert lines(out)[1] == "pacs-a|BACKUP|MASTER|after the reload|master-down|192.0.2.101/24"
 
 
 def test_failures_are_logged_once_with_the_reason_and_the_next_transition_runs(tmp_path, log, caplog):
@@ -157,7 +179,7 @@ def test_a_hanging_script_and_its_child_are_killed_at_the_timeout(tmp_path, log,
     command, out = recorder(tmp_path)
 
     async def main():
-        listener = NotifyListener(NotifyConfig((str(hanging),), 0.5), "pacs-a", VIPS, log)
+        listener = NotifyListener(NotifyConfig((str(hanging),), 1.0), "pacs-a", VIPS, log)
         lag = LoopLag()
         started = time.monotonic()
         listener(transition(State.BACKUP, State.MASTER, "first"))
@@ -174,10 +196,10 @@ def test_a_hanging_script_and_its_child_are_killed_at_the_timeout(tmp_path, log,
 
     with caplog.at_level(logging.WARNING, logger="test.notify"):
         killed_after_s, worst_lag_s = asyncio.run(main())
-    assert 0.5 <= killed_after_s < 2.0
-    assert worst_lag_s < 0.05, f"the loop stalled {worst_lag_s * 1000:.0f} ms"
+    assert 1.0 <= killed_after_s < 3.0
+    assert worst_lag_s < LoopLag.LIMIT_S, f"the loop stalled {worst_lag_s * 1000:.0f} ms"
     assert [r.getMessage() for r in caplog.records] == [
-        f"notify: {hanging} for BACKUP -> MASTER did not finish within 0.5 s; killed it and its children"]
+        f"notify: {hanging} for BACKUP -> MASTER did not finish within 1 s; killed it and its children"]
 
 
 def test_a_backlog_keeps_the_newest_transitions_and_says_what_it_dropped(tmp_path, log, caplog):
