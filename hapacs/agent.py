@@ -33,7 +33,9 @@ from .effects import (
 from .election import CommandRefused, Election, Params
 from .logs import RateLimited
 from .netlink import AddressEvent, Link, LinkEvent, Netlink, NetlinkFailure
+from .notify import NotifyListener
 from .reload import describe, restart_needed
+from .sdnotify import SystemdNotifier
 from .states import State
 from .status import Counters, PeerStatus, Status, TransitionRecord, render_table
 from .transport import HeartbeatTransport
@@ -95,6 +97,10 @@ class Agent:
         self._limited = RateLimited(log)
         self.late = LatenessMeter()
         self.listeners: list[Callable[[object], None]] = []   # effect observers (SNMP, notify)
+        self.notifier = NotifyListener(config.notify, config.node.name, [v.label for v in config.vips],
+                                       logging.getLogger("hapacs.notify"))
+        self.systemd = SystemdNotifier(self.status)
+        self.on_ready: Callable[[], None] | None = None   # hapacs.daemon: told once the agent serves
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -111,6 +117,9 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.request_stop, signum)
         self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.systemd.ready()
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             await self._stopped.wait()
         finally:
@@ -120,6 +129,9 @@ class Agent:
 
     async def _setup(self) -> None:
         config = self.config
+        # Before anything else: a second agent must not touch the running one's VIPs or socket.
+        self.control = ControlServer(config.control.socket, config.control.group, self._on_command)
+        self.control.check_free()
         await self.netlink.open()
         for name in config.interfaces:
             link = await self.netlink.link(name)
@@ -154,7 +166,6 @@ class Agent:
         except OSError as err:
             raise StartupError(f"cannot open the heartbeat socket on {self.own_address} port "
                                f"{config.cluster.port}: {err.strerror or err}") from None
-        self.control = ControlServer(config.control.socket, config.control.group, self._on_command)
         try:
             await self.control.start()
         except OSError as err:
@@ -171,6 +182,8 @@ class Agent:
                  config.node.priority, config.cluster.id, config.cluster.interface, mode, self.own_address,
                  config.cluster.advert_interval_s, config.cluster.dead_after,
                  ", ".join(v.label for v in config.vips), lease)
+        self.listeners += [self.notifier, self.systemd.listener]
+        self._tasks.append(self.loop.create_task(self.systemd.watchdog_loop(), name="watchdog"))
         self._feed(self.core.start)
 
     def _params(self, config: Config) -> Params:
@@ -252,6 +265,7 @@ class Agent:
             self._stopped.set()
             return
         self._stopping = True
+        self.systemd.stopping()
         name = signal.Signals(signum).name if signum else "stop request"
         drain = self.config.handover.shutdown_drain_timeout_s
         log.info("%s: leaving the cluster (a MASTER hands over first, draining up to %g s)", name, drain)
@@ -270,10 +284,13 @@ class Agent:
             await self.checks.stop()
         if self.vips is not None:
             await self.vips.close()
+            # A second agent stops at check_free() before it finds any VIP, so what is held
+            # here is this agent's own (or a dead one's it found): removed on exit.
             if any(self.vips.held.values()) or self.vips.wanted:
                 await self.vips.release()
         if self.drainer is not None:
             await self.drainer.release_hold()
+        await self.notifier.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -627,6 +644,7 @@ class Agent:
 
     async def _apply_config(self, new: Config, new_links: dict[str, Link]) -> None:
         old, self.config = self.config, new
+        self.notifier.reconfigure(new.notify, [v.label for v in new.vips])
         self.keys = new.cluster.auth_keys
         self.peer_sources = {str(p) for p in new.cluster.peers}
         self.transport.peers = new.cluster.peers

@@ -78,6 +78,12 @@ class ControlServer:
     def __init__(self, path: str, group: str | None, handler: Handler):
         self.path, self.group, self.handler = path, group, handler
         self._server: asyncio.base_events.Server | None = None
+        self._created = False
+
+    def check_free(self) -> None:
+        """Refuse early, before touching anything, if another agent answers on our socket."""
+        if os.path.exists(self.path) and _answers(self.path):
+            raise ControlError(f"another agent already answers on {self.path}; stop it first")
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -90,6 +96,7 @@ class ControlServer:
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path,
                                                            limit=MAX_REQUEST_BYTES)
+            self._created = True
         finally:
             os.umask(old_umask)
         if self.group is not None:
@@ -103,6 +110,9 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if not self._created:
+            return   # never ours: another agent's socket must stay
+        self._created = False
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -113,6 +123,12 @@ class ControlServer:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = peer_credentials(sock)
             if not allowed(uid, gid, self.group):
+                # Read the request first: closing with it unread would reset the connection,
+                # and the client would see "Broken pipe" instead of this refusal.
+                try:
+                    await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+                except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+                    pass
                 log.warning("control socket: refused uid %d (pid %d): not root%s", uid, pid,
                             f" nor in group {self.group}" if self.group else "")
                 await self._reply(writer, {"ok": False, "message": "permission denied: only root"

@@ -177,7 +177,10 @@ def test_dicom_find_cancels_a_long_answer_and_counts_it_healthy(net, orthanc, mo
 def test_dicom_find_to_the_wrong_called_ae_is_rejected(net, orthanc):
     check = make_check("dicom-find", host="127.0.0.1", port=ORTHANC_PORT, called_ae="PACS")
     result, _ = probe_in(net, check)
-    assert not result.ok and result.message.startswith("association rejected by PACS")
+    # Orthanc sends A-ASSOCIATE-RJ and closes at once; pynetdicom sometimes sees the close
+    # first and reports an abort. Either way the probe fails and says who refused.
+    assert not result.ok, result.message
+    assert result.message.startswith(("association rejected by PACS", "association aborted by 127.0.0.1:4242"))
 
 
 def test_dicom_find_fails_within_the_timeout_when_orthanc_hangs(net, orthanc):

@@ -223,3 +223,17 @@ def test_reload_adds_and_removes_a_vip_and_refuses_a_bad_file(lab):
         assert status["state"] == "MASTER" and status["priority"] == 150 and one_holder(lab, "192.0.2.101") == "a"
     finally:
         print(cluster.logs())
+
+
+def test_a_second_agent_on_the_same_host_is_refused_and_harms_nothing(lab):
+    cluster = pacs_cluster(lab)
+    try:
+        second = lab.exec("a", [sys.executable, "-m", "hapacs", "run", "-c", cluster.config_path("a")],
+                          check=False, timeout=30)
+        assert second.returncode == 1
+        assert "another agent already answers on" in second.stderr, second.stderr
+        # The running MASTER kept its socket and its VIP throughout.
+        lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 1.0,
+                     what="the first agent untouched")
+    finally:
+        print(cluster.logs())
