@@ -27,8 +27,8 @@ from .config import ConfigError, load
 from .control import ControlError, ControlServer
 from .drain import Drainer, DrainResult
 from .effects import (
-    AcquireVips, Announce, HandoverDone, Notice, PeerChange, ReleaseVips, SendAdvert, SplitBrain,
-    StartDrain, Stopped, Transition,
+    AcquireVips, Announce, HandoverDone, Notice, PeerChange, ProbeWitness, ReleaseVips, SendAdvert,
+    SplitBrain, StartDrain, Stopped, Transition,
 )
 from .election import CommandRefused, Election, Params
 from .logs import RateLimited
@@ -68,6 +68,7 @@ class Agent:
         self.control: ControlServer | None = None
         self.checks = None            # hapacs.checks.runner.CheckRunner, imported only when configured
         self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
+        self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.boot_id = 0
@@ -158,6 +159,7 @@ class Agent:
                      "becomes MASTER", ", ".join(present))
         if config.checks:
             self._start_checks()
+        self._start_witness()
         self.transport = HeartbeatTransport(config.cluster.interface, self.links[config.cluster.interface].index,
                                             self.own_address, config.cluster.port, config.cluster.peers,
                                             config.cluster.multicast_group)
@@ -192,7 +194,8 @@ class Agent:
             advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
             preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
             vip_digest=wire.vip_digest(v.label for v in config.vips),
-            drain_timeout_s=config.handover.drain_timeout_s)
+            drain_timeout_s=config.handover.drain_timeout_s, witness=bool(config.cluster.witness),
+            cluster_size=1 + len(config.cluster.peers) if config.cluster.quorum == "majority" else 0)
 
     async def _own_address(self):
         """The address heartbeats leave from: node.address, or the interface's first own address."""
@@ -258,6 +261,16 @@ class Agent:
         elif isinstance(event, SplitBrain):
             self.snmp.notify("split_brain", peer=event.peer, winner=event.winner)
 
+    def _start_witness(self) -> None:
+        if not self.config.cluster.witness:
+            return
+        from .witness import WitnessRunner
+        self.witness = WitnessRunner(
+            self.config.cluster.witness,
+            lambda ok, text: self._feed(lambda now: self.core.set_witness(ok, text, now)),
+            lambda: not any(peer.up for peer in self.core.peers.values()))
+        self.witness.start()
+
     def request_stop(self, signum: int | None = None) -> None:
         """SIGTERM/SIGINT: leave cleanly; a second one stops at once."""
         if self._stopping:
@@ -282,6 +295,8 @@ class Agent:
             self._timer.cancel()
         if self.checks is not None:
             await self.checks.stop()
+        if self.witness is not None:
+            await self.witness.stop()
         if self.vips is not None:
             await self.vips.close()
             # A second agent stops at check_free() before it finds any VIP, so what is held
@@ -473,6 +488,9 @@ class Agent:
             log.warning("split brain: %s", effect.text)
         elif isinstance(effect, Notice):
             log.info("%s", effect.text)
+        elif isinstance(effect, ProbeWitness):
+            if self.witness is not None:
+                self.witness.request()
         elif isinstance(effect, Stopped):
             log.info("%s", effect.text)
             self._stopped.set()
@@ -666,6 +684,13 @@ class Agent:
                 self._feed(lambda now: self.core.set_penalty(0, now))
             if new.checks:
                 self._start_checks()
+        if old.cluster.witness != new.cluster.witness:
+            if self.witness is not None:
+                await self.witness.stop()
+                self.witness = None
+            self._start_witness()
+            if self.witness is not None:
+                self.witness.request()
 
 
 class LatenessMeter:

@@ -266,9 +266,9 @@ def _cluster(ctx: Context, sec: Section, node: NodeConfig | None) -> ClusterConf
     elif group is not INVALID and not group.is_multicast:
         sec.problem("multicast_group", f"{group} is not a multicast address; use one in 239.0.0.0/8 "
                     "(IPv4) or ff02::/16 (IPv6)")
-    if quorum == "majority" and peers is not INVALID and 0 < len(peers) < 2:
-        sec.problem("quorum", "majority needs a cluster of three or more nodes (two or more peers); "
-                    "with two nodes use a witness instead")
+    if quorum == "majority" and peers is not INVALID and len(peers) < 2:
+        sec.problem("quorum", "majority needs a cluster of three or more nodes listed in cluster.peers "
+                    "(the cluster's size); with two nodes use a witness instead")
     auth_keys: tuple[bytes, ...] = ()
     if key_path is not INVALID:
         try:

@@ -114,9 +114,15 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class ProbeWitness:
+    """Probe the witnesses now and report with `set_witness()`: this node hears no peer."""
+    why: str
+
+
+@dataclass(frozen=True)
 class Stopped:
     text: str
 
 
 Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
-          | HandoverDone | PeerChange | SplitBrain | Notice | Stopped)
+          | HandoverDone | PeerChange | SplitBrain | Notice | ProbeWitness | Stopped)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .effects import (
-    AcquireVips, Announce, Effect, HandoverDone, Notice, Outgoing, PeerChange, Reason,
+    AcquireVips, Announce, Effect, HandoverDone, Notice, Outgoing, PeerChange, ProbeWitness, Reason,
     ReleaseVips, SendAdvert, SplitBrain, StartDrain, Stopped, Transition, Why,
 )
 from .states import Flags, State
@@ -59,6 +59,8 @@ class Params:
     preempt_delay_s: float
     vip_digest: bytes = b""
     drain_timeout_s: float = 30.0   # for handovers a peer asks for (takeover, preempt)
+    witness: bool = False           # witnesses configured: alone, a node needs one to be MASTER
+    cluster_size: int = 0           # quorum: majority of this many nodes (0: no quorum)
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Election:
         self.stopping = False
         self.stopped = False
         self.started = False
+        self._started_at = now
         self.adver_deadline = now
         # Master_Down_Timer as (started at, full interval or skew only, Master_Adver_Interval);
         # the deadline is computed on demand so that the skew follows what is known of the peers.
@@ -163,6 +166,11 @@ class Election:
         self._noticed: set[str] = set()
         self._left: tuple[str, str] | None = None   # (peer, how) of a MASTER that stepped down
         self._deferring_since: float | None = None  # waiting for a better candidate to take over
+        # Split-brain protection: when this node last heard no peer, the last witness result.
+        self._alone_since: float | None = None
+        self.witness_ok: bool | None = None
+        self.witness_at: float | None = None
+        self._awaiting_witness = False
 
     # --- derived values -----------------------------------------------------
 
@@ -316,12 +324,12 @@ class Election:
     def start(self, now: float) -> list[Effect]:
         """INIT: send at once, listen one Master_Down_Interval before deciding."""
         self.started = True
-        self.since = now
+        self.since = self._started_at = now
         effects: list[Effect] = [self._send(now)]
         if self.faults and not self.maintenance:
             return effects + self._enter(State.FAULT, Reason(Why.FAULT, "; ".join(self.faults.values())), now)
         self._arm_master_down(now, None)
-        return effects
+        return effects + self._guard(now)
 
     def receive(self, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A heartbeat that passed authentication and the replay check."""
@@ -340,7 +348,7 @@ class Election:
         elif peer.is_master:
             # FAULT: decide nothing, but know who is MASTER for when the fault clears.
             self.master = peer.name
-        return effects
+        return effects + self._guard(now)
 
     def _update_peer(self, advert: Advert, address: bytes, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -518,6 +526,7 @@ class Election:
             handover = self.handover
             if handover is not None and handover.releasing and now >= handover.deadline:
                 effects += self._handover_failed(now)
+        effects += self._guard(now)
         if now >= self.adver_deadline and not self.stopped:
             effects.append(self._send(now))
         return effects
@@ -554,6 +563,17 @@ class Election:
                 self._arm_skew_only(now, master.interval_s if master else self.p.advert_interval_s)
                 return []
         self._deferring_since = None
+        others = self._heard_recently(now)
+        if self.p.cluster_size and 1 + len(others) < self.p.cluster_size // 2 + 1:
+            self._arm_master_down(now, None)   # look again later: peers may come back
+            return self._notice_once("blocked-quorum", f"{reason.text}, but this node may not become "
+                                     f"MASTER: it hears {1 + len(others)} of {self.p.cluster_size} nodes")
+        if self.p.witness and not others:
+            last_heard = max((p.last_seen for p in self.peers.values()), default=self._started_at)
+            if self.witness_at is None or self.witness_at < last_heard or not self.witness_ok:
+                # Hearing nobody may mean this node is the one cut off: ask a witness first.
+                self._awaiting_witness = True
+                return [ProbeWitness(f"{reason.text}; no peer heard: a witness must confirm")]
         blocked = self._may_become_master()
         if blocked is not None:
             effects = self._notice_once(f"blocked-{blocked}", f"{reason.text}, but this node may not "
@@ -596,6 +616,57 @@ class Election:
         if not self.faults and self.state == State.FAULT:
             return self._enter(State.BACKUP, Reason(Why.RECOVERED, recovered), now)
         return []
+
+    # --- split-brain protection: quorum and witness ---------------------------------------------
+
+    def _heard_recently(self, now: float) -> list[Peer]:
+        """Peers, the MASTER aside, that missed at most one heartbeat: deciding to take over, a
+        peer that fell silent together with the MASTER must not count towards quorum."""
+        return [p for p in self.peers.values()
+                if p.up and p.name != self.master and now - p.last_seen < 2 * p.interval_s]
+
+    def _peers_up(self) -> int:
+        return sum(1 for peer in self.peers.values() if peer.up)
+
+    def _guard(self, now: float) -> list[Effect]:
+        """Re-check quorum and isolation after every event."""
+        if not self.started or self.stopped:
+            return []
+        effects: list[Effect] = []
+        up = self._peers_up()
+        if self.p.cluster_size:
+            need = self.p.cluster_size // 2 + 1
+            text = None if up + 1 >= need else \
+                f"no quorum: hears {up + 1} of {self.p.cluster_size} nodes, {need} needed"
+            if self.state == State.MASTER or "quorum" in self.faults:
+                # A MASTER without a majority releases the VIPs: the majority side elects its own.
+                effects += self.set_fault("quorum", text, now, "quorum regained")
+            elif (text is None) == ("quorum" in self.holds):
+                effects += self.set_hold("quorum", text, now)
+        if self.p.witness:
+            if up:
+                self._alone_since = None
+                if "isolated" in self.faults:
+                    effects += self.set_fault("isolated", None, now, "a peer is heard again")
+            elif self._alone_since is None:
+                self._alone_since = now
+                effects.append(ProbeWitness("no peer heard"))
+        return effects
+
+    def set_witness(self, ok: bool, text: str, now: float) -> list[Effect]:
+        """A witness probe's result: `ok` if any witness answered; `text` says what failed."""
+        self.witness_ok, self.witness_at = ok, now
+        others = self._heard_recently(now)
+        if not self.p.witness or not self.started or self.stopped or others:
+            return []
+        if not ok:
+            self._awaiting_witness = False
+            return self.set_fault("isolated", f"isolated: no peer heard and no witness reachable ({text})", now)
+        effects = self.set_fault("isolated", None, now, f"witness reachable ({text})")
+        if self._awaiting_witness and self.state in (State.INIT, State.BACKUP):
+            self._awaiting_witness = False
+            effects += self._master_down(now)
+        return effects
 
     def set_hold(self, source: str, text: str | None, now: float) -> list[Effect]:
         """Keep this node from becoming MASTER on its own (e.g. checks not run yet)."""

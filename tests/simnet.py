@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from hapacs import wire
 from hapacs.effects import (
-    AcquireVips, Announce, HandoverDone, ReleaseVips, SendAdvert, SplitBrain, StartDrain, Stopped,
-    Transition,
+    AcquireVips, Announce, HandoverDone, ProbeWitness, ReleaseVips, SendAdvert, SplitBrain, StartDrain,
+    Stopped, Transition,
 )
 from hapacs.election import Election, Params
 from hapacs.states import State
@@ -24,6 +24,7 @@ from hapacs.states import State
 KEY = b"k" * 32
 CLUSTER = 7
 DIGEST = wire.vip_digest(["192.0.2.100/24"])
+WITNESS_PROBE_S = 0.01   # a witness that answers (or refuses) at once
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SimNode:
     transitions: list[tuple[float, Transition]] = field(default_factory=list)
     effects: list[tuple[float, object]] = field(default_factory=list)
     drain_delay_s: float | None = 0.0   # None: the shell never finishes draining
+    witness_reachable: bool = True      # what a witness probe from this node finds
     guard: wire.ReplayGuard = field(default_factory=wire.ReplayGuard)
 
     @property
@@ -58,10 +60,11 @@ class SimCluster:
     # --- building ------------------------------------------------------------
 
     def add(self, name: str, priority: int, address: str, *, interval: float = 0.1, dead_after: int = 3,
-            preempt: bool = True, preempt_delay: float = 0.0, start: bool = True) -> SimNode:
+            preempt: bool = True, preempt_delay: float = 0.0, start: bool = True, witness: bool = False,
+            cluster_size: int = 0) -> SimNode:
         packed = ipaddress.ip_address(address).packed
         params = Params(name, packed, priority, interval, dead_after, preempt, preempt_delay, DIGEST,
-                        drain_timeout_s=1.0)
+                        drain_timeout_s=1.0, witness=witness, cluster_size=cluster_size)
         node = SimNode(name, Election(params, self.now), packed)
         self.nodes[name] = node
         if start:
@@ -106,6 +109,8 @@ class SimCluster:
                 self._record_holders()
             elif isinstance(effect, Stopped):
                 node.alive = False   # the agent process exits
+            elif isinstance(effect, ProbeWitness):
+                self._schedule(self.now + WITNESS_PROBE_S, "witness", node.name, None)
             elif isinstance(effect, StartDrain) and node.drain_delay_s is not None:
                 self._schedule(self.now + node.drain_delay_s, "drained", node.name, None)
 
@@ -154,6 +159,10 @@ class SimCluster:
                 self.apply(node, node.election.receive(advert, address, self.now))
             elif kind == "drained":
                 self.apply(node, node.election.drained(0, self.now))
+            elif kind == "witness":
+                ok = node.witness_reachable
+                self.apply(node, node.election.set_witness(ok, "ris:104 " + ("ok" if ok else "unreachable"),
+                                                           self.now))
             return True
         self.now = max(self.now, timer_at)
         self.apply(timer_node, timer_node.election.handle_timer(self.now))

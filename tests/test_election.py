@@ -409,3 +409,88 @@ def test_node_held_back_by_pending_checks_is_not_waited_for():
     took = sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
     assert took < 0.5
     assert Flags.HELD in sim.nodes["b"].election.peers["a"].flags
+
+
+# --- split-brain protection: witness and quorum ---------------------------------------------
+
+def witness_pair() -> SimCluster:
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11", witness=True)
+    sim.add("b", 100, "192.0.2.12", witness=True)
+    sim.run_until(lambda: sim.masters() == ["a"] and sim.nodes["b"].state == B, 2.0, "a elected")
+    sim.run(0.5)
+    return sim
+
+
+def test_isolated_backup_without_witness_goes_fault_and_never_holds_the_vip():
+    sim = witness_pair()
+    sim.isolate("b")
+    sim.nodes["b"].witness_reachable = False      # cut off from everything
+    sim.run(5.0)
+    assert sim.nodes["b"].state == State.FAULT and "isolated" in last_reason(sim, "b").reason.text
+    assert all(t.new != M for _, t in sim.nodes["b"].transitions)
+    assert not any(holders == ("a", "b") or "b" in holders for _, holders in sim.holder_history)
+    assert sim.masters() == ["a"]
+    sim.heal()
+    sim.nodes["b"].witness_reachable = True
+    took = sim.run_until(lambda: sim.nodes["b"].state == B, 1.0, "b back")
+    assert took <= 2 * 0.1 and sim.masters() == ["a"] and sim.holders() == ("a",)
+
+
+def test_isolated_master_without_witness_releases_and_the_backup_takes_over():
+    sim = witness_pair()
+    sim.isolate("a")
+    sim.nodes["a"].witness_reachable = False
+    sim.run_until(lambda: sim.nodes["a"].state == State.FAULT, 2.0, "a FAULT")
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b MASTER (it reaches the witness)")
+    sim.heal()
+    sim.nodes["a"].witness_reachable = True
+    sim.run(0.2)
+    assert sim.masters() == ["b"] and sim.holders() == ("b",)
+
+
+def test_without_a_witness_an_isolated_backup_does_become_master():
+    sim = two_nodes()
+    sim.isolate("b")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "split brain without protection")
+
+
+def test_alone_at_start_the_witness_decides():
+    sim = SimCluster()
+    node = sim.add("a", 150, "192.0.2.11", witness=True, start=False)
+    node.witness_reachable = False
+    sim.apply(node, node.election.start(sim.now))
+    sim.run(2.0)
+    assert node.state == State.FAULT and not node.holds_vip
+    node.witness_reachable = True
+    sim.apply(node, node.election.set_witness(True, "ris ok", sim.now))
+    sim.run_until(lambda: node.state == M, 2.0, "a MASTER once the witness answers")
+
+
+def three_with_quorum() -> SimCluster:
+    sim = SimCluster()
+    for name, priority, address in (("a", 200, "192.0.2.11"), ("b", 150, "192.0.2.12"), ("c", 100, "192.0.2.13")):
+        sim.add(name, priority, address, cluster_size=3)
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a elected")
+    sim.run(0.5)
+    return sim
+
+
+def test_master_without_a_majority_releases_and_the_majority_elects():
+    sim = three_with_quorum()
+    sim.isolate("a")
+    sim.run_until(lambda: sim.nodes["a"].state == State.FAULT and sim.masters() == ["b"], 3.0,
+                  "a releases, b MASTER")
+    assert "no quorum: hears 1 of 3 nodes, 2 needed" in last_reason(sim, "a").reason.text
+    sim.heal()
+    sim.run_until(lambda: sim.nodes["a"].state in (B, M) and len(sim.masters()) == 1, 1.0, "healed")
+    sim.run(3.0)
+    assert len(sim.masters()) == 1 and len(sim.holders()) == 1
+
+
+def test_node_alone_of_three_never_becomes_master():
+    sim = three_with_quorum()
+    sim.crash("a")
+    sim.crash("c")
+    sim.run(5.0)
+    assert sim.nodes["b"].state == B and not sim.nodes["b"].holds_vip

@@ -196,7 +196,7 @@ def test_a_hanging_script_and_its_child_are_killed_at_the_timeout(tmp_path, log,
 
     with caplog.at_level(logging.WARNING, logger="test.notify"):
         killed_after_s, worst_lag_s = asyncio.run(main())
-    assert 1.0 <= killed_after_s < 3.0
+    assert 1.0 <= killed_after_s < 5.0
     assert worst_lag_s < LoopLag.LIMIT_S, f"the loop stalled {worst_lag_s * 1000:.0f} ms"
     assert [r.getMessage() for r in caplog.records] == [
         f"notify: {hanging} for BACKUP -> MASTER did not finish within 1 s; killed it and its children"]
@@ -240,7 +240,7 @@ def test_close_waits_a_bounded_time_then_kills_the_running_script(tmp_path, log)
         return time.monotonic() - started, int(pids.read_text())
 
     took_s, pid = asyncio.run(main())
-    assert 0.5 <= took_s < 2.0
+    assert 0.5 <= took_s < 4.0
     assert not alive(pid)
 
 
