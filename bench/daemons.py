@@ -83,9 +83,13 @@ class Keepalived(KeepalivedCluster):
                          preempt_delay=preempt_delay, check=check, **kwargs)
 
     def release(self, host: str) -> str:
-        """keepalived has no release command: stopping it sends priority 0 (RFC 5798 6.4.3)."""
-        self.stop(host)
-        return "stopped"
+        """keepalived has no release command: stopping it sends priority 0 (RFC 5798 6.4.3).
+
+        Returns once SIGTERM is sent, not when keepalived has exited (about a
+        second later), so the caller sees the handover as it happens.
+        """
+        self.lab.kill(self.hosts[host].proc, signal.SIGTERM)
+        return "SIGTERM sent"
 
 
 def make_cluster(daemon: str, lab, advert_interval: float, preempt_delay: float, realtime=True,

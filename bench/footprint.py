@@ -40,15 +40,21 @@ KEEPALIVED_STATE_OID = "1.3.6.1.4.1.9586.100.5.2.3.1.4.1"   # KEEPALIVED-MIB vrr
 SETTLE_TIMEOUT_S = 20.0
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
+def _cpu_split(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds of the processes themselves, and of their children that ended (check scripts)."""
+    own = children = 0.0
     for pid in pids:
         try:
             times = psutil.Process(pid).cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+        own += times.user + times.system
+        children += times.children_user + times.children_system
+    return own, children
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    return sum(_cpu_split(pids))
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -105,14 +111,16 @@ def footprint(idle_window_s: float = 20.0, burst_count: int = 1000, advert_inter
             groups.update({f"keepalived pacs-{h}": keepalived.pids(h) for h in ("a", "b")})
             groups.update({f"snmpd pacs-{h}": [snmpd[h].pid] for h in ("a", "b")})
             time.sleep(1.0)   # let start-up work finish before the window opens
-            before = {label: _cpu_seconds(pids) for label, pids in groups.items()}
+            before = {label: _cpu_split(pids) for label, pids in groups.items()}
             started = time.monotonic()
             time.sleep(idle_window_s)   # the measurement window itself: nothing to wait for
             idle_elapsed = time.monotonic() - started
-            idle = {label: {"cpu_percent_of_one_core":
-                            round(100 * (_cpu_seconds(pids) - before[label]) / idle_elapsed, 2),
-                            "rss_mb": _rss_mb(pids), "processes": len(pids)}
-                    for label, pids in groups.items()}
+            idle = {}
+            for label, pids in groups.items():
+                own, children = (after - earlier for after, earlier in zip(_cpu_split(pids), before[label]))
+                idle[label] = {"cpu_percent_of_one_core": round(100 * (own + children) / idle_elapsed, 2),
+                               "of_which_check_scripts": round(100 * children / idle_elapsed, 2),
+                               "rss_mb": _rss_mb(pids), "processes": len(pids)}
             bursts = {}
             for name, lab, oid, labels in (
                     ("hapacs", lab_h, HAPACS_STATE_OID, ["hapacs pacs-a"]),
