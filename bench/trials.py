@@ -67,6 +67,7 @@ class Settings:
 
 
 PROBE_INTERVAL_S = 0.02
+PROBE_OVERLAP = 50        # echoes start every 20 ms whether or not earlier ones ended
 PROBE_DURATION_S = 90.0   # upper bound; each trial stops its probe long before
 START_TIMEOUT_S = 20.0
 RECOVERY_TIMEOUT_S = 20.0
@@ -93,7 +94,8 @@ class Workstation:
         self.path = os.path.join(lab.tmpdir, "workstation.jsonl")
         self.lab = lab
         self.proc = start_probe(lab, self.path, VIP, port=104, called_ae="PACS", interval=PROBE_INTERVAL_S,
-                                duration=PROBE_DURATION_S, store=True, timeout=timeout_s)
+                                duration=PROBE_DURATION_S, store=True, timeout=timeout_s,
+                                overlap=PROBE_OVERLAP)
 
     def records(self) -> list[dict]:
         try:

@@ -163,6 +163,37 @@ def run_loop(kind, action, recorder, interval_s, until, stop, paced=True):
             next_start = time.monotonic() + (0 if ok else interval_s)
 
 
+def run_overlapping(action, recorder, interval_s, until, stop, overlap):
+    """Start an echo every interval_s whether or not the previous ones have ended, at most
+    `overlap` in flight (then the next start waits for a free slot).
+
+    A workstation (or a room of them) does not wait for one stuck request before sending
+    the next: the first echo started after a failover shows when service is back, and an
+    echo stuck on a dead host only delays itself.
+    """
+    slots = threading.BoundedSemaphore(overlap)
+    workers = []
+
+    def one():
+        try:
+            _attempt("echo", action, recorder)
+        finally:
+            slots.release()
+
+    next_start = time.monotonic()
+    while not stop.is_set() and time.monotonic() < until:
+        delay = next_start - time.monotonic()
+        if delay > 0 and stop.wait(min(delay, max(0.0, until - time.monotonic()))):
+            break
+        if not slots.acquire(timeout=max(0.0, until - time.monotonic())):
+            break
+        worker = threading.Thread(target=one, name="echo", daemon=True)
+        worker.start()
+        workers = [w for w in workers if w.is_alive()] + [worker]
+        next_start = max(next_start + interval_s, time.monotonic())
+    return workers
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lab.probe",
                                      description="DICOM workstation probe (JSON lines).")
@@ -175,10 +206,14 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=float, default=1.0,
                         help="connection, ACSE, DIMSE and network timeout in seconds")
     parser.add_argument("--store", action="store_true", help="also run a C-STORE loop")
+    parser.add_argument("--overlap", type=int, default=1,
+                        help="echoes in flight at once: 1 waits for each echo before the next; "
+                             "more starts one every interval regardless (at most this many at a time)")
     parser.add_argument("--out", required=True, help="JSON-lines file (appended)")
     args = parser.parse_args(argv)
-    if not (0 < args.interval <= 60 and 0 < args.duration <= 3600 and 0 < args.timeout <= 60):
-        parser.error("interval, duration and timeout must be positive and bounded")
+    if not (0 < args.interval <= 60 and 0 < args.duration <= 3600 and 0 < args.timeout <= 60
+            and 1 <= args.overlap <= 200):
+        parser.error("interval, duration, timeout and overlap must be positive and bounded")
     return args
 
 
@@ -203,7 +238,13 @@ def main(argv=None) -> int:
         thread.start()
     echo_ae = _make_ae(args.calling_ae, args.timeout, Verification)
     try:
-        run_loop("echo", lambda: echo_once(echo_ae, args), recorder, args.interval, until, stop)
+        if args.overlap > 1:
+            # One AE per echo: each runs in its own thread.
+            threads += run_overlapping(
+                lambda: echo_once(_make_ae(args.calling_ae, args.timeout, Verification), args),
+                recorder, args.interval, until, stop, args.overlap)
+        else:
+            run_loop("echo", lambda: echo_once(echo_ae, args), recorder, args.interval, until, stop)
     finally:
         stop.set()
         for thread in threads:
@@ -214,14 +255,14 @@ def main(argv=None) -> int:
 
 
 def start_probe(lab, out, vip, port=104, called_ae="PACS", interval=0.02, duration=30.0,
-                store=False, timeout=1.0, ns="ws"):
+                store=False, timeout=1.0, ns="ws", overlap=1):
     """Spawn the probe in the lab's workstation (or `ns`); the lab stops it at teardown.
 
     Its stderr goes to OUT.log, so a crash is readable.
     """
     argv = [sys.executable, "-m", "lab.probe", "--vip", vip, "--port", str(port),
             "--called-ae", called_ae, "--interval", str(interval), "--duration", str(duration),
-            "--timeout", str(timeout), "--out", str(out)]
+            "--timeout", str(timeout), "--out", str(out), "--overlap", str(overlap)]
     if store:
         argv.append("--store")
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
