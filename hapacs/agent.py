@@ -93,6 +93,7 @@ class Agent:
         self._vip_lock = asyncio.Lock()
         self.drainer: Drainer | None = None
         self.last_drain: DrainResult | None = None
+        self.last_drain_end = 0.0
         self._state_waiters: list[asyncio.Future] = []
         self._peer_addresses: dict[str, str] = {}
         self._limited = RateLimited(log)
@@ -529,6 +530,7 @@ class Agent:
     async def _drain(self, effect: StartDrain) -> None:
         result = await self.drainer.drain(effect.timeout_s)
         self.last_drain = result
+        self.last_drain_end = self.loop.time()
         if self.core.handover is None:
             # Abandoned meanwhile (a fault, a stop): nothing to hand over, hold nothing.
             await self.drainer.release_hold()
@@ -566,7 +568,11 @@ class Agent:
             address=str(self.own_address), interface=self.config.cluster.interface,
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
             uptime_s=now - self.started_at, version=__version__, pid=os.getpid(),
-            timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000)
+            timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000,
+            last_drain=None if self.last_drain is None else {
+                "ended_monotonic": round(self.last_drain_end, 6), "waited_s": round(self.last_drain.waited_s, 3),
+                "open_at_start": self.last_drain.open_at_start, "cut": self.last_drain.cut,
+                "held_new_connections": self.last_drain.held})
 
     async def _on_command(self, request: dict) -> dict:
         command = request["command"]

@@ -88,6 +88,8 @@ class Status:
     # How late the agent's timer fired (heartbeats included): a loaded host shows here first.
     timer_late_ms_max: float = 0.0
     timer_late_ms_minute: float = 0.0
+    # The last drain before a handover: when it ended (monotonic), how long, what it found.
+    last_drain: dict | None = None
 
     def to_json(self) -> dict:
         """The CONTRACT.md status object, plus what operators need beside it."""
@@ -117,6 +119,7 @@ class Status:
             "uptime_s": round(self.uptime_s, 3), "version": self.version, "pid": self.pid,
             "timer_late_ms": {"max": round(self.timer_late_ms_max, 2),
                               "last_minute": round(self.timer_late_ms_minute, 2)},
+            "last_drain": self.last_drain,
         }
 
 
