@@ -6,14 +6,15 @@
    valid advert survives encode/decode unchanged, and the ReplayGuard never
    accepts a (boot id, sequence) that is not newer than the last accepted one.
 2. Election: 2 or 3 nodes on the fake clock of `simnet`, random priorities
-   (ties included) and preempt settings, then a random sequence of crashes,
-   restarts, partitions, faults, penalties, maintenance, holds, failed VIPs,
-   release, takeover and shutdown. After every event and every simulation
-   step: a node in FAULT holds no VIP, a stopped node holds none, a live
-   BACKUP holds none, every transition has a reason with a sentence, no
-   exception but CommandRefused leaves the core, and no node's timer stays in
-   the past (handle_timer(now) must move next_deadline() beyond now, or the
-   shell's loop would spin). Once everything is healed, restarted and
+   (ties included), preempt settings and split-brain protection (none, a
+   witness, or quorum), then a random sequence of crashes, restarts,
+   partitions, faults, penalties, maintenance, holds, failed VIPs, witness
+   outages, release, takeover and shutdown. After every event and every
+   simulation step: a node in FAULT holds no VIP, a stopped node holds none,
+   a live BACKUP holds none, every transition has a reason with a sentence,
+   no exception but CommandRefused leaves the core, and no node's timer stays
+   in the past (handle_timer(now) must move next_deadline() beyond now, or
+   the shell's loop would spin). Once everything is healed, restarted and
    cleared, a few seconds of cluster time later there is exactly one MASTER
    and exactly one holder of the VIP.
 
@@ -190,7 +191,7 @@ ADDRESSES = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
 NAMES = ["a", "b", "c"]
 KINDS = ["crash", "restart", "isolate", "cut", "heal", "fault", "fault2", "clear", "penalty",
          "maintenance_on", "maintenance_off", "release", "takeover", "shutdown", "hold", "unhold",
-         "vip_failed", "run"]
+         "vip_failed", "witness_down", "witness_up", "run"]
 SPIN_LIMIT = 1000   # consecutive steps at one instant: a timer that never moves forward
 
 
@@ -276,6 +277,8 @@ def _event(sim: FuzzCluster, names: list[str], kind: str, index: int, arg: int) 
         sim.cut.add(frozenset((name, other)))
     elif kind == "heal":
         sim.heal()
+    elif kind in ("witness_down", "witness_up"):   # what this node's witness probes find
+        node.witness_reachable = kind == "witness_up"
     elif not node.alive:
         return                        # commands need a running agent
     elif kind == "fault":
@@ -313,6 +316,7 @@ clusters = st.fixed_dictionaries({
     "preempt": st.lists(st.booleans(), min_size=3, max_size=3),
     "preempt_delay": st.sampled_from([0.0, 0.5]),
     "drain_delay": st.sampled_from([0.0, 0.2, 1.5]),
+    "protection": st.sampled_from(["none", "witness", "quorum"]),   # split-brain protection
 })
 
 
@@ -321,7 +325,9 @@ def _build(spec) -> tuple[FuzzCluster, list[str]]:
     names = NAMES[:spec["size"]]
     for i, name in enumerate(names):
         node = sim.add(name, spec["priorities"][i], ADDRESSES[i], preempt=spec["preempt"][i],
-                       preempt_delay=spec["preempt_delay"])
+                       preempt_delay=spec["preempt_delay"], witness=spec["protection"] == "witness",
+                       # quorum: majority needs three nodes or more (hapacs.config refuses it for two)
+                       cluster_size=len(names) if spec["protection"] == "quorum" and len(names) >= 3 else 0)
         node.drain_delay_s = spec["drain_delay"]
     return sim, names
 
@@ -339,10 +345,13 @@ def test_election_keeps_its_invariants_under_random_events_and_converges(spec, s
             sim.history.append(f"{sim.now:.3f}   refused: {refused}")
         sim.run(0.05 * (arg % 7))
 
-    # Everything healed, every agent running, no fault, no maintenance.
+    # Everything healed, every agent running, no fault, no maintenance. A shutdown still under way
+    # (draining, waiting for the successor) ends within 3 s: the node is then restarted too.
+    sim.run(3.0)
     sim.history.append(f"{sim.now:.3f} heal everything")
     sim.heal()
     for name in names:
+        sim.nodes[name].witness_reachable = True
         if not sim.nodes[name].alive:
             sim.restart(name)
     for name in names:
@@ -364,7 +373,7 @@ def test_election_keeps_its_invariants_under_random_events_and_converges(spec, s
 def test_fuzz_cluster_catches_a_broken_invariant():
     # The checker itself: a node put in FAULT while (wrongly) keeping its VIP is caught.
     sim, _ = _build({"size": 2, "priorities": [150, 100, 1], "preempt": [True] * 3,
-                     "preempt_delay": 0.0, "drain_delay": 0.0})
+                     "preempt_delay": 0.0, "drain_delay": 0.0, "protection": "none"})
     sim.run(1.0)
     sim.nodes["a"].election.state = State.FAULT
     with pytest.raises(AssertionError, match="holds the VIP in FAULT"):
