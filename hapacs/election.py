@@ -522,6 +522,9 @@ class Election:
                 effects += self._master_down(now)
             elif self.state == State.BACKUP and self._live_master() is not None:
                 effects += self._consider_preempt(self._live_master(), now)
+            else:
+                # Nobody to preempt any more: forget the wait, or its deadline stays in the past.
+                self.preempt_since, self.preempt_requesting = None, False
         elif self.state == State.MASTER:
             handover = self.handover
             if handover is not None and handover.releasing and now >= handover.deadline:
