@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import signal
+import struct
 import time
 from typing import Callable
 
@@ -502,7 +503,14 @@ class Agent:
         advert = wire.Advert(self.config.cluster.id, self.config.node.name, out.state, out.priority, out.flags,
                              int(round(self.config.cluster.advert_interval_s * 1000)), out.term, self.boot_id,
                              self.seq, self.core.p.vip_digest, out.target)
-        failed = self.transport.send(wire.encode(advert, self.keys[0]))
+        try:
+            data = wire.encode(advert, self.keys[0])
+        except (ValueError, OverflowError, struct.error) as err:
+            # Cannot happen with valid state; if it does, a node that cannot speak holds nothing.
+            log.error("cannot encode a heartbeat (%s): going to FAULT", err)
+            self._feed(lambda now: self.core.set_fault("heartbeat", f"cannot send heartbeats: {err}", now))
+            return
+        failed = self.transport.send(data)
         self.counts["adverts_sent"] += 1
         if failed:
             self._limited.warning("send", self.loop.time(), "cannot send a heartbeat: %s",

@@ -56,7 +56,8 @@ class Announcer:
     def _packet_socket(self, ifname: str) -> socket.socket:
         sock = self._packet.get(ifname)
         if sock is None:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            # Protocol 0: the socket only sends; it must not queue every ARP frame on the LAN.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             sock.bind((ifname, 0))
             sock.setblocking(False)
             self._packet[ifname] = sock

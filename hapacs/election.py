@@ -41,6 +41,7 @@ from .states import Flags, State
 from .wire import Advert
 
 MIN_HANDOVER_WAIT_S = 1.0
+MAX_TERM = 0xFFFFFFFF
 VIP_RETRY_S = 5.0
 
 
@@ -302,7 +303,8 @@ class Election:
         return effects
 
     def _become_master(self, reason: Reason, now: float, sticky: bool) -> list[Effect]:
-        self.max_term += 1
+        # The wire carries 32 bits; at the top, ties fall to priority and address.
+        self.max_term = min(self.max_term + 1, MAX_TERM)
         self.master_term = self.max_term
         effects = self._enter(State.MASTER, reason, now)
         self.sticky = sticky

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import pytest
 
+from hapacs import wire
 from hapacs.effects import (
     AcquireVips, Announce, HandoverDone, Notice, ReleaseVips, SendAdvert, SplitBrain, Stopped,
     Transition, Why,
@@ -13,7 +15,7 @@ from hapacs.effects import (
 from hapacs.election import CommandRefused
 from hapacs.states import Flags, State
 
-from .simnet import SimCluster
+from .simnet import CLUSTER, DIGEST, SimCluster
 
 M, B = State.MASTER, State.BACKUP
 
@@ -509,3 +511,20 @@ def test_preempt_wait_is_forgotten_when_the_master_vanishes():
     sim.crash("c")
     sim.run(3.0)        # exceeds simnet's step bound if a deadline stays in the past
     assert sim.masters() == [] and sim.nodes["a"].state == B
+
+
+def test_a_peer_term_at_the_wire_maximum_does_not_stop_heartbeats():
+    # A node holding the key (a buggy peer, or after 2**32 terms) advertises the largest term the
+    # wire carries. Whoever becomes MASTER next computes max_term + 1 = 2**32, which wire.encode
+    # cannot pack: every later heartbeat raises struct.error.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.add("b", 100, "192.0.2.12")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a elected")
+    sim.run(0.5)
+    c = ipaddress.ip_address("192.0.2.13").packed
+    top = wire.Advert(CLUSTER, "c", State.MASTER, 254, Flags.NONE, 100, 2**32 - 1, 1, 1, DIGEST)
+    for name in ("a", "b"):
+        sim.apply(sim.nodes[name], sim.nodes[name].election.receive(top, c, sim.now))
+    sim.run(3.0)      # c falls silent: a or b becomes MASTER again
+    assert len(sim.masters()) == 1 and len(sim.holders()) == 1
