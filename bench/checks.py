@@ -33,10 +33,10 @@ from core import percentile                     # noqa: E402
 VIP = "192.0.2.100"
 
 
-def trial(kind: str, number: int, check: dict) -> dict:
+def trial(kind: str, number: int, check: dict, realtime: bool) -> dict:
     with Lab(unique_prefix("bk")) as lab:
         scp = {h: start_storescp(lab, lab.ns(h), port=104, aet="PACS") for h in ("a", "b")}
-        cluster = AgentCluster(lab, checks={"a": [check], "b": [check]})
+        cluster = AgentCluster(lab, checks={"a": [check], "b": [check]}, realtime=realtime)
         cluster.add("a", 150)
         cluster.add("b", 100)
         cluster.start_all()
@@ -44,14 +44,15 @@ def trial(kind: str, number: int, check: dict) -> dict:
         path = os.path.join(lab.tmpdir, "ws.jsonl")
         probe = start_probe(lab, path, VIP, port=104, called_ae="PACS", interval=0.02, duration=30, timeout=0.2)
         lab.wait_for(lambda: _ok(path) >= 20, 10, what="probe running")
-        late_before = cluster.status("a")["timer_late_ms"]["max"]
         fault_t = time.monotonic()
         if kind == "killed":
             scp["a"].send_signal(signal.SIGKILL)
         else:
             scp["a"].send_signal(signal.SIGSTOP)
         lab.wait_for(lambda: _ok(path, since=fault_t) >= 10, 10, what="served by b")
-        late_during = cluster.status("a")["timer_late_ms"]["max"]
+        # The MASTER's timer (heartbeats included) from the fault until it was served elsewhere.
+        late_during = max([ms for t, ms in cluster.status("a")["timer_late_ms"]["recent"] if t >= fault_t],
+                          default=0.0)
         if kind == "hung":
             scp["a"].send_signal(signal.SIGCONT)
         lab.stop(probe)
@@ -59,11 +60,16 @@ def trial(kind: str, number: int, check: dict) -> dict:
         fault = [t for t in cluster.transitions("a") if t["to"] == "FAULT"]
         row = {"trial": number, "kind": kind, "served_s": result["recovery_s"], "outage_s": result["outage_s"],
                "fault_s": fault[-1]["monotonic"] - fault_t if fault else None,
-               "timer_late_ms_max": max(late_before, late_during)}
+               "timer_late_ms_max": late_during}
         print(f"  {kind} {number:2d}: served by pacs-b after {row['served_s'] * 1000:6.0f} ms "
-              f"(pacs-a FAULT after {row['fault_s'] * 1000:6.0f} ms), pacs-a timer at most "
-              f"{row['timer_late_ms_max']:.1f} ms late", flush=True)
+              f"(pacs-a FAULT after {row['fault_s'] * 1000:6.0f} ms), pacs-a timer meanwhile "
+              f"{_late(row['timer_late_ms_max'])}", flush=True)
         return row
+
+
+def _late(ms: float) -> str:
+    # The agent keeps only firings more than 5 ms late (hapacs.agent.LatenessMeter).
+    return f"{ms:.1f} ms late" if ms else "never more than 5 ms late"
 
 
 def _ok(path: str, since: float = 0.0) -> int:
@@ -80,6 +86,8 @@ def main() -> int:
     parser.add_argument("--fall", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=0.5)
     parser.add_argument("--json")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="run the agents with normal scheduling (default: SCHED_RR, as systemd/hapacs.service)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/checks.py: run as root", file=sys.stderr)
@@ -91,13 +99,13 @@ def main() -> int:
           f"(target: served within {bound:.2f} s)", flush=True)
     figures = {}
     for kind in ("killed", "hung"):
-        rows = [trial(kind, i + 1, check) for i in range(args.trials)]
+        rows = [trial(kind, i + 1, check, not args.no_realtime) for i in range(args.trials)]
         served = [r["served_s"] for r in rows]
         figures[kind] = {"rows": rows, "median_s": statistics.median(served), "p95_s": percentile(served, 0.95),
                          "max_s": max(served), "timer_late_ms_max": max(r["timer_late_ms_max"] for r in rows)}
         print(f"  {kind}: served by the BACKUP after median {figures[kind]['median_s'] * 1000:.0f} ms, "
               f"p95 {figures[kind]['p95_s'] * 1000:.0f} ms, max {figures[kind]['max_s'] * 1000:.0f} ms; "
-              f"heartbeat timer at most {figures[kind]['timer_late_ms_max']:.1f} ms late", flush=True)
+              f"heartbeat timer {_late(figures[kind]['timer_late_ms_max'])}", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"check": check, "bound_s": bound, **figures}, handle, indent=1)

@@ -32,6 +32,7 @@ from .effects import (
     SplitBrain, StartDrain, Stopped, Transition,
 )
 from .election import CommandRefused, Election, Params
+from .lateness import LatenessMeter
 from .logs import RateLimited
 from .netlink import AddressEvent, Link, LinkEvent, Netlink, NetlinkFailure
 from .notify import NotifyListener
@@ -577,6 +578,7 @@ class Agent:
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
             uptime_s=now - self.started_at, version=__version__, pid=os.getpid(),
             timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000,
+            timer_late_recent=tuple((round(t, 3), round(late * 1000, 1)) for t, late in self.late.notable),
             last_drain=None if self.last_drain is None else {
                 "ended_monotonic": round(self.last_drain_end, 6), "waited_s": round(self.last_drain.waited_s, 3),
                 "open_at_start": self.last_drain.open_at_start, "cut": self.last_drain.cut,
@@ -705,31 +707,6 @@ class Agent:
             self._start_witness()
             if self.witness is not None:
                 self.witness.request()
-
-
-class LatenessMeter:
-    """The largest timer lateness ever, and over roughly the last minute."""
-
-    WINDOW_S = 60.0
-
-    def __init__(self) -> None:
-        self.max_s = 0.0
-        self._window_start = 0.0
-        self._current = 0.0
-        self._previous = 0.0
-
-    def record(self, late_s: float, now: float) -> None:
-        late_s = max(0.0, late_s)
-        if now - self._window_start >= self.WINDOW_S:
-            self._previous = self._current if now - self._window_start < 2 * self.WINDOW_S else 0.0
-            self._current, self._window_start = 0.0, now
-        self._current = max(self._current, late_s)
-        self.max_s = max(self.max_s, late_s)
-
-    def recent_s(self, now: float) -> float:
-        if now - self._window_start >= 2 * self.WINDOW_S:
-            return 0.0
-        return max(self._current, self._previous)
 
 
 def run(config: Config) -> int:

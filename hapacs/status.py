@@ -88,6 +88,7 @@ class Status:
     # How late the agent's timer fired (heartbeats included): a loaded host shows here first.
     timer_late_ms_max: float = 0.0
     timer_late_ms_minute: float = 0.0
+    timer_late_recent: tuple[tuple[float, float], ...] = ()   # (monotonic, ms) of the last late firings
     # The last drain before a handover: when it ended (monotonic), how long, what it found.
     last_drain: dict | None = None
 
@@ -118,7 +119,8 @@ class Status:
             "advert_interval_s": self.advert_interval_s, "preempt": self.preempt,
             "uptime_s": round(self.uptime_s, 3), "version": self.version, "pid": self.pid,
             "timer_late_ms": {"max": round(self.timer_late_ms_max, 2),
-                              "last_minute": round(self.timer_late_ms_minute, 2)},
+                              "last_minute": round(self.timer_late_ms_minute, 2),
+                              "recent": [list(x) for x in self.timer_late_recent]},
             "last_drain": self.last_drain,
         }
 

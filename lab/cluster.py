@@ -33,7 +33,7 @@ class AgentSpec:
 
 class AgentCluster:
     def __init__(self, lab, vips=("192.0.2.100/24",), advert_interval=0.1, dead_after=3,
-                 preempt=True, preempt_delay=0.5, multicast=False, cluster_id=51, checks=None):
+                 preempt=True, preempt_delay=0.5, multicast=False, cluster_id=51, checks=None, realtime=False):
         self.lab = lab
         self.vips = list(vips)
         self.base = dict(advert_interval=advert_interval, dead_after=dead_after, preempt=preempt,
@@ -41,6 +41,7 @@ class AgentCluster:
         self.multicast = multicast
         self.cluster_id = cluster_id
         self.checks = checks or {}
+        self.realtime = realtime   # run agents SCHED_RR like systemd/hapacs.service (CPUSchedulingPolicy=rr)
         self.dir = lab.mkdtemp("agents")
         self.key_file = os.path.join(self.dir, "cluster.key")
         with open(os.open(self.key_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
@@ -93,8 +94,10 @@ class AgentCluster:
         path = self.write(host)
         log = open(self.log_path(host), "a")
         env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = self.lab.spawn(host, [sys.executable, "-m", "hapacs", "run", "-c", path, "--log-level", log_level],
-                              env=env, stdout=log, stderr=log)
+        argv = [sys.executable, "-m", "hapacs", "run", "-c", path, "--log-level", log_level]
+        if self.realtime:
+            argv = ["chrt", "-r", "10", *argv]   # chrt execs: the pid stays the agent's
+        proc = self.lab.spawn(host, argv, env=env, stdout=log, stderr=log)
         log.close()
         self.procs[host] = proc
         return proc

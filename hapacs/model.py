@@ -1,0 +1,99 @@
+"""The election's data: its parameters, what it knows of each peer, a handover
+under way, and the frozen views it gives to status and SNMP. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .states import Flags, State
+
+
+class CommandRefused(Exception):
+    """An operator's command that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class Params:
+    name: str
+    address: bytes             # the address heartbeats come from; breaks priority ties
+    priority: int              # 1..254
+    advert_interval_s: float
+    dead_after: int
+    preempt: bool
+    preempt_delay_s: float
+    vip_digest: bytes = b""
+    drain_timeout_s: float = 30.0   # for handovers a peer asks for (takeover, preempt)
+    witness: bool = False           # witnesses configured: alone, a node needs one to be MASTER
+    cluster_size: int = 0           # quorum: majority of this many nodes (0: no quorum)
+
+
+@dataclass
+class Peer:
+    """What this node knows of another node, from its last heartbeat."""
+
+    name: str
+    address: bytes
+    state: State
+    priority: int
+    flags: Flags
+    term: int
+    interval_s: float
+    last_seen: float
+    target: str | None
+    vip_digest: bytes
+    up: bool = True
+
+    @property
+    def is_master(self) -> bool:
+        """A MASTER that means to stay (priority 0 means it is leaving)."""
+        return self.up and self.state == State.MASTER and self.priority > 0
+
+    @property
+    def candidate(self) -> bool:
+        """Could take over if the MASTER went away."""
+        return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
+                and not self.flags & (Flags.MAINTENANCE | Flags.HELD))
+
+    def timeout_s(self, dead_after: int) -> float:
+        return (dead_after + 1) * self.interval_s
+
+
+@dataclass
+class Handover:
+    target: str
+    manual: bool
+    for_shutdown: bool
+    why: str
+    releasing: bool = False
+    deadline: float = 0.0
+    cut: int = 0
+
+
+@dataclass(frozen=True)
+class PeerView:
+    name: str
+    address: bytes
+    state: State
+    priority: int
+    last_seen_s: float
+    up: bool
+    maintenance: bool
+
+
+@dataclass(frozen=True)
+class ElectionView:
+    """A frozen picture of the election for status, SNMP and tests."""
+
+    state: State
+    since_s: float
+    priority: int
+    effective_priority: int
+    master: str | None
+    maintenance: bool
+    sticky: bool
+    term: int
+    faults: tuple[str, ...]
+    holds: tuple[str, ...]
+    peers: tuple[PeerView, ...]
+    handover_target: str | None
+    alone: bool
