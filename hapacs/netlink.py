@@ -14,9 +14,13 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import socket
+
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -87,6 +91,7 @@ class Netlink:
         self._ipr: AsyncIPRoute | None = None
         self._events: AsyncIPRoute | None = None
         self._lock = asyncio.Lock()
+        self._renewals: dict[tuple[int, str, int], ifaddrmsg] = {}
 
     async def open(self) -> None:
         self._ipr = AsyncIPRoute()
@@ -143,6 +148,36 @@ class Netlink:
             # No duplicate address detection: a tentative VIP cannot be used for 1-2 s.
             kwargs["flags"] = IFA_F_NODAD
         await self._call(f"add {address} to interface {index}", self._ipr.addr("replace", **kwargs))
+
+    async def renew_lease(self, index: int, address: Interface, lease_s: int) -> None:
+        """The same as add_lease, through a request built once: a MASTER renews several times
+        a lease, and pyroute2's request building costs more than the kernel's work."""
+        assert self._ipr is not None
+        key = (index, str(address), lease_s)
+        msg = self._renewals.get(key)
+        if msg is None:
+            msg = ifaddrmsg()
+            msg["family"] = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            msg["prefixlen"] = address.network.prefixlen
+            msg["index"] = index
+            msg["flags"] = IFA_F_NODAD if address.version == 6 else 0
+            ip = str(address.ip)
+            msg["attrs"] = [["IFA_LOCAL", ip], ["IFA_ADDRESS", ip],
+                            ["IFA_CACHEINFO", {"ifa_preferred": lease_s, "ifa_valid": lease_s,
+                                               "cstamp": 0, "tstamp": 0}]]
+            if len(self._renewals) > 64:   # VIPs changed by reloads: keep only what is current
+                self._renewals.clear()
+            self._renewals[key] = msg
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+
+        async def request():
+            reply = self._ipr.nlm_request(msg, msg_type=RTM_NEWADDR, msg_flags=flags)
+            if hasattr(reply, "__aiter__"):
+                async for _ in reply:
+                    pass
+            else:
+                await reply
+        await self._call(f"renew {address} on interface {index}", request())
 
     async def delete(self, index: int, address: Interface) -> bool:
         """Remove `address`; False if it was not there."""

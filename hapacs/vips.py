@@ -148,8 +148,12 @@ class VipManager:
             if not self.wanted:
                 break
             for vip in self.vips:
+                link = self.links.get(vip.interface)
                 try:
-                    await self._add(vip)
+                    if link is None:
+                        raise KeyError(f"interface {vip.interface} not found")
+                    await self.netlink.renew_lease(link.index, vip.address, self.lease_s)
+                    self.held[vip.label] = True
                 except (NetlinkFailure, KeyError) as err:
                     log.error("cannot renew VIP %s: %s", vip.label, err)
             self.renewals += 1

@@ -88,6 +88,22 @@ def _name_bytes(name: str | None, what: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
+_MACS: dict[bytes, "hmac.HMAC"] = {}
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 from a state computed once per key (OpenSSL looks the digest up on every
+    one-shot call, which costs more than hashing a heartbeat)."""
+    base = _MACS.get(key)
+    if base is None:
+        if len(_MACS) > 8:   # keys come from the key file: a handful, replaced on reload
+            _MACS.clear()
+        base = _MACS[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = base.copy()
+    mac.update(body)
+    return mac.digest()
+
+
 def encode(advert: Advert, key: bytes) -> bytes:
     """The datagram for `advert`, signed with `key`."""
     if not advert.node:
@@ -96,7 +112,7 @@ def encode(advert: Advert, key: bytes) -> bytes:
                         int(advert.flags), advert.advert_interval_ms, advert.term,
                         advert.boot_id, advert.seq, advert.vip_digest)
     body += _name_bytes(advert.node, "node name") + _name_bytes(advert.target, "target name")
-    return body + hmac.digest(key, body, "sha256")
+    return body + _mac(key, body)
 
 
 def decode(data: bytes, keys: Sequence[bytes], cluster_id: int) -> Advert:
@@ -112,7 +128,7 @@ def decode(data: bytes, keys: Sequence[bytes], cluster_id: int) -> Advert:
     if data[3] != cluster_id:
         raise WireError("cluster", f"cluster id {data[3]}, ours is {cluster_id}")
     body, digest = data[:-DIGEST_SIZE], data[-DIGEST_SIZE:]
-    if not any(hmac.compare_digest(hmac.digest(k, body, "sha256"), digest) for k in keys):
+    if not any(hmac.compare_digest(_mac(k, body), digest) for k in keys):
         raise WireError("auth", "HMAC does not match any of our keys (wrong key or forged)")
     return _parse(body)
 
