@@ -51,7 +51,8 @@ def main() -> int:
             f"MASTER declared dead after {args.dead_after} missed\n")
         say(cluster.cli("a", "status").stdout)
         records_path = os.path.join(lab.tmpdir, "workstation.jsonl")
-        probe = start_probe(lab, records_path, VIP, port=104, called_ae="PACS", interval=0.02, duration=30)
+        probe = start_probe(lab, records_path, VIP, port=104, called_ae="PACS", interval=0.02, duration=30,
+                            overlap=50)
         lab.wait_for(lambda: _successes(records_path) >= 25, 10, what="the workstation's first C-ECHOs")
         say(f"The workstation (192.0.2.200) C-ECHOes {VIP} every 20 ms ... "
             f"{_successes(records_path)} successes so far.\n")
@@ -70,10 +71,10 @@ def main() -> int:
         result = outage(records, fault_t)
         took_over = [t for t in cluster.transitions("b") if t["to"] == "MASTER"][-1]
         say("\nTimeline (seconds after the power loss):")
-        events = [(result["last_ok_t"] - fault_t, "last C-ECHO answered by pacs-a"),
+        events = [(result["last_answer_t"] - fault_t, "last C-ECHO answered by pacs-a"),
                   (0.0, "pacs-a loses power"),
                   (took_over["monotonic"] - fault_t, f"pacs-b BACKUP -> MASTER: {took_over['reason']}"),
-                  (result["first_ok_t"] - fault_t, "first C-ECHO answered by pacs-b")]
+                  (result["served_again_t"] - fault_t, "first C-ECHO answered by pacs-b")]
         for offset, text in sorted(events):
             say(f"  {offset:+7.3f}  {text}")
         say(f"\nWhat the workstation saw: {result['outage_s'] * 1000:.0f} ms from its last answered C-ECHO "

@@ -25,13 +25,18 @@ def _of_kind(records, kind):
 
 
 def outage(records, fault_t: float, kind: str = "echo") -> dict:
-    """What a fault injected at monotonic time `fault_t` cost the workstation.
+    """What a fault injected at monotonic time `fault_t` cost the workstation, in answer time.
 
-    outage_s: from the start of the last success that started before fault_t
-      to the start of the first success that started after it.
-    recovery_s: from fault_t to that first success.
-    failures: failed attempts that started between fault_t and that success;
-      failures_after: all failed attempts that started after fault_t.
+    last_answer_t: when the last success started before the fault was answered
+      (its end, but not later than the fault).
+    served_again_t: the earliest answer to a request started after the fault.
+      Earliest *answer*, not earliest start: a request whose SYN went to the
+      dead host may be answered by the new MASTER a second later, when TCP
+      sends the SYN again; counting its start would hide the outage.
+    outage_s: served_again_t - last_answer_t; recovery_s: served_again_t - fault_t.
+    last_ok_t / first_ok_t: the starts of those two requests.
+    failures: failed attempts started between the fault and served_again_t;
+      failures_after: all failed attempts started after the fault.
     errors: how often each error text occurred among `failures`.
     Times are None when there is no success on that side of the fault.
     """
@@ -39,8 +44,10 @@ def outage(records, fault_t: float, kind: str = "echo") -> dict:
     ok_before = [r for r in attempts if r["ok"] and r["t"] < fault_t]
     ok_after = [r for r in attempts if r["ok"] and r["t"] > fault_t]
     last_ok = ok_before[-1] if ok_before else None
-    first_ok = ok_after[0] if ok_after else None
-    recovered_t = first_ok["t"] if first_ok else float("inf")
+    first_ok = min(ok_after, key=lambda r: r["end"]) if ok_after else None
+    last_answer = min(last_ok["end"], fault_t) if last_ok else None
+    served_again = first_ok["end"] if first_ok else None
+    recovered_t = served_again if first_ok else float("inf")
     failed_after = [r for r in attempts if not r["ok"] and r["t"] >= fault_t]
     failed_during = [r for r in failed_after if r["t"] < recovered_t]
     return {
@@ -48,8 +55,10 @@ def outage(records, fault_t: float, kind: str = "echo") -> dict:
         "fault_t": fault_t,
         "last_ok_t": last_ok["t"] if last_ok else None,
         "first_ok_t": first_ok["t"] if first_ok else None,
-        "outage_s": first_ok["t"] - last_ok["t"] if first_ok and last_ok else None,
-        "recovery_s": first_ok["t"] - fault_t if first_ok else None,
+        "last_answer_t": last_answer,
+        "served_again_t": served_again,
+        "outage_s": served_again - last_answer if first_ok and last_ok else None,
+        "recovery_s": served_again - fault_t if first_ok else None,
         "recovered": first_ok is not None,
         "failures": len(failed_during),
         "failures_after": len(failed_after),

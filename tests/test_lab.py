@@ -189,11 +189,17 @@ def test_outage_figures_from_hand_made_records(tmp_path):
                rec(2.4, True, "store"), rec(3.5, False, "store", "refused"), rec(6.5, True, "store")]
     figures = outage(records, fault_t=2.5)
     assert figures["last_ok_t"] == 2 and figures["first_ok_t"] == 5
-    assert figures["outage_s"] == 3 and figures["recovery_s"] == 2.5 and figures["recovered"]
+    # In answer time: the last answer before the fault came at 2.5, the first after at 5.5.
+    assert figures["outage_s"] == 3 and figures["recovery_s"] == 3 and figures["recovered"]
     assert figures["failures"] == 3 and figures["failures_after"] == 4
     assert figures["errors"] == {"refused": 2, "timeout": 1}
     stores = outage(records, fault_t=2.5, kind="store")
-    assert (stores["outage_s"], stores["failures"]) == (pytest.approx(4.1), 1)
+    assert (stores["outage_s"], stores["failures"]) == (pytest.approx(4.5), 1)
+    # A request started early but answered late (its SYN sent again a second later) is
+    # service only when it is answered: the earlier answer of a later request counts.
+    late = dict(rec(2.6, True), end=6.0)
+    again = outage([rec(1, True), late, rec(3, True)], fault_t=2.5)
+    assert again["first_ok_t"] == 3 and again["served_again_t"] == 3.5 and again["outage_s"] == 2.0
     never = outage(records[:5], fault_t=2.5)
     assert never["recovered"] is False and never["outage_s"] is None and never["failures"] == 2
     assert outage(records, fault_t=-1)["last_ok_t"] is None
