@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import start_storescp            # noqa: E402
-from lab.outage import load, outage             # noqa: E402
+from lab.outage import answered, load, outage   # noqa: E402
 from lab.probe import start_probe               # noqa: E402
 
 from core import percentile                     # noqa: E402
@@ -43,13 +43,13 @@ def trial(kind: str, number: int, check: dict, realtime: bool) -> dict:
         lab.wait_for(lambda: cluster.masters() == ["a"] and cluster.state("b") == "BACKUP", 15, what="a MASTER")
         path = os.path.join(lab.tmpdir, "ws.jsonl")
         probe = start_probe(lab, path, VIP, port=104, called_ae="PACS", interval=0.02, duration=30, timeout=0.2)
-        lab.wait_for(lambda: _ok(path) >= 20, 10, what="probe running")
+        lab.wait_for(lambda: answered(path) >= 20, 10, what="probe running")
         fault_t = time.monotonic()
         if kind == "killed":
             scp["a"].send_signal(signal.SIGKILL)
         else:
             scp["a"].send_signal(signal.SIGSTOP)
-        lab.wait_for(lambda: _ok(path, since=fault_t) >= 10, 10, what="served by b")
+        lab.wait_for(lambda: answered(path, since=fault_t) >= 10, 10, what="served by b")
         # The MASTER's timer (heartbeats included) from the fault until it was served elsewhere.
         late_during = max([ms for t, ms in cluster.status("a")["timer_late_ms"]["recent"] if t >= fault_t],
                           default=0.0)
@@ -71,12 +71,6 @@ def _late(ms: float) -> str:
     # The agent keeps only firings more than 5 ms late (hapacs.agent.LatenessMeter).
     return f"{ms:.1f} ms late" if ms else "never more than 5 ms late"
 
-
-def _ok(path: str, since: float = 0.0) -> int:
-    try:
-        return sum(1 for r in load(path) if r["ok"] and r["t"] > since)
-    except OSError:
-        return 0
 
 
 def main() -> int:

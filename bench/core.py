@@ -30,7 +30,7 @@ import psutil                                   # noqa: E402
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import start_storescp            # noqa: E402
-from lab.outage import load, outage             # noqa: E402
+from lab.outage import answered, load, outage   # noqa: E402
 from lab.probe import start_probe               # noqa: E402
 
 VIP = "192.0.2.100"
@@ -55,12 +55,12 @@ def host_loss_trial(number: int, interval: float, dead_after: int, probe_timeout
         path = os.path.join(lab.tmpdir, "ws.jsonl")
         probe = start_probe(lab, path, VIP, port=104, called_ae="PACS", interval=0.02, duration=20,
                             timeout=probe_timeout, overlap=PROBE_OVERLAP)
-        lab.wait_for(lambda: _count_ok(path) >= 20, 10, what="probe running")
+        lab.wait_for(lambda: answered(path) >= 20, 10, what="probe running")
         lab.partition("a")
         fault_t = time.monotonic()   # the port is silent from here (nft takes ~10 ms to apply)
         cluster.kill("a", signal.SIGKILL)
         lab.stop(pacs["a"], timeout=1.0)
-        lab.wait_for(lambda: _count_ok(path, since=fault_t) >= 10, 10, what="workstation served again")
+        lab.wait_for(lambda: answered(path, since=fault_t) >= 10, 10, what="workstation served again")
         lab.stop(probe)
         result = outage(load(path), fault_t)
         took = [t for t in cluster.transitions("b") if t["to"] == "MASTER"][-1]["monotonic"] - fault_t
@@ -95,12 +95,6 @@ def idle_footprint(interval: float, window_s: float) -> dict:
         figures["window_s"] = round(elapsed, 1)
         return figures
 
-
-def _count_ok(path: str, since: float = 0.0) -> int:
-    try:
-        return sum(1 for r in load(path) if r["ok"] and r["t"] > since)
-    except OSError:
-        return 0
 
 
 def main() -> int:

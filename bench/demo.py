@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import start_storescp            # noqa: E402
-from lab.outage import load, outage             # noqa: E402
+from lab.outage import answered, load, outage   # noqa: E402
 from lab.probe import start_probe               # noqa: E402
 
 VIP = "192.0.2.100"
@@ -53,9 +53,9 @@ def main() -> int:
         records_path = os.path.join(lab.tmpdir, "workstation.jsonl")
         probe = start_probe(lab, records_path, VIP, port=104, called_ae="PACS", interval=0.02, duration=30,
                             overlap=50)
-        lab.wait_for(lambda: _successes(records_path) >= 25, 10, what="the workstation's first C-ECHOs")
+        lab.wait_for(lambda: answered(records_path) >= 25, 10, what="the workstation's first C-ECHOs")
         say(f"The workstation (192.0.2.200) C-ECHOes {VIP} every 20 ms ... "
-            f"{_successes(records_path)} successes so far.\n")
+            f"{answered(records_path)} successes so far.\n")
 
         say("pacs-a loses power: its switch port goes silent, its agent and archive die.")
         lab.partition("a")
@@ -63,8 +63,8 @@ def main() -> int:
         cluster.kill("a", signal.SIGKILL)
         lab.stop(pacs["a"], timeout=1.0)
         lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="pacs-b MASTER")
-        lab.wait_for(lambda: _first_success_after(records_path, fault_t), 5, what="the workstation served again")
-        lab.wait_for(lambda: _successes(records_path, since=fault_t) >= 50, 5, what="a second of service")
+        lab.wait_for(lambda: answered(records_path, since=fault_t), 5, what="the workstation served again")
+        lab.wait_for(lambda: answered(records_path, since=fault_t) >= 50, 5, what="a second of service")
         lab.stop(probe)
 
         records = load(records_path)
@@ -84,16 +84,6 @@ def main() -> int:
         say("Removing the lab.")
     return 0
 
-
-def _successes(path: str, since: float = 0.0) -> int:
-    try:
-        return sum(1 for r in load(path) if r["ok"] and r["t"] > since)
-    except OSError:
-        return 0
-
-
-def _first_success_after(path: str, since: float) -> bool:
-    return _successes(path, since) > 0
 
 
 if __name__ == "__main__":

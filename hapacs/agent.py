@@ -34,7 +34,7 @@ from .effects import (
 from .election import CommandRefused, Election, Params
 from .lateness import LatenessMeter
 from .logs import RateLimited
-from .netlink import AddressEvent, Link, LinkEvent, Netlink, NetlinkFailure
+from .netlink import Link, LinkEvent, Netlink
 from .notify import NotifyListener
 from .reload import describe, restart_needed
 from .sdnotify import SystemdNotifier
@@ -431,8 +431,6 @@ class Agent:
                     log.warning("link %s lost (%s)", link.name, link.state)
                     self._feed(lambda now: self.core.set_fault(
                         f"link:{link.name}", f"link {link.name} down ({link.state})", now))
-        elif isinstance(event, AddressEvent):
-            self.vips.on_address_event(event)
 
     # --- carrying out effects ---------------------------------------------------------
 
@@ -508,8 +506,9 @@ class Agent:
             data = wire.encode(advert, self.keys[0])
         except (ValueError, OverflowError, struct.error) as err:
             # Cannot happen with valid state; if it does, a node that cannot speak holds nothing.
-            log.error("cannot encode a heartbeat (%s): going to FAULT", err)
-            self._feed(lambda now: self.core.set_fault("heartbeat", f"cannot send heartbeats: {err}", now))
+            reason = f"cannot send heartbeats: {err}"
+            log.error("%s: going to FAULT", reason)
+            self._feed(lambda now: self.core.set_fault("heartbeat", reason, now))
             return
         failed = self.transport.send(data)
         self.counts["adverts_sent"] += 1

@@ -1,4 +1,4 @@
-"""Thin adapter over rtnetlink (pyroute2's asyncio API): links, addresses, events.
+"""Thin adapter over rtnetlink (pyroute2's asyncio API): links, addresses, link events.
 
 All calls are coroutines on the agent's loop; none blocks it. Addresses
 are passed as `ipaddress` interface objects; interfaces by name, resolved
@@ -19,7 +19,7 @@ import socket
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 IFF_UP = 0x1
@@ -57,13 +57,6 @@ class Address:
 @dataclass(frozen=True)
 class LinkEvent:
     link: Link
-
-
-@dataclass(frozen=True)
-class AddressEvent:
-    address: Interface
-    index: int
-    removed: bool
 
 
 def _link_from(msg) -> Link:
@@ -193,22 +186,16 @@ class Netlink:
                 return False
             raise
 
-    async def watch(self, on_event: Callable[[LinkEvent | AddressEvent], None], addresses: bool = False) -> None:
-        """Report link (and, if asked, address) changes until cancelled.
+    async def watch(self, on_event: Callable[[LinkEvent], None]) -> None:
+        """Report link changes until cancelled.
 
-        Address events are off by default: every lease renewal causes one, and parsing
-        them costs more CPU than the heartbeats themselves; the renewal (an `ip addr
-        replace`) puts back a VIP someone removed anyway.
+        Not address changes: every lease renewal causes one, and parsing them costs
+        more CPU than the heartbeats themselves; the next renewal (an address
+        "replace") puts back a VIP someone removed anyway.
         """
         self._events = AsyncIPRoute()
-        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
-        await self._events.bind(groups=groups)
+        await self._events.bind(groups=RTMGRP_LINK)
         while True:
             async for msg in self._events.get():
-                event = msg.get("event")
-                if event == "RTM_NEWLINK":
+                if msg.get("event") == "RTM_NEWLINK":
                     on_event(LinkEvent(_link_from(msg)))
-                elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
-                    address = _address_from(msg)
-                    if address is not None:
-                        on_event(AddressEvent(address.interface, address.index, event == "RTM_DELADDR"))

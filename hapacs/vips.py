@@ -16,7 +16,7 @@ from typing import Callable
 
 from .announce import Announcer
 from .config import VipConfig
-from .netlink import AddressEvent, Link, Netlink, NetlinkFailure
+from .netlink import Link, Netlink, NetlinkFailure
 from .status import VipStatus
 
 log = logging.getLogger("hapacs.vips")
@@ -45,7 +45,6 @@ class VipManager:
         self.wanted = False
         self.renewals = 0
         self._renew_task: asyncio.Task | None = None
-        self._readd: set[str] = set()
 
     def set_link(self, link: Link) -> None:
         self.links[link.name] = link
@@ -157,29 +156,6 @@ class VipManager:
                 except (NetlinkFailure, KeyError) as err:
                     log.error("cannot renew VIP %s: %s", vip.label, err)
             self.renewals += 1
-
-    def on_address_event(self, event: AddressEvent) -> None:
-        """Keep `held` true to the kernel; put back a VIP someone removed while we are MASTER."""
-        for vip in self.vips:
-            link = self.links.get(vip.interface)
-            if link is None or link.index != event.index or vip.address.ip != event.address.ip:
-                continue
-            self.held[vip.label] = not event.removed
-            if event.removed and self.wanted and vip.label not in self._readd:
-                log.warning("VIP %s disappeared from %s while this node is MASTER; adding it again",
-                            vip.label, vip.interface)
-                self._readd.add(vip.label)
-                asyncio.get_running_loop().create_task(self._readd_one(vip))
-
-    async def _readd_one(self, vip: VipConfig) -> None:
-        try:
-            if self.wanted:
-                await self._add(vip)
-                self.announce()
-        except (NetlinkFailure, KeyError) as err:
-            self.on_failure(f"{vip.label}: {err}")
-        finally:
-            self._readd.discard(vip.label)
 
     async def close(self) -> None:
         if self._renew_task is not None:

@@ -76,3 +76,12 @@ def successes(records, since: float, until: float, kind: str | None = None) -> l
     """Successful attempts (of `kind`, or any) that started in [since, until), by start time."""
     return [r for r in sorted(records, key=lambda r: r["t"])
             if r["ok"] and since <= r["t"] < until and (kind is None or r["kind"] == kind)]
+
+
+def answered(path, since: float = 0.0, kind: str | None = None) -> int:
+    """How many attempts in the probe's file started at or after `since` and succeeded
+    (0 while the file does not exist yet): what scripts wait on while a probe runs."""
+    try:
+        return len(successes(load(path), since, float("inf"), kind))
+    except FileNotFoundError:
+        return 0

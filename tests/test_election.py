@@ -9,7 +9,7 @@ import pytest
 
 from hapacs import wire
 from hapacs.effects import (
-    AcquireVips, Announce, HandoverDone, Notice, ReleaseVips, SendAdvert, SplitBrain, Stopped,
+    Announce, HandoverDone, Notice, SendAdvert, Stopped,
     Transition, Why,
 )
 from hapacs.election import CommandRefused
@@ -404,7 +404,7 @@ def test_waiting_for_a_better_candidate_is_bounded():
 
 def test_node_held_back_by_pending_checks_is_not_waited_for():
     sim = SimCluster()
-    b = sim.add("b", 100, "192.0.2.12")
+    sim.add("b", 100, "192.0.2.12")
     a = sim.add("a", 150, "192.0.2.11", start=False)
     a.election.set_hold("checks", "waiting for the first check results", sim.now)
     sim.apply(a, a.election.start(sim.now))

@@ -51,7 +51,7 @@ def pid_gone(pid):
 
 
 def test_lab_lives_only_in_its_own_namespaces(net):
-    a, b, ws = net.hosts["a"], net.hosts["b"], net.workstation
+    a, b = net.hosts["a"], net.hosts["b"]
     assert sorted(lab_namespaces(net.prefix)) == sorted(
         [net.prefix + "a", net.prefix + "b", net.prefix + "ws", net.prefix + "sw"])
     root_links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout

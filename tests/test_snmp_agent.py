@@ -231,9 +231,12 @@ def test_getnext_and_getbulk_walk_the_whole_tree_alike(harness, env):
 
 def test_a_failing_status_gives_gen_err_and_the_agent_recovers(harness, env, caplog):
     harness.status = None                           # status() now returns garbage: rendering fails
-    time.sleep(0.15)                                # past the snapshot's reuse time
-    got = snmp("snmpget", *V2C, *QUICK, *HAPACS, harness.v4, "hapacsNodeName.0", env=env)
-    assert "genErr" in got.stdout + got.stderr
+
+    def get():
+        got = snmp("snmpget", *V2C, *QUICK, *HAPACS, harness.v4, "hapacsNodeName.0", env=env)
+        return got.stdout + got.stderr
+    # Once the cached snapshot (reused for 0.1 s) has expired, the GET meets the failure.
+    wait_for(lambda: "genErr" in get(), 3, "genErr from a failing status")
     assert "cannot render the status" in caplog.text
     harness.status = make_status()
     wait_for(lambda: "pacs-a" in snmp("snmpget", *V2C, *HAPACS, harness.v4, "hapacsNodeName.0", env=env).stdout,
@@ -383,7 +386,7 @@ def test_an_unanswered_inform_is_logged_and_the_agent_keeps_answering(tmp_path, 
 def test_agent_runs_with_deprecation_warnings_as_errors(tmp_path):
     """LIBNOTES pitfall 8: pysnmp's camelCase names warn; under -W error they would raise.
     A child process with every DeprecationWarning an error serves a GET and sends a TRAP."""
-    code = f"""
+    code = """
 import asyncio, logging, socket
 from tests.snmp_helpers import COMMUNITY, make_status, raw_v2c_get, response_request_id, snmp_config
 from hapacs.config import SnmpTrapTarget
@@ -395,7 +398,7 @@ async def main():
     sink.setblocking(False)
     trap = SnmpTrapTarget("127.0.0.1", sink.getsockname()[1], "2c", COMMUNITY, None, 1.0, 0)
     agent = SnmpAgent(snmp_config(traps=[trap], listen=[("127.0.0.1", 0)]), "pacs-a", make_status,
-                      logging.getLogger("t"), None, if_indexes={{"eth0": 2}})
+                      logging.getLogger("t"), None, if_indexes={"eth0": 2})
     await agent.start()
     loop = asyncio.get_running_loop()
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); client.setblocking(False)

@@ -426,7 +426,7 @@ def test_every_system_call_of_a_working_agent_is_allowed_by_the_unit(lab, tmp_pa
     cluster = AgentCluster(lab, multicast=True, checks={"a": [
         {"name": "pacs", "type": "dicom-echo", "host": "127.0.0.1", "port": 104, "called_ae": "PACS"},
         {"name": "port", "type": "tcp", "host": "127.0.0.1", "port": 104},
-        {"name": "proc", "type": "process", "name": "storescp"},
+        {"name": "proc", "type": "process", "process_name": "storescp"},
         {"name": "disk", "type": "disk", "path": str(tmp_path)},
         {"name": "script", "type": "script", "command": ["/bin/true"]},
     ]})
