@@ -6,7 +6,7 @@ and a switch or host may miss the first one.
 
 Why both an ARP request and a reply: Linux updates an existing neighbour
 entry at once on a gratuitous request; it takes a reply as gratuitous only
-when the target hardware address equals the sender's (LIBNOTES 4).
+when the target hardware address equals the sender's (net/ipv4/arp.c, arp_process).
 """
 
 from __future__ import annotations

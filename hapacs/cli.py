@@ -1,6 +1,6 @@
 """The `hapacs` command: run the agent, check a config, talk to a running agent.
 
-Exit codes (CONTRACT.md): 0 done; 1 refused, with the reason on stderr;
+Exit codes (README, "Commands"): 0 done; 1 refused, with the reason on stderr;
 2 invalid configuration; 3 agent not reachable.
 """
 

@@ -1,7 +1,7 @@
 """systemd's notify protocol (Type=notify): READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
 
 The whole protocol is a datagram to the Unix socket named in NOTIFY_SOCKET,
-so this needs no library (LIBNOTES 5). Outside systemd (no NOTIFY_SOCKET)
+so this needs no library. Outside systemd (no NOTIFY_SOCKET)
 every call does nothing and returns False.
 
 What it must never do: block the event loop. The socket is non-blocking; a

@@ -1,4 +1,4 @@
-"""One frozen status snapshot, rendered as JSON (CONTRACT.md) or as a table.
+"""One frozen status snapshot, rendered as JSON (docs/status-json.md) or as a table.
 
 The control socket, `hapacs status`, SNMP and systemd's STATUS= line all
 read this same object, so they never disagree.
@@ -93,7 +93,7 @@ class Status:
     last_drain: dict | None = None
 
     def to_json(self) -> dict:
-        """The CONTRACT.md status object, plus what operators need beside it."""
+        """The status object of docs/status-json.md, plus what operators need beside it."""
         return {
             "node": self.node, "cluster_id": self.cluster_id,
             "state": self.state, "since_s": round(self.since_s, 3),

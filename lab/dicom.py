@@ -7,7 +7,7 @@ so teardown stops them; each start waits (bounded) until the server answers.
 dcmtk tools are called by absolute path: a pynetdicom `storescp` shim comes
 first on PATH on this machine. Both servers get TCP_NODELAY=1 in their
 environment: dcmtk honours it, which removes the ~44 ms Nagle/delayed-ACK
-stall per DIMSE round trip (LIBNOTES section 3).
+stall per DIMSE round trip.
 """
 
 import json
@@ -98,7 +98,7 @@ def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,
 
 
 def orthanc_config(dicom_port, http_port, tmpdir, aet="ORTHANC") -> dict:
-    """The Orthanc configuration the lab uses (LIBNOTES section 3)."""
+    """The Orthanc configuration the lab uses."""
     return {
         "Name": f"lab-{aet}",
         "DicomAet": aet,

@@ -63,7 +63,8 @@ _COMMON_SYSCTLS = (
     "net.ipv6.conf.default.router_solicitations=0",
 )
 # A VIP is a secondary IPv4 address; without this, deleting the primary
-# address would silently delete the VIP too (LIBNOTES section 4).
+# address would silently delete the VIP too
+# (net.ipv4.conf.*.promote_secondaries).
 _HOST_SYSCTLS = (
     "net.ipv4.conf.all.promote_secondaries=1",
     "net.ipv4.conf.default.promote_secondaries=1",

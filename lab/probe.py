@@ -85,7 +85,7 @@ def _make_ae(calling_ae, timeout_s, context):
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(context)
     # connection_timeout matters most: without it a blackholed VIP blocks
-    # associate() for minutes of kernel SYN retries (LIBNOTES section 3).
+    # associate() for minutes of kernel SYN retries.
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     return ae
 

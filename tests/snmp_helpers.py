@@ -24,8 +24,8 @@ from hapacs.config import SnmpConfig, SnmpTrapTarget, SnmpUser
 from hapacs.status import CheckStatus, Counters, PeerStatus, Status, TransitionRecord, VipStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-IETF_MIBS = Path(os.environ.get("HAPACS_IETF_MIBS", ROOT.parent / "shared" / "mibs"))
-MIB_DIRS = f"{ROOT / 'etc'}:{IETF_MIBS}"
+# etc/ holds HAPACS-MIB and the IETF modules it imports (etc/MIB-SOURCES.md).
+MIB_DIRS = str(ROOT / "etc")
 NET_SNMP_TOOLS = ("snmpget", "snmpwalk", "snmpbulkwalk", "snmpset", "snmptrapd", "smilint")
 COMMUNITY = "public"
 USERS = (
@@ -112,7 +112,7 @@ class AgentHarness:
 
 
 def net_snmp_env(persistent_dir: Path) -> dict[str, str]:
-    """Clients write into SNMP_PERSISTENT_DIR (LIBNOTES pitfall 11); keep it in the test's tmp."""
+    """Clients write into SNMP_PERSISTENT_DIR (their own engine boots and caches); keep it in the test's tmp."""
     return {**os.environ, "SNMP_PERSISTENT_DIR": str(persistent_dir), "MIBS": "", "MIBDIRS": MIB_DIRS}
 
 
@@ -186,7 +186,7 @@ class TrapReceiver:
              "-M", MIB_DIRS, "-m", "HAPACS-MIB:VRRPV3-MIB:SNMPv2-MIB", "-Lf", str(self.log_path),
              "-F", "TRAPD %P | %v\n", f"udp:127.0.0.1:{self.port}"],
             env=net_snmp_env(self.directory / "client"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # Notifications sent before it listens are lost (LIBNOTES pitfall 10).
+        # Notifications sent before it listens are lost.
         wait_for(lambda: udp_port_is_bound(self.port) or self.process.poll() is not None, 10, "snmptrapd to listen")
         if self.process.poll() is not None:
             raise RuntimeError(f"snmptrapd exited: {self.process.stderr.read().decode(errors='replace')}")

@@ -13,7 +13,7 @@ from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 
 from .e2e import settle
-from .snmp_helpers import IETF_MIBS, ROOT
+from .snmp_helpers import MIB_DIRS
 
 NMS = "192.0.2.200"
 SNMP = {
@@ -23,7 +23,7 @@ SNMP = {
                "priv_protocol": "aes128", "priv_key": "privpass123"}],
     "traps": [{"host": NMS, "port": 162, "version": "2c", "community": "public"}],
 }
-MIBS = ["-m", "HAPACS-MIB:VRRPV3-MIB", "-M", f"{ROOT / 'etc'}:{IETF_MIBS}"]
+MIBS = ["-m", "HAPACS-MIB:VRRPV3-MIB", "-M", MIB_DIRS]
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ NEGATIVE_PING_TIMEOUT_S = 0.3  # how long we listen for a reply that must not co
 def require_root():
     if os.geteuid() != 0:
         pytest.fail("tests/test_lab.py needs root: it creates network namespaces. "
-                    "Run it as root (e.g. sudo python -m pytest tests/test_lab.py).", pytrace=False)
+                    "Run it as root (tools/test, or .venv/bin/python -m pytest tests/test_lab.py as root).", pytrace=False)
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from tests.snmp_helpers import IF_INDEX, make_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = ROOT / "etc" / "HAPACS-MIB.txt"
-IETF_MIBS = Path(os.environ.get("HAPACS_IETF_MIBS", ROOT.parent / "shared" / "mibs"))
-SMIPATH = f"{IETF_MIBS}:{ROOT / 'etc'}"
+# etc/ holds HAPACS-MIB and the IETF modules it imports (etc/MIB-SOURCES.md).
+MIB_DIR = ROOT / "etc"
+SMIPATH = str(MIB_DIR)
 
 pytestmark = pytest.mark.skipif(not (shutil.which("smilint") and shutil.which("smidump")),
                                 reason="smilint and smidump (Debian package smitools) are needed")
@@ -73,7 +74,7 @@ def hapacs_mib():
 
 @pytest.fixture(scope="module")
 def vrrp_mib():
-    return mib_nodes(str(IETF_MIBS / "VRRPV3-MIB.txt"))
+    return mib_nodes(str(MIB_DIR / "VRRPV3-MIB.txt"))
 
 
 def dotted(oid: tuple[int, ...]) -> str:

@@ -27,7 +27,7 @@ from tests.snmp_helpers import (
     raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
 )
 
-# LIBNOTES pitfall 8: the only DeprecationWarnings tolerated (pyproject) are pysmi's; the agent
+# pysnmp 7 warns on its old camelCase names. The only DeprecationWarnings tolerated (pyproject) are pysmi's; the agent
 # does not import pysmi at all, and test_agent_runs_with_deprecation_warnings_as_errors proves
 # the agent itself uses no deprecated pysnmp name.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is deprecated. Please use:DeprecationWarning")
@@ -85,8 +85,9 @@ def test_v2c_walk_shows_every_hapacs_object_by_name(harness, env):
 
 
 def test_the_contracts_walk_command_works(harness, env):
-    """CONTRACT.md: `snmpwalk -m +HAPACS-MIB -M +etc` (here +etc and the IETF modules Debian lacks).
-    The + form also loads net-snmp's default module list, hence noise on stderr (LIBNOTES 2)."""
+    """README: `snmpwalk -m +HAPACS-MIB -M +etc` (etc/ also holds the IETF modules Debian lacks).
+    The + form also loads net-snmp's default module list, hence noise on stderr about modules
+    Debian does not ship."""
     walk = snmp("snmpwalk", *V2C, "-m", "+HAPACS-MIB", "-M", f"+{MIB_DIRS}", harness.v4, "hapacsMIB", env=env)
     assert walk.returncode == 0
     assert "HAPACS-MIB::hapacsNodeName.0 = STRING: pacs-a" in walk.stdout
@@ -212,7 +213,7 @@ def test_getnext_and_getbulk_walk_the_whole_tree_alike(harness, env):
 
     def lines(output):
         # sysUpTime and snmpEngineTime move between the two walks; past the end, pysnmp repeats
-        # endOfMibView once per repetition, which snmpbulkwalk prints each time (LIBNOTES pitfall 9).
+        # endOfMibView once per repetition, which snmpbulkwalk prints each time (net-snmp 5.9).
         return [line for line in output.splitlines()
                 if not line.startswith((".1.3.6.1.2.1.1.3.0 ", ".1.3.6.1.6.3.10.2.1.3.0 "))
                 and "No more variables left" not in line]
@@ -384,7 +385,7 @@ def test_an_unanswered_inform_is_logged_and_the_agent_keeps_answering(tmp_path, 
 
 
 def test_agent_runs_with_deprecation_warnings_as_errors(tmp_path):
-    """LIBNOTES pitfall 8: pysnmp's camelCase names warn; under -W error they would raise.
+    """pysnmp 7's old camelCase names warn; under -W error they would raise.
     A child process with every DeprecationWarning an error serves a GET and sends a TRAP."""
     code = """
 import asyncio, logging, socket

@@ -33,7 +33,7 @@ from .instrumentation import SnapshotInstrumentation
 from .notify import Notifier, Receiver
 from .render import Snapshot, Value, integer, notifications, octets, render
 
-RECEIVE_BUFFER_BYTES = 4 << 20      # a burst of 1000 GETs fits (LIBNOTES: 256/1000 with the default)
+RECEIVE_BUFFER_BYTES = 4 << 20      # a burst of 1000 GETs fits (the default buffer kept 256 of 1000)
 IP_FREEBIND = 15                    # linux/in.h; Python 3.11 has no socket.IP_FREEBIND
 SO_RCVBUFFORCE = 33                 # asm-generic/socket.h; neither socket.SO_RCVBUFFORCE
 READ_VIEW = (1, 3, 6, 1)            # the instrumentation decides what exists; VACM who may read
@@ -213,7 +213,7 @@ class SnmpAgent:
 
     def _set_identity(self, engine: snmp_engine.SnmpEngine) -> None:
         """Our engine ID and boots. Set after construction: given to the constructor, pysnmp
-        would keep boots under the temporary directory instead (LIBNOTES pitfall 4)."""
+        would keep boots under the temporary directory instead (pysnmp 7.1)."""
         builder = engine.get_mib_builder()
         engine_id, boots = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots")
         engine_id.syntax = engine_id.syntax.clone(self.engine_id)
