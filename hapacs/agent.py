@@ -41,7 +41,8 @@ from .sdnotify import SystemdNotifier
 from .states import State
 from .status import Counters, PeerStatus, Status, TransitionRecord, render_table
 from .transport import HeartbeatTransport
-from .vips import VipManager, lease_seconds
+from .timing import lease_seconds
+from .vips import VipManager
 
 log = logging.getLogger("hapacs")
 
@@ -271,7 +272,7 @@ class Agent:
         self.witness = WitnessRunner(
             self.config.cluster.witness,
             lambda ok, text: self._feed(lambda now: self.core.set_witness(ok, text, now)),
-            lambda: not any(peer.up for peer in self.core.peers.values()))
+            self.core.hears_no_peer)
         self.witness.start()
 
     def request_stop(self, signum: int | None = None) -> None:

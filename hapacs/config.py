@@ -14,7 +14,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from . import keys as keyfile
+from . import keys as keyfile, timing
+from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
     interface_name, ip_address, list_of, listen_address, name_text, number,
@@ -26,7 +27,6 @@ DEFAULT_PATH = "/etc/hapacs/hapacs.yaml"
 DEFAULT_MULTICAST_GROUP = "239.255.54.5"
 DEFAULT_MULTICAST_GROUP6 = "ff02::1:5405"
 
-CHECK_TYPES = ("dicom-echo", "dicom-find", "tcp", "http", "process", "disk", "script")
 WITNESS_TYPES = ("tcp", "dicom-echo")
 QUERY_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
@@ -178,7 +178,7 @@ class Config:
         """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports."""
         if self.handover.drain_ports:
             return self.handover.drain_ports
-        return tuple(sorted({c.port for c in self.checks if c.type in ("dicom-echo", "dicom-find")}))
+        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES}))
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -188,9 +188,10 @@ class Config:
 
     @property
     def master_down_interval_s(self) -> float:
-        """RFC 5798 6.1 with dead_after for the 3, at the worst (lowest) priority skew."""
-        skew = (256 - self.node.priority) * self.cluster.advert_interval_s / 256
-        return self.cluster.dead_after * self.cluster.advert_interval_s + skew
+        """RFC 5798 6.1 with dead_after for the 3, with this node's own (RFC) skew."""
+        interval = self.cluster.advert_interval_s
+        return timing.master_down_interval_s(self.cluster.dead_after, interval,
+                                             timing.skew_time_s(self.node.priority, interval))
 
 
 def load(path: str) -> Config:
@@ -341,17 +342,6 @@ def _vips(ctx: Context, top: Section, cluster: ClusterConfig | None) -> tuple[Vi
     return tuple(vips)
 
 
-_CHECK_KEYS = {
-    "dicom-echo": ("host", "port", "called_ae", "calling_ae"),
-    "dicom-find": ("host", "port", "called_ae", "calling_ae", "query_level"),
-    "tcp": ("host", "port"),
-    "http": ("url", "status"),
-    "process": ("process_name", "pidfile"),
-    "disk": ("path", "min_free_percent"),
-    "script": ("command",),
-}
-
-
 def _check(ctx: Context, located, path: str):
     sec = Section(ctx, located, path)
     name = sec.take("name", name_text)
@@ -364,7 +354,7 @@ def _check(ctx: Context, located, path: str):
         weight=sec.take("weight", integer(-253, 0), default=0),
     )
     extra: dict[str, object] = {}
-    if kind in ("dicom-echo", "dicom-find"):
+    if kind in DICOM_CHECK_TYPES:
         extra["host"] = sec.take("host", hostname, default="127.0.0.1")
         extra["port"] = sec.take("port", port, default=104)
         extra["called_ae"] = sec.take("called_ae", ae_title, default="ANY-SCP")
@@ -385,7 +375,7 @@ def _check(ctx: Context, located, path: str):
         extra["min_free_percent"] = sec.take("min_free_percent", number(0.0, 100.0), default=10.0)
     elif kind == "script":
         extra["command"] = sec.take("command", command_line)
-    allowed_here = ("name", "type", "interval", "timeout", "fall", "rise", "weight") + _CHECK_KEYS.get(kind, ())
+    allowed_here = COMMON_KEYS + (CHECK_TYPES[kind].keys if kind in CHECK_TYPES else ())
     sec.done(hint=f"for a check of type {kind}" if kind is not INVALID else None, allowed=allowed_here)
     values = [name, kind, *common.values(), *extra.values()]
     if INVALID in values:
@@ -476,13 +466,14 @@ def _snmp(ctx: Context, sec: Section) -> SnmpConfig | None:
 
 def _handover(sec: Section) -> HandoverConfig:
     ports = sec.take("drain_ports", list_of(port), default=())
-    drain = sec.take("drain_timeout", number(0.0, 3600.0), default=30.0)
+    drain = sec.take("drain_timeout", number(0.0, timing.MAX_DRAIN_TIMEOUT_S),
+                     default=timing.DEFAULT_DRAIN_TIMEOUT_S)
     shutdown = sec.take("shutdown_drain_timeout", number(0.0, 600.0), default=5.0)
     hold = sec.take("hold_new_connections", boolean, default=True)
     sec.done()
     if ports is not INVALID and len(set(ports)) != len(ports):
         sec.problem("drain_ports", "lists the same port twice")
-    return HandoverConfig(tuple(ports) if ports is not INVALID else (), drain if drain is not INVALID else 30.0,
+    return HandoverConfig(tuple(ports) if ports is not INVALID else (), drain if drain is not INVALID else timing.DEFAULT_DRAIN_TIMEOUT_S,
                           shutdown if shutdown is not INVALID else 5.0, hold if hold is not INVALID else True)
 
 

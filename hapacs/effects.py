@@ -124,5 +124,22 @@ class Stopped:
     text: str
 
 
+@dataclass(frozen=True)
+class CommandPending:
+    """An operator's command is under way; its answer (CommandDone, or HandoverDone for a
+    release) comes by `deadline` at the latest."""
+    command: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class CommandDone:
+    """The answer to an operator's command that took time (takeover)."""
+    command: str
+    ok: bool
+    text: str
+
+
 Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
-          | HandoverDone | PeerChange | SplitBrain | Notice | ProbeWitness | Stopped)
+          | HandoverDone | PeerChange | SplitBrain | Notice | ProbeWitness | Stopped
+          | CommandPending | CommandDone)

@@ -1,10 +1,11 @@
-"""The election's data: its parameters, what it knows of each peer, a handover
-under way, and the frozen views it gives to status and SNMP. Pure."""
+"""The election's data: its parameters, what it knows of each peer, and the
+frozen views it gives to status and SNMP. Pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import timing
 from .states import Flags, State
 
 
@@ -22,7 +23,7 @@ class Params:
     preempt: bool
     preempt_delay_s: float
     vip_digest: bytes = b""
-    drain_timeout_s: float = 30.0   # for handovers a peer asks for (takeover, preempt)
+    drain_timeout_s: float = timing.DEFAULT_DRAIN_TIMEOUT_S   # handovers a peer asks for (takeover, preempt)
     witness: bool = False           # witnesses configured: alone, a node needs one to be MASTER
     cluster_size: int = 0           # quorum: majority of this many nodes (0: no quorum)
 
@@ -55,18 +56,7 @@ class Peer:
                 and not self.flags & (Flags.MAINTENANCE | Flags.HELD))
 
     def timeout_s(self, dead_after: int) -> float:
-        return (dead_after + 1) * self.interval_s
-
-
-@dataclass
-class Handover:
-    target: str
-    manual: bool
-    for_shutdown: bool
-    why: str
-    releasing: bool = False
-    deadline: float = 0.0
-    cut: int = 0
+        return timing.peer_timeout_s(dead_after, self.interval_s)
 
 
 @dataclass(frozen=True)

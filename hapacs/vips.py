@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Callable
 
 from .announce import Announcer
@@ -20,16 +19,6 @@ from .netlink import Link, Netlink, NetlinkFailure
 from .status import VipStatus
 
 log = logging.getLogger("hapacs.vips")
-
-
-def lease_seconds(master_down_interval_s: float, advert_interval_s: float) -> int:
-    """Longer than a MASTER may legitimately go without renewing, and whole seconds.
-
-    A lease shorter than Master_Down_Interval could expire on a live MASTER
-    whose loop stalled less than its peers tolerate: the VIP would vanish
-    with nobody taking over.
-    """
-    return max(2, math.ceil(master_down_interval_s + advert_interval_s))
 
 
 class VipManager:

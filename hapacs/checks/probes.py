@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from hapacs.checktypes import DICOM_CHECK_TYPES
 from hapacs.config import CheckConfig
 
 MESSAGE_MAX_CHARS = 200
@@ -48,7 +49,6 @@ FIND_MAX_MATCHES = 100   # a C-FIND is cancelled after this many matches; see _d
 DISK_PROBE_BYTES = b"hapacs disk check\n"
 DISK_PROBE_PREFIX = ".hapacs-check-"
 SCRIPT_OUTPUT_MAX_BYTES = 4096
-DICOM_TYPES = ("dicom-echo", "dicom-find")
 SUCCESS, PENDING_STATUSES = 0x0000, (0xFF00, 0xFF01)
 
 
@@ -68,7 +68,7 @@ def prepare(check: CheckConfig) -> None:
 
     Blocking, like the probes; never raises (a failed import shows in the first result).
     """
-    if check.type in DICOM_TYPES:
+    if check.type in DICOM_CHECK_TYPES:
         try:
             _pynetdicom()
         except Exception:  # noqa: BLE001 - run_probe reports it
@@ -85,7 +85,7 @@ def run_probe(check: CheckConfig, confirming: bool = False) -> ProbeResult:
     probe = _PROBES.get(check.type)
     if probe is None:
         return ProbeResult(False, 0.0, f"unknown check type {check.type!r}")
-    if check.type in DICOM_TYPES:
+    if check.type in DICOM_CHECK_TYPES:
         try:
             _pynetdicom()  # the first import takes 0.3-0.8 s: not the PACS's time, not in the timeout
         except Exception as error:  # noqa: BLE001
@@ -93,7 +93,7 @@ def run_probe(check: CheckConfig, confirming: bool = False) -> ProbeResult:
     started = time.monotonic()
     deadline = started + check.timeout_s
     try:
-        if confirming and check.type in DICOM_TYPES:
+        if confirming and check.type in DICOM_CHECK_TYPES:
             _quick_connect(check, deadline)
         ok, message = True, probe(check, deadline)
     except ProbeFailed as failure:

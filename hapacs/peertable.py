@@ -1,0 +1,106 @@
+"""The peer table: what this node knows of every other node, and how they rank. Pure.
+
+Ranking follows RFC 5798: the higher priority wins, and the higher
+primary address breaks a tie (6.4.3). The table owns one deadline: the
+moment the next live peer falls silent.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .model import Peer, PeerView
+from .states import Flags, State
+from .wire import Advert
+
+
+class PeerTable:
+    def __init__(self) -> None:
+        self._peers: dict[str, Peer] = {}
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(self._peers.values())
+
+    def __getitem__(self, name: str) -> Peer:
+        return self._peers[name]
+
+    def get(self, name: str | None) -> Peer | None:
+        return self._peers.get(name or "")
+
+    def heard(self, advert: Advert, address: bytes, now: float) -> Peer | None:
+        """Store a heartbeat; the peer as it was before (None if never heard)."""
+        before = self._peers.get(advert.node)
+        self._peers[advert.node] = Peer(advert.node, address, advert.state, advert.priority, advert.flags,
+                                        advert.term, advert.advert_interval_s, now, advert.target,
+                                        advert.vip_digest)
+        return before
+
+    # --- silence ------------------------------------------------------------------
+
+    def expire(self, now: float, dead_after: int) -> list[Peer]:
+        """Mark as down the live peers silent for their timeout; those that just went down."""
+        lost = []
+        for peer in self._peers.values():
+            # Compare exactly as next_deadline() computes, or a float rounding spins the loop.
+            if peer.up and now >= self._silent_at(peer, dead_after):
+                peer.up = False
+                lost.append(peer)
+        return lost
+
+    def next_deadline(self, dead_after: int) -> float | None:
+        return min((self._silent_at(p, dead_after) for p in self._peers.values() if p.up), default=None)
+
+    @staticmethod
+    def _silent_at(peer: Peer, dead_after: int) -> float:
+        return peer.last_seen + peer.timeout_s(dead_after)
+
+    # --- who is there --------------------------------------------------------------
+
+    def up_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if peer.up)
+
+    def none_up(self) -> bool:
+        """This node hears nobody: the one notion of "alone" (witness, status)."""
+        return not any(peer.up for peer in self._peers.values())
+
+    def heard_recently(self, now: float, besides: str | None) -> list[Peer]:
+        """Peers, `besides` aside, that missed at most one heartbeat: deciding to take over, a
+        peer that fell silent together with the MASTER must not count towards quorum."""
+        return [p for p in self._peers.values()
+                if p.up and p.name != besides and now - p.last_seen < 2 * p.interval_s]
+
+    def last_heard(self, default: float) -> float:
+        return max((p.last_seen for p in self._peers.values()), default=default)
+
+    # --- ranking (RFC 5798 6.4.3: priority, then address) ----------------------------
+
+    def outranked(self, key: tuple[int, bytes], besides: str | None) -> bool:
+        """A live candidate peer (`besides` aside) ranks above `key`."""
+        return any((peer.priority, peer.address) >= key
+                   for peer in self._peers.values() if peer.candidate and peer.name != besides)
+
+    def best_backup(self) -> Peer | None:
+        """The peer a handover should go to: a healthy BACKUP, best first."""
+        eligible = [p for p in self._peers.values() if p.candidate and p.state == State.BACKUP]
+        return max(eligible, key=lambda p: (p.priority, p.address), default=None)
+
+    # --- for people ---------------------------------------------------------------------
+
+    def summary(self, now: float) -> str:
+        """Why no peer can take the VIPs, for a refused release."""
+        if not self._peers:
+            return " (no peer heard)"
+        parts = []
+        for peer in self._peers.values():
+            if not peer.up:
+                parts.append(f"{peer.name} silent for {now - peer.last_seen:.1f} s")
+            elif Flags.MAINTENANCE in peer.flags:
+                parts.append(f"{peer.name} in maintenance")
+            else:
+                parts.append(f"{peer.name} {peer.state.name}")
+        return " (" + ", ".join(parts) + ")"
+
+    def views(self, now: float) -> tuple[PeerView, ...]:
+        return tuple(PeerView(p.name, p.address, p.state, p.priority, now - p.last_seen, p.up,
+                              Flags.MAINTENANCE in p.flags)
+                     for p in sorted(self._peers.values(), key=lambda p: p.name))

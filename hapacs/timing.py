@@ -1,0 +1,72 @@
+"""The timing formulas and defaults that the core, the shell, the config and the CLI share. Pure.
+
+One home for each: when a formula changes here, the election, the VIP
+lease, the stop deadline and the command waits all follow.
+"""
+
+from __future__ import annotations
+
+import math
+
+# How long a handover waits for open DICOM associations to end (handover.drain_timeout,
+# `hapacs release --drain-timeout`).
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+MAX_DRAIN_TIMEOUT_S = 3600.0
+# A handover that advertised priority 0 waits at least this long for the successor.
+MIN_HANDOVER_WAIT_S = 1.0
+# What a drain may take beyond its timeout (counting sockets, removing the hold) before the
+# core stops waiting for its answer.
+DRAIN_SLACK_S = 5.0
+# Beyond drain and handover, the most a stop may take.
+STOP_GRACE_S = 5.0
+# A VIP that could not be added is tried again after this long.
+VIP_RETRY_S = 5.0
+
+
+def skew_time_s(priority: int, interval_s: float) -> float:
+    """RFC 5798 6.1: Skew_Time = ((256 - Priority) x Master_Adver_Interval) / 256."""
+    return (256 - priority) * interval_s / 256
+
+
+def master_down_interval_s(dead_after: int, interval_s: float, skew_s: float) -> float:
+    """RFC 5798 6.1: Master_Down_Interval = 3 x Master_Adver_Interval + Skew_Time,
+    with `dead_after` for the 3."""
+    return dead_after * interval_s + skew_s
+
+
+def peer_timeout_s(dead_after: int, interval_s: float) -> float:
+    """A peer is LOST after this long without a heartbeat: one interval more than the MASTER
+    gets, so a BACKUP that takes over still counts the peers that died with the MASTER as up."""
+    return (dead_after + 1) * interval_s
+
+
+def handover_wait_s(dead_after: int, interval_s: float) -> float:
+    """How long a MASTER that advertised priority 0 naming its successor waits to hear it as
+    MASTER: two peer timeouts (the successor may miss one heartbeat), at least a second."""
+    return max(MIN_HANDOVER_WAIT_S, 2 * peer_timeout_s(dead_after, interval_s))
+
+
+def release_wait_s(drain_timeout_s: float, dead_after: int, interval_s: float) -> float:
+    """The most a `release` takes: the drain, its slack, then the handover wait."""
+    return drain_timeout_s + DRAIN_SLACK_S + handover_wait_s(dead_after, interval_s)
+
+
+def takeover_wait_s(drain_timeout_s: float, dead_after: int, interval_s: float) -> float:
+    """The most a `takeover` waits for the MASTER to hand over: the request reaches it with the
+    next heartbeat, then it drains and hands over as for a release (same drain_timeout on every
+    node, as the README asks)."""
+    return 2 * interval_s + release_wait_s(drain_timeout_s, dead_after, interval_s)
+
+
+def stop_limit_s(drain_timeout_s: float, master_down_interval: float) -> float:
+    """The most a stop (SIGTERM) may take before the agent leaves anyway."""
+    return drain_timeout_s + STOP_GRACE_S + 2 * master_down_interval
+
+
+def lease_seconds(master_down_interval: float, advert_interval_s: float) -> int:
+    """The VIP's valid_lft: a MASTER that stops renewing (kill -9, SIGSTOP) loses the VIP
+    about when a BACKUP takes it over. Longer than a MASTER may legitimately go without
+    renewing: a lease shorter than Master_Down_Interval could expire on a live MASTER whose
+    loop stalled less than its peers tolerate, and the VIP would vanish with nobody taking
+    over. Whole seconds, never under 2 (the kernel counts lifetimes in seconds)."""
+    return max(2, math.ceil(master_down_interval + advert_interval_s))
