@@ -10,11 +10,20 @@ cut off". Two answers, both optional:
   a lone MASTER whose witness does not answer goes to FAULT.
 
 The guard keeps what it learnt (when this node last heard nobody, the
-last witness answer) and answers questions; the election acts on them.
-It has no deadline of its own: witness probes are driven by events.
+last witness answer), answers the election's questions and, after every
+event, sets or clears the election's "quorum" and "isolated" gates. It
+has no deadline of its own: witness probes are driven by events.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .effects import Effect, ProbeWitness
+from .states import State
+
+if TYPE_CHECKING:
+    from .election import Election
 
 
 class SplitBrainGuard:
@@ -70,3 +79,40 @@ class SplitBrainGuard:
 
     def record(self, ok: bool, now: float) -> None:
         self.witness_ok, self.witness_at = ok, now
+
+    # --- acting on the election's gates -----------------------------------------------
+
+    def after_event(self, owner: Election, now: float) -> list[Effect]:
+        """Re-check quorum and isolation after every event."""
+        if not owner.deciding:
+            return []
+        effects: list[Effect] = []
+        up = owner.peers.up_count()
+        if self.cluster_size:
+            text = self.quorum_problem(up + 1)
+            if owner.state == State.MASTER or "quorum" in owner.faults:
+                # A MASTER without a majority releases the VIPs: the majority side elects its own.
+                effects += owner.set_fault("quorum", text, now, "quorum regained")
+            elif (text is None) == ("quorum" in owner.holds):
+                effects += owner.set_hold("quorum", text, now)
+        heard = self.hears(up, now)
+        if heard == "heard" and "isolated" in owner.faults:
+            effects += owner.set_fault("isolated", None, now, "a peer is heard again")
+        elif heard == "alone":
+            effects.append(ProbeWitness("no peer heard"))
+        return effects
+
+    def witness_result(self, owner: Election, ok: bool, text: str, now: float) -> list[Effect]:
+        """A witness probe's result: `ok` if any witness answered; `text` says what failed."""
+        self.record(ok, now)
+        others = owner.peers.heard_recently(now, besides=owner.master)
+        if not self.witness or not owner.deciding or others:
+            return []
+        if not ok:
+            self.awaiting_witness = False
+            return owner.set_fault("isolated", f"isolated: no peer heard and no witness reachable ({text})", now)
+        effects = owner.set_fault("isolated", None, now, f"witness reachable ({text})")
+        if self.awaiting_witness and owner.state in (State.INIT, State.BACKUP):
+            self.awaiting_witness = False
+            effects += owner.watch.master_down(now)
+        return effects

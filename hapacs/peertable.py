@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from .effects import Announce, Effect, Notice, PeerChange
 from .model import Peer, PeerView
 from .states import Flags, State
 from .wire import Advert
@@ -27,13 +28,27 @@ class PeerTable:
     def get(self, name: str | None) -> Peer | None:
         return self._peers.get(name or "")
 
-    def heard(self, advert: Advert, address: bytes, now: float) -> Peer | None:
-        """Store a heartbeat; the peer as it was before (None if never heard)."""
+    def heard(self, advert: Advert, address: bytes, now: float, master_here: bool,
+              vip_digest: bytes) -> list[Effect]:
+        """Store a heartbeat; what an operator or the workstations must learn from it."""
         before = self._peers.get(advert.node)
         self._peers[advert.node] = Peer(advert.node, address, advert.state, advert.priority, advert.flags,
                                         advert.term, advert.advert_interval_s, now, advert.target,
                                         advert.vip_digest)
-        return before
+        effects: list[Effect] = []
+        if before is None or not before.up:
+            effects.append(PeerChange(advert.node, True, f"peer {advert.node} heard: {advert.state.name}, "
+                                      f"priority {advert.priority}"))
+            if before is not None and master_here:
+                effects.append(Announce(f"peer {advert.node} is back"))
+        elif before.is_master and master_here and not (advert.state == State.MASTER and advert.priority > 0):
+            # It was MASTER while this node was too (a partition or a hang): workstations on
+            # its side may still point at its MAC, so announce again (keepalived often does not).
+            effects.append(Announce(f"peer {advert.node} stepped down from MASTER"))
+        if advert.vip_digest != vip_digest and (before is None or before.vip_digest != advert.vip_digest):
+            effects.append(Notice(f"peer {advert.node} is configured with other VIPs than this node: "
+                                  "compare the vips sections"))
+        return effects
 
     # --- silence ------------------------------------------------------------------
 
@@ -104,3 +119,16 @@ class PeerTable:
         return tuple(PeerView(p.name, p.address, p.state, p.priority, now - p.last_seen, p.up,
                               Flags.MAINTENANCE in p.flags)
                      for p in sorted(self._peers.values(), key=lambda p: p.name))
+
+
+def split_brain_winner(mine: tuple[bool, int, int, bytes], peer: Peer) -> tuple[bool, str]:
+    """Two MASTERs hear each other: does this node stay, and why (for the log)?
+
+    `mine` is (maintenance, term, advertised priority, address). The one in maintenance
+    stays (an operator froze it), then the newer term (the workstations were told about it
+    last), then the higher priority and the higher address (RFC 5798 6.4.3's tie-break).
+    """
+    theirs = (Flags.MAINTENANCE in peer.flags, peer.term, peer.priority, peer.address)
+    labels = ("maintenance is on", "became MASTER more recently", "higher priority", "higher address")
+    why = next((label for label, a, b in zip(labels, mine, theirs) if a != b), "identical")
+    return mine > theirs, why

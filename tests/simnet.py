@@ -19,6 +19,7 @@ from hapacs.effects import (
     Stopped, Transition,
 )
 from hapacs.election import Election, Params
+from hapacs.heartbeat import HeartbeatWriter
 from hapacs.states import State
 
 KEY = b"k" * 32
@@ -35,12 +36,15 @@ class SimNode:
     alive: bool = True          # False: crashed, neither sends nor runs timers
     holds_vip: bool = False
     boot_id: int = 1
-    seq: int = 0
     transitions: list[tuple[float, Transition]] = field(default_factory=list)
     effects: list[tuple[float, object]] = field(default_factory=list)
     drain_delay_s: float | None = 0.0   # None: the shell never finishes draining
     witness_reachable: bool = True      # what a witness probe from this node finds
     guard: wire.ReplayGuard = field(default_factory=wire.ReplayGuard)
+    writer: HeartbeatWriter | None = None
+
+    def __post_init__(self) -> None:
+        self.writer = HeartbeatWriter(CLUSTER, self.name, self.boot_id)
 
     @property
     def state(self) -> State:
@@ -118,12 +122,8 @@ class SimCluster:
         self.holder_history.append((self.now, self.holders()))
 
     def _send(self, node: SimNode, effect: SendAdvert) -> None:
-        out = effect.advert
-        node.seq += 1
-        advert = wire.Advert(CLUSTER, node.name, out.state, out.priority, out.flags,
-                             int(round(node.election.p.advert_interval_s * 1000)), out.term,
-                             node.boot_id, node.seq, node.election.p.vip_digest, out.target)
-        data = wire.encode(advert, KEY)
+        params = node.election.p
+        data = node.writer.encode(effect.advert, params.advert_interval_s, params.vip_digest, KEY)
         for other in self.nodes:
             if other != node.name and frozenset((node.name, other)) not in self.cut:
                 self._schedule(self.now + self.latency_s, "deliver", other, (data, node.address))
