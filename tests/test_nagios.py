@@ -329,3 +329,18 @@ def test_the_console_script_is_check_hapacs_pointing_at_main():
     installed = importlib.metadata.entry_points(group="console_scripts", name="check_hapacs")
     assert [entry.value for entry in installed] == ["hapacs.nagios:main"]
     assert next(iter(installed)).load() is main
+
+
+def test_readme_sudoers_line_parses_and_allows_exactly_the_nrpe_command(tmp_path):
+    readme = (Path(ROOT) / "README.md").read_text()
+    rule = next(line.strip() for line in readme.splitlines() if line.strip().startswith("nagios ALL=(root)"))
+    command = rule.split("NOPASSWD: ", 1)[1]
+    # sudo matches the arguments too: the NRPE line must be this command exactly.
+    assert f"command[check_hapacs]={command}" in readme
+    assert f"sudo -n {command}" in readme
+    visudo = next((p for p in ("/usr/sbin/visudo", "/usr/bin/visudo") if os.access(p, os.X_OK)), None)
+    assert visudo, "visudo is missing: install the Debian package sudo"
+    sudoers = tmp_path / "check_hapacs"
+    sudoers.write_text(rule + "\n")
+    completed = subprocess.run([visudo, "-c", "-f", str(sudoers)], capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
