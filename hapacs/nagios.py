@@ -75,24 +75,24 @@ def _judge(status: dict) -> Verdict:
     if state == "FAULT":
         faults = [str(f) for f in status.get("faults") or []]
         problems.append((CRITICAL, "FAULT" + (f" ({'; '.join(faults)})" if faults else "")))
-    masters = ([node] if state == "MASTER" else []) + [p["name"] for p in peers if p["state"] == "MASTER"]
+    masters = ([node] if state == "MASTER" else []) + [p.name for p in peers if p.state == "MASTER"]
     if not masters:
         problems.append((CRITICAL, "no MASTER heard"))
     elif len(masters) > 1:
         problems.append((CRITICAL, f"{len(masters)} MASTERs heard: {', '.join(masters)} (split brain)"))
     for check in checks:
-        if check["ok"] is not False or (state == "FAULT" and check["weight"] == 0):
+        if check.ok is not False or (state == "FAULT" and check.weight == 0):
             continue   # up, pending, or already named in the FAULT's reasons
-        down = f"check {check['name']} down" + (f" ({check['message']})" if check["message"] else "")
-        if state == "MASTER" and check["weight"] == 0:
+        down = f"check {check.name} down" + (f" ({check.message})" if check.message else "")
+        if state == "MASTER" and check.weight == 0:
             problems.append((CRITICAL, down + " while this node holds the VIPs"))
         else:
             problems.append((WARNING, down))
     if _field(status, "maintenance", bool):
         problems.append((WARNING, "maintenance on: no automatic transition"))
     for peer in peers:
-        if peer["state"] == "LOST":
-            problems.append((WARNING, f"peer {peer['name']} lost (last heard {_seconds(peer['last_seen_s'])} ago)"))
+        if peer.state == "LOST":
+            problems.append((WARNING, f"peer {peer.name} lost (last heard {_seconds(peer.last_seen_s)} ago)"))
     if not peers:
         problems.append((WARNING, "no peer heard: no standby"))
 
@@ -103,16 +103,16 @@ def _judge(status: dict) -> Verdict:
     if problems:
         text = f"{head}: " + "; ".join(sentence for _, sentence in problems)
     else:
-        up, pending = sum(c["ok"] is True for c in checks), sum(c["ok"] is None for c in checks)
-        text = head + "".join(f"; peer {p['name']} {p['state']}" for p in peers)
+        up, pending = sum(c.ok is True for c in checks), sum(c.ok is None for c in checks)
+        text = head + "".join(f"; peer {p.name} {p.state}" for p in peers)
         text += f"; checks: {up} up" + (f", {pending} not run yet" if pending else "") if checks else "; no checks"
     return Verdict(code, text, _perfdata(peers, checks))
 
 
-def _perfdata(peers: list[dict], checks: list[dict]) -> tuple[str, ...]:
+def _perfdata(peers: list[_Peer], checks: list[_Check]) -> tuple[str, ...]:
     """`'label'=value[UOM];warn;crit;min;max`: heartbeat age of each peer, latency of each check."""
-    data = [_perf(f"peer_{p['name']}_last_seen", p["last_seen_s"]) for p in peers]
-    data += [_perf(f"check_{c['name']}_latency", None if c["latency_ms"] is None else c["latency_ms"] / 1000)
+    data = [_perf(f"peer_{p.name}_last_seen", p.last_seen_s) for p in peers]
+    data += [_perf(f"check_{c.name}_latency", None if c.latency_ms is None else c.latency_ms / 1000)
              for c in checks]
     return tuple(data)
 
@@ -139,23 +139,37 @@ def _field(data: dict, key: str, kind: type, where: str = ""):
     return value
 
 
-def _peer(peer: object) -> dict:
-    return {"name": _field(peer, "name", str, "peer "), "state": _field(peer, "state", str, "peer "),
-            "last_seen_s": _field(peer, "last_seen_s", float, "peer ")}
+@dataclass(frozen=True)
+class _Peer:
+    name: str
+    state: str             # INIT, BACKUP, MASTER, FAULT, or LOST when silent
+    last_seen_s: float
 
 
-def _check(check: object) -> dict:
+@dataclass(frozen=True)
+class _Check:
+    name: str
+    ok: bool | None        # None: not run yet
+    latency_ms: float | None
+    weight: int
+    message: str
+
+
+def _peer(peer: object) -> _Peer:
+    return _Peer(_field(peer, "name", str, "peer "), _field(peer, "state", str, "peer "),
+                 _field(peer, "last_seen_s", float, "peer "))
+
+
+def _check(check: object) -> _Check:
+    name = _field(check, "name", str, "check ")
     ok = _field(check, "ok", object, "check ")
-    latency = _field(check, "latency_ms", object, "check ")
-    if ok not in (True, False, None):
+    if not (ok is None or isinstance(ok, bool)):
         raise MalformedStatus(f"check 'ok' is {ok!r}, not true, false or null")
-    if latency is not None:
-        latency = _field(check, "latency_ms", float, "check ")
-    weight = check.get("weight", 0)
-    message = check.get("message")
-    return {"name": _field(check, "name", str, "check "), "ok": ok, "latency_ms": latency,
-            "weight": weight if isinstance(weight, int) else 0,
-            "message": message if isinstance(message, str) else ""}
+    latency = None if _field(check, "latency_ms", object, "check ") is None else \
+        _field(check, "latency_ms", float, "check ")
+    weight, message = check.get("weight", 0), check.get("message")
+    return _Check(name, ok, latency, weight if isinstance(weight, int) and not isinstance(weight, bool) else 0,
+                  message if isinstance(message, str) else "")
 
 
 def _seconds(value: float) -> str:

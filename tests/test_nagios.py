@@ -156,6 +156,7 @@ def test_labels_are_quoted_and_the_line_stays_one_line():
     (lambda s: s.update(peers={"pacs-b": {}}), "'peers' is {'pacs-b': {}}, not list"),
     (lambda s: s["peers"][0].update(last_seen_s="soon"), "peer 'last_seen_s' is 'soon', not a number"),
     (lambda s: s["checks"][0].update(ok="yes"), "check 'ok' is 'yes', not true, false or null"),
+    (lambda s: s["checks"][0].update(ok=1), "check 'ok' is 1, not true, false or null"),
     (lambda s: s["checks"][0].update(latency_ms=float("nan")), "check 'latency_ms' is nan, not a number"),
     (lambda s: s.update(maintenance="no"), "'maintenance' is 'no', not bool"),
 ])
