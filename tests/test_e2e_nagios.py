@@ -87,6 +87,7 @@ def test_check_hapacs_on_a_live_cluster(lab):
         assert line.startswith("HAPACS CRITICAL - pacs-b FAULT, MASTER pacs-a: FAULT (check pacs-dicom down: "), line
         assert "connection refused" in line
         # The MASTER's own check stays OK: each node reports itself; b's service is the CRITICAL one.
+        lab.wait_for(lambda: [p["state"] for p in cluster.status("a")["peers"]] == ["FAULT"], 5, what="b FAULT on a")
         code, line = check_hapacs(lab, cluster, "a")
         assert (code, line.split(" | ")[0]) == (0, "HAPACS OK - pacs-a MASTER; peer pacs-b FAULT; checks: 1 up")
 
