@@ -16,6 +16,27 @@ from .config import DEFAULT_PATH, ConfigError, load
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=DEFAULT_PATH, metavar="FILE",
+                        help=f"configuration file (default {DEFAULT_PATH})")
+
+
+def add_socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH", help="the agent's control socket (default: from the config)")
+
+
+def socket_path(args, strict: bool = False) -> str:
+    """The control socket: --socket, else control.socket from -c FILE.
+
+    `strict`: a config file that cannot be read raises OSError instead of
+    giving the default socket (see config.control_socket_path).
+    """
+    if args.socket:
+        return args.socket
+    from .config import control_socket_path
+    return control_socket_path(args.config, strict)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hapacs", description="High-availability agent for PACS servers.")
     parser.add_argument("--version", action="version", version=f"hapacs {__version__}")
@@ -23,8 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("-c", "--config", default=DEFAULT_PATH, metavar="FILE",
-                         help=f"configuration file (default {DEFAULT_PATH})")
+        add_config_option(sub)
         return sub
 
     run = command("run", "run the agent in the foreground (logs to stderr)")
@@ -35,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def control(name: str, text: str) -> argparse.ArgumentParser:
         sub = command(name, text)
-        sub.add_argument("--socket", metavar="PATH", help="the agent's control socket (default: from the config)")
+        add_socket_option(sub)
         return sub
 
     status = control("status", "show the state of this node, its peers, checks and recent transitions")
@@ -85,13 +105,6 @@ def _run(args) -> int:
     return agent.run(config)
 
 
-def _socket_path(args) -> str:
-    if args.socket:
-        return args.socket
-    from .config import control_socket_path
-    return control_socket_path(args.config)
-
-
 def _control(args) -> int:
     from .control import ControlError, request
     message: dict = {"command": args.command}
@@ -107,7 +120,7 @@ def _control(args) -> int:
     elif args.command == "takeover":
         timeout = 60.0
     try:
-        reply = request(_socket_path(args), message, timeout)
+        reply = request(socket_path(args), message, timeout)
     except ControlError as err:
         print(f"hapacs: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE

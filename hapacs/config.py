@@ -24,6 +24,7 @@ from .fields import (
 from .yamlsource import Problem
 
 DEFAULT_PATH = "/etc/hapacs/hapacs.yaml"
+DEFAULT_SOCKET = "/run/hapacs/hapacs.sock"
 DEFAULT_MULTICAST_GROUP = "239.255.54.5"
 DEFAULT_MULTICAST_GROUP6 = "ff02::1:5405"
 
@@ -478,7 +479,7 @@ def _handover(sec: Section) -> HandoverConfig:
 
 
 def _control(ctx: Context, sec: Section) -> ControlConfig:
-    path = sec.take("socket", absolute_path, default="/run/hapacs/hapacs.sock")
+    path = sec.take("socket", absolute_path, default=DEFAULT_SOCKET)
     group = sec.take("group", text(1, 32), default=None)
     sec.done()
     if group not in (None, INVALID):
@@ -491,18 +492,22 @@ def _control(ctx: Context, sec: Section) -> ControlConfig:
 
 
 
-def control_socket_path(path: str) -> str:
+def control_socket_path(path: str, strict: bool = False) -> str:
     """Only control.socket from the file, read leniently.
 
     Control commands need nothing else, and an operator in control.group may
-    not be allowed to read the key file that a full load checks.
+    not be allowed to read the key file that a full load checks. A file that
+    cannot be read gives the default socket, or with `strict` raises OSError
+    (or UnicodeDecodeError), so that check_hapacs can name the file.
     """
     from .yamlsource import parse as parse_yaml
-    default = "/run/hapacs/hapacs.sock"
+    default = DEFAULT_SOCKET
     try:
         with open(path, encoding="utf-8") as handle:
             root, _ = parse_yaml(handle.read(), path)
     except (OSError, UnicodeDecodeError):
+        if strict:
+            raise
         return default
     if root is None or root.kind != "map":
         return default

@@ -199,6 +199,9 @@ def request(path: str, message: dict, timeout_s: float = 10.0) -> dict:
     except OSError as err:
         raise ControlError(f"cannot reach the agent at {path}: {err.strerror or err}") from None
     try:
-        return json.loads(data)
+        reply = json.loads(data)
     except ValueError:
         raise ControlError(f"the agent at {path} closed the connection without a valid reply") from None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the agent at {path} answered {type(reply).__name__}, not a JSON object")
+    return reply
