@@ -68,7 +68,7 @@ def trial(kind: str, number: int, check: dict, realtime: bool) -> dict:
 
 
 def _late(ms: float) -> str:
-    # The agent keeps only firings more than 5 ms late (hapacs.agent.LatenessMeter).
+    # The agent keeps only firings more than 5 ms late (hapacs.lateness.LatenessMeter).
     return f"{ms:.1f} ms late" if ms else "never more than 5 ms late"
 
 

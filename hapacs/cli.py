@@ -10,10 +10,12 @@ import argparse
 import json
 import sys
 
-from . import __version__
+from . import __version__, timing
 from .config import DEFAULT_PATH, ConfigError, load
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_UNREACHABLE = 0, 1, 2, 3
+# How long the agent may take to answer at all (a long command answers "pending" first).
+ANSWER_TIMEOUT_S = 10.0
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable JSON")
     control("takeover", "make this node MASTER now and keep it there until another command or a fault")
     release = control("release", "hand the VIPs to the best healthy BACKUP (after draining DICOM associations)")
-    release.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
-                         help="wait at most this long for open DICOM associations to end (default 30)")
+    release.add_argument("--drain-timeout", type=float, default=timing.DEFAULT_DRAIN_TIMEOUT_S, metavar="SECONDS",
+                         help="wait at most this long for open DICOM associations to end "
+                              f"(default {timing.DEFAULT_DRAIN_TIMEOUT_S:g})")
     maintenance = control("maintenance", "freeze this node: no automatic transition while on")
     maintenance.add_argument("mode", choices=("on", "off"))
     control("reload", "re-read the configuration; an invalid one is refused and the agent runs on")
@@ -107,20 +110,19 @@ def _run(args) -> int:
 
 def _control(args) -> int:
     from .control import ControlError, request
-    message: dict = {"command": args.command}
-    timeout = 10.0
+    # "progress": commands that take time answer at once with the core's deadline for them,
+    # and the client waits that long (no guess here of how long a handover takes).
+    message: dict = {"command": args.command, "progress": True}
     if args.command == "maintenance":
         message["on"] = args.mode == "on"
     elif args.command == "release":
-        if not 0 <= args.drain_timeout <= 3600:
-            print("refused: --drain-timeout must be from 0 to 3600 seconds", file=sys.stderr)
+        if not 0 <= args.drain_timeout <= timing.MAX_DRAIN_TIMEOUT_S:
+            print(f"refused: --drain-timeout must be from 0 to {timing.MAX_DRAIN_TIMEOUT_S:g} seconds",
+                  file=sys.stderr)
             return EXIT_REFUSED
         message["drain_timeout_s"] = args.drain_timeout
-        timeout = args.drain_timeout + 30
-    elif args.command == "takeover":
-        timeout = 60.0
     try:
-        reply = request(socket_path(args), message, timeout)
+        reply = request(socket_path(args), message, ANSWER_TIMEOUT_S)
     except ControlError as err:
         print(f"hapacs: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE

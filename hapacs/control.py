@@ -3,6 +3,10 @@
 Request:  {"command": "status" | "takeover" | "release" | "maintenance" | "reload", ...}\\n
 Reply:    {"ok": true|false, "message": "...", ...}\\n
 
+With "progress": true in the request, a command that takes time (takeover,
+release) first answers {"pending": true, "wait_s": N}: its final reply
+comes within N seconds, the deadline the election core set for it.
+
 Only root, the agent's own user and members of `control.group` may talk
 to it: the socket file is 0600 (0660 with a group) and every connection's
 peer credentials (SO_PEERCRED) are checked again, so a permissive
@@ -21,13 +25,16 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
+from . import timing
+
 log = logging.getLogger("hapacs.control")
 
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
 COMMANDS = ("status", "takeover", "release", "maintenance", "reload")
 
-Handler = Callable[[dict], Awaitable[dict]]
+Progress = Callable[[float], Awaitable[None]]
+Handler = Callable[[dict, Progress], Awaitable[dict]]
 
 
 class ControlError(Exception):
@@ -68,9 +75,10 @@ def validate(request: object) -> str | None:
     if command == "maintenance" and request.get("on") not in (True, False):
         return "maintenance needs \"on\": true or false"
     if command == "release":
-        drain = request.get("drain_timeout_s", 30.0)
-        if isinstance(drain, bool) or not isinstance(drain, (int, float)) or not 0 <= drain <= 3600:
-            return "drain_timeout_s must be a number of seconds from 0 to 3600"
+        drain = request.get("drain_timeout_s", timing.DEFAULT_DRAIN_TIMEOUT_S)
+        if isinstance(drain, bool) or not isinstance(drain, (int, float)) \
+                or not 0 <= drain <= timing.MAX_DRAIN_TIMEOUT_S:
+            return f"drain_timeout_s must be a number of seconds from 0 to {timing.MAX_DRAIN_TIMEOUT_S:g}"
     return None
 
 
@@ -146,7 +154,7 @@ class ControlServer:
             if problem is not None:
                 await self._reply(writer, {"ok": False, "message": problem})
                 return
-            await self._reply(writer, await self.handler(request))
+            await self._reply(writer, await self.handler(request, self._progress(writer, request)))
         except (ConnectionError, OSError) as err:
             log.debug("control client went away: %s", err)
         except Exception:
@@ -157,6 +165,13 @@ class ControlServer:
                 pass
         finally:
             writer.close()
+
+    def _progress(self, writer: asyncio.StreamWriter, request: dict) -> Progress:
+        """Tells a client that asked for it ("progress": true) that a command is under way."""
+        async def progress(wait_s: float) -> None:
+            if request.get("progress") is True:
+                await self._reply(writer, {"pending": True, "wait_s": round(max(0.0, wait_s), 3)})
+        return progress
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict) -> None:
@@ -174,19 +189,31 @@ def _answers(path: str) -> bool:
             return False
 
 
+# After a "pending" line, the client waits the agent's own deadline plus this margin.
+PENDING_MARGIN_S = 5.0
+MAX_REPLY_BYTES = 4 << 20
+
+
 def request(path: str, message: dict, timeout_s: float = 10.0) -> dict:
-    """Send one request to the agent and return its reply (blocking; for the CLI)."""
+    """Send one request to the agent and return its final reply (blocking; for the CLI).
+
+    A request with "progress": true may first get {"pending": true, "wait_s": N}: the command
+    is under way and its answer comes within N seconds (the core's deadline). The client then
+    waits that long, so it never gives up while the agent is still handing over."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(path)
             sock.sendall(json.dumps(message).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            with sock.makefile("rb") as lines:
+                while True:
+                    reply = _parse_reply(lines.readline(MAX_REPLY_BYTES), path)
+                    if reply.get("pending") is not True:
+                        return reply
+                    wait_s = reply.get("wait_s")
+                    if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and 0 <= wait_s <= 86400:
+                        timeout_s = wait_s + PENDING_MARGIN_S
+                        sock.settimeout(timeout_s)
     except FileNotFoundError:
         raise ControlError(f"no agent socket at {path}: is hapacs running?") from None
     except ConnectionRefusedError:
@@ -198,6 +225,9 @@ def request(path: str, message: dict, timeout_s: float = 10.0) -> dict:
         raise ControlError(f"the agent at {path} did not answer within {timeout_s:g} s") from None
     except OSError as err:
         raise ControlError(f"cannot reach the agent at {path}: {err.strerror or err}") from None
+
+
+def _parse_reply(data: bytes, path: str) -> dict:
     try:
         reply = json.loads(data)
     except ValueError:

@@ -82,13 +82,6 @@ class Lifecycle(enum.Enum):
     STOPPED = "stopped"      # left the cluster: decides nothing any more
 
 
-class Lifecycle(enum.Enum):
-    NEW = "new"              # constructed, not started
-    RUNNING = "running"
-    STOPPING = "stopping"    # shutdown asked: a MASTER hands over first
-    STOPPED = "stopped"      # left the cluster: decides nothing any more
-
-
 class Election:
     def __init__(self, params: Params, now: float):
         self.p = params

@@ -272,7 +272,7 @@ def test_unit_security_keys():
     assert 0 < float(one("RestartSec")) <= 5
     assert set(one("RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK",
                                                            "AF_PACKET"}
-    # The agent writes promote_secondaries (hapacs/agent.py _promote_secondaries).
+    # The agent writes promote_secondaries (hapacs/hostsetup.py promote_secondaries).
     assert "/proc/sys/net/ipv4/conf" in keys["ReadWritePaths"]
     for absent in ("ProtectProc", "RestrictRealtime", "MemoryDenyWriteExecute", "PrivateNetwork", "User",
                    "DynamicUser"):
