@@ -40,6 +40,7 @@ class SimNode:
     effects: list[tuple[float, object]] = field(default_factory=list)
     drain_delay_s: float | None = 0.0   # None: the shell never finishes draining
     witness_reachable: bool = True      # what a witness probe from this node finds
+    witness_delay_s: float = WITNESS_PROBE_S   # how long a witness probe takes to answer
     guard: wire.ReplayGuard = field(default_factory=wire.ReplayGuard)
 
     @property
@@ -53,6 +54,7 @@ class SimCluster:
         self.latency_s = latency_s
         self.nodes: dict[str, SimNode] = {}
         self.cut: set[frozenset[str]] = set()
+        self.one_way: set[tuple[str, str]] = set()   # (sender, receiver): that direction drops
         self._queue: list = []
         self._order = itertools.count()
         self.holder_history: list[tuple[float, tuple[str, ...]]] = []
@@ -87,8 +89,13 @@ class SimCluster:
             if other != name:
                 self.cut.add(frozenset((name, other)))
 
+    def cut_one_way(self, sender: str, receiver: str) -> None:
+        """An asymmetric fault: `receiver` no longer hears `sender`, the other way still works."""
+        self.one_way.add((sender, receiver))
+
     def heal(self) -> None:
         self.cut.clear()
+        self.one_way.clear()
 
     def crash(self, name: str) -> None:
         """kill -9 of the agent: it stops, and its VIP stays until its lease would expire."""
@@ -110,7 +117,7 @@ class SimCluster:
             elif isinstance(effect, Stopped):
                 node.alive = False   # the agent process exits
             elif isinstance(effect, ProbeWitness):
-                self._schedule(self.now + WITNESS_PROBE_S, "witness", node.name, None)
+                self._schedule(self.now + node.witness_delay_s, "witness", node.name, None)
             elif isinstance(effect, StartDrain) and node.drain_delay_s is not None:
                 self._schedule(self.now + node.drain_delay_s, "drained", node.name, None)
 
@@ -125,7 +132,8 @@ class SimCluster:
                              node.boot_id, node.seq, node.election.p.vip_digest, out.target)
         data = wire.encode(advert, KEY)
         for other in self.nodes:
-            if other != node.name and frozenset((node.name, other)) not in self.cut:
+            if (other != node.name and frozenset((node.name, other)) not in self.cut
+                    and (node.name, other) not in self.one_way):
                 self._schedule(self.now + self.latency_s, "deliver", other, (data, node.address))
 
     def _schedule(self, at: float, kind: str, name: str, payload) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from hapacs import wire
 from hapacs.effects import (
-    Announce, HandoverDone, Notice, SendAdvert, Stopped,
+    Announce, HandoverDone, Notice, ProbeWitness, SendAdvert, Stopped,
     Transition, Why,
 )
 from hapacs.election import CommandRefused
@@ -71,10 +71,13 @@ def test_second_best_backup_waits_the_rfc_skew_behind_the_best():
     sim.add("c", 100, "192.0.2.13")
     sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
     sim.run(1.0)
-    a_peer = sim.nodes["c"].election.peers["a"]
-    assert sim.nodes["b"].election._master_down_interval_s(a_peer) == pytest.approx(0.3)
-    assert sim.nodes["c"].election._master_down_interval_s(a_peer) == pytest.approx(
-        3 * 0.1 + (256 - 100) * 0.1 / 256)
+    # Each BACKUP re-arms its Master_Down_Timer on every heartbeat of the MASTER: the deadline it
+    # shows is that heartbeat plus its Master_Down_Interval.
+    for name, interval in (("b", 0.3), ("c", 3 * 0.1 + (256 - 100) * 0.1 / 256)):
+        election = sim.nodes[name].election
+        heard = election.view(sim.now).peers[0]
+        assert heard.name == "a"
+        assert election.master_down_deadline - (sim.now - heard.last_seen_s) == pytest.approx(interval)
     sim.crash("a")
     sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
     sim.run(2.0)
@@ -127,10 +130,18 @@ def test_master_leaving_without_successor_backups_wait_skew_only():
     sim.add("c", 100, "192.0.2.13")
     sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
     sim.run(0.5)
-    # a names no successor when it leaves: it sends priority 0 with no target.
-    sim.apply(sim.nodes["a"], sim.nodes["a"].election._finish_stop("test: leaving", sim.now))
+    # An asymmetric fault: a hears nobody, b and c still hear a. Stopping, a finds no healthy
+    # BACKUP to hand over to, so it leaves naming no successor: priority 0 with no target.
+    sim.cut_one_way("b", "a")
+    sim.cut_one_way("c", "a")
+    sim.run_until(lambda: not any(p.up for p in sim.nodes["a"].election.view(sim.now).peers), 1.0,
+                  "a hears no peer")
+    sim.command("a", "shutdown", 5.0)
+    leaving = sim.effects_of("a", SendAdvert)[-1].advert
+    assert leaving.priority == 0 and leaving.target is None and sim.effects_of("a", Stopped)
+    assert "no healthy BACKUP to hand over to" in sim.effects_of("a", Stopped)[-1].text
     took = sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
-    assert took < 0.005          # b is the best candidate: skew 0
+    assert took < 0.005          # b is the best candidate: skew 0, not a Master_Down_Interval
     assert last_reason(sim, "b").reason.code == Why.MASTER_LEFT
     sim.run(1.0)
     assert sim.nodes["c"].state == B
@@ -213,14 +224,31 @@ def test_hung_master_resumed_resolves_to_one_holder():
 
 def test_link_down_is_fault_at_once_and_link_up_returns_to_backup():
     sim = two_nodes()
+    # The link is down: nothing a sends reaches b any more, its FAULT heartbeat included.
+    sim.isolate("a")
     sim.command("a", "set_fault", "link:eth0", "link eth0 down")
+    assert sim.nodes["a"].state == State.FAULT and not sim.nodes["a"].holds_vip
+    took = sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
+    # b never hears the FAULT: a is silent, so b waits its Master_Down_Interval (3 x 0.1 s, skew 0)
+    # counted from a's last heartbeat, which left up to one interval before the link went down.
+    assert 0.3 - 0.1 <= took <= 0.3 + 0.001
+    assert last_reason(sim, "b").reason.code == Why.MASTER_DOWN
+    sim.heal()
+    sim.command("a", "set_fault", "link:eth0", None, recovered="link eth0 up")
+    assert sim.nodes["a"].state == B
+    assert last_reason(sim, "a").reason.text == "link eth0 up"
+    sim.run(1.0)
+    assert len(sim.masters()) == 1 and len(sim.holders()) == 1
+
+
+def test_check_fault_on_master_the_backup_takes_over_in_one_heartbeat():
+    # The link is up: b hears a go to FAULT and takes over at once, without a Master_Down_Interval.
+    sim = two_nodes()
+    sim.command("a", "set_fault", "check:pacs", "check pacs down")
     assert sim.nodes["a"].state == State.FAULT and not sim.nodes["a"].holds_vip
     took = sim.run_until(lambda: sim.masters() == ["b"], 1.0, "b master")
     assert took < 0.005   # b hears a in FAULT: it left, and b is the best candidate
     assert last_reason(sim, "b").reason.code == Why.MASTER_LEFT
-    sim.command("a", "set_fault", "link:eth0", None, recovered="link eth0 up")
-    assert sim.nodes["a"].state == B
-    assert last_reason(sim, "a").reason.text == "link eth0 up"
 
 
 def test_fault_node_never_becomes_master_even_alone():
@@ -393,12 +421,20 @@ def test_worse_node_started_earlier_waits_for_the_better_one(head_start):
 
 
 def test_waiting_for_a_better_candidate_is_bounded():
-    # a is alive but (through some fault of its own) never takes over: b does, after 2 more intervals.
+    # a is alive but (through some fault of its own) never takes over: it keeps sending heartbeats
+    # as a BACKUP with a better priority. b waits for it, then takes over after 2 more intervals.
     sim = SimCluster()
     sim.add("b", 100, "192.0.2.12")
-    a = sim.add("a", 150, "192.0.2.11")
-    a.election._may_become_master = lambda: "broken"   # a stays a candidate but never decides
-    took = sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b master")
+    a_address = ipaddress.ip_address("192.0.2.11").packed
+    started = sim.now
+    for seq in range(1, 40):
+        a_says = wire.Advert(CLUSTER, "a", B, 150, Flags.PREEMPT, 100, 0, 1, seq, DIGEST)
+        sim.command("b", "receive", a_says, a_address)
+        if sim.masters() == ["b"]:
+            break
+        sim.run(0.1)
+    took = sim.now - started
+    assert sim.masters() == ["b"]
     assert 0.3 < took < 0.3 + 2 * 0.37 + 0.1
 
 
@@ -528,3 +564,62 @@ def test_a_peer_term_at_the_wire_maximum_does_not_stop_heartbeats():
         sim.apply(sim.nodes[name], sim.nodes[name].election.receive(top, c, sim.now))
     sim.run(3.0)      # c falls silent: a or b becomes MASTER again
     assert len(sim.masters()) == 1 and len(sim.holders()) == 1
+
+
+def test_a_master_in_maintenance_is_not_preempted_until_maintenance_is_off():
+    # The flag travels in the heartbeats: a better BACKUP does not even ask a MASTER in maintenance.
+    sim = SimCluster()
+    sim.add("b", 100, "192.0.2.12", preempt_delay=0.2)
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
+    sim.command("b", "set_maintenance", True)
+    sim.add("a", 150, "192.0.2.11", preempt_delay=0.2)
+    sim.run(5.0)
+    assert sim.masters() == ["b"] and sim.holders() == ("b",) and sim.nodes["a"].state == B
+    asked = [e for e in sim.effects_of("a", SendAdvert) if Flags.TAKEOVER_REQUEST in e.advert.flags]
+    assert asked == [] and not any("preempt" in e.text for e in sim.effects_of("a", Notice))
+    history_from = len(sim.holder_history)
+    sim.command("b", "set_maintenance", False)
+    took = sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a preempts once maintenance is off")
+    assert took <= 0.2 + 0.1 + 0.01   # preempt_delay, counted from b's next heartbeat
+    assert last_reason(sim, "a").reason.code == Why.HANDOVER_TO_ME
+    assert all(holders for _, holders in sim.holder_history[history_from:])
+
+
+def test_split_brain_loser_with_the_higher_priority_takes_back_later_by_a_planned_handover():
+    sim = two_nodes(preempt_delay=1.0)
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
+    sim.run(1.0)
+    sim.heal()
+    healed = sim.now
+    sim.run_until(lambda: sim.masters() == ["b"], 1.0, "a, the older MASTER, steps down")
+    assert last_reason(sim, "a").reason.code == Why.SPLIT_BRAIN
+    stepped_down = sim.now
+    history_from = len(sim.holder_history)
+    took = sim.run_until(lambda: sim.masters() == ["a"], 5.0, "a takes the VIPs back (preempt)")
+    assert sim.now - stepped_down >= 1.0      # not before preempt_delay: a planned move, not a race
+    assert last_reason(sim, "a").reason.code == Why.HANDOVER_TO_ME
+    assert last_reason(sim, "b").reason.code == Why.HANDED_OVER
+    done = sim.effects_of("b", HandoverDone)
+    assert done and done[-1].ok and done[-1].target == "a"
+    # Make before break: during the handover someone held the VIP at every moment.
+    assert all(holders for _, holders in sim.holder_history[history_from:])
+    assert took < 1.0 + 2 * 0.1 + 0.05 and sim.now - healed < 2.0
+    sim.run(3.0)
+    assert sim.masters() == ["a"] and sim.holders() == ("a",)
+
+
+def test_only_a_witness_probe_after_the_peers_fell_silent_counts():
+    # b's witness answered at start, while a was heard. Cut off later, b must not take that old
+    # answer as proof: it probes again and stays BACKUP until the fresh answer comes.
+    sim = witness_pair()
+    assert sim.nodes["b"].election.witness_ok is True       # the answer from its start
+    probes_before = len(sim.effects_of("b", ProbeWitness))
+    sim.nodes["b"].witness_delay_s = 0.5                    # this time the witness takes 0.5 s
+    sim.isolate("b")
+    sim.run_until(lambda: len(sim.effects_of("b", ProbeWitness)) > probes_before, 1.0, "b asks a witness again")
+    asked = sim.now
+    sim.run(0.45)
+    assert sim.nodes["b"].state == B and "b" not in sim.holders(), "took over on a stale witness answer"
+    sim.run_until(lambda: sim.nodes["b"].state == M, 0.2, "b MASTER once the fresh answer came")
+    assert sim.now - asked >= 0.5
