@@ -22,8 +22,8 @@ def make_cluster(lab, hosts=(("a", 150), ("b", 100)), pacs=True, **kwargs) -> Ag
 
 
 def one_holder(lab, vip=VIP) -> str:
-    holders = lab.holders(vip)
-    return holders[0] if len(holders) == 1 else ""
+    """The one host holding `vip`; "" when none does; "a+b" when several do (never "" nor a host)."""
+    return "+".join(lab.holders(vip))
 
 
 def workstation_echo(lab, vip=VIP) -> bool:
