@@ -17,21 +17,10 @@ from lab.dicom import start_storescp
 from lab.outage import load
 from lab.probe import start_probe
 
-from .e2e import VIP, one_holder, settle
+from .e2e import HOLD_ASSOCIATION, VIP, one_holder, settle
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
-# A long-running study transfer: one association that stays open until killed.
-HOLD_ASSOCIATION = """
-import sys, time
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
-ae = AE(ae_title="VIEWER"); ae.add_requested_context(Verification)
-ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-assoc = ae.associate(sys.argv[1], 104, ae_title="PACS")
-print("established" if assoc.is_established else "failed", flush=True)
-time.sleep(60)
-"""
 
 
 @pytest.fixture
