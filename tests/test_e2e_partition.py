@@ -17,6 +17,10 @@ from .e2e import VIP, assert_served, mac_of, neighbour_mac, one_holder, settle
 # The "RIS" a node must reach to be MASTER alone: a DICOM server on the workstation side.
 WITNESS = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 104, "called_ae": "RIS",
             "interval": 0.5, "timeout": 0.5}]
+# Any of several: a DICOM witness that is down (nothing on port 105) and a TCP one that answers.
+ANY_OF_TWO = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 105, "called_ae": "RIS",
+               "interval": 0.5, "timeout": 0.5},
+              {"type": "tcp", "host": "192.0.2.200", "port": 104, "interval": 0.5, "timeout": 0.5}]
 
 
 @pytest.fixture
@@ -60,12 +64,16 @@ def test_isolated_backup_with_a_witness_never_takes_the_vip(lab):
 
 def test_isolated_master_with_a_witness_releases_and_heal_converges(lab):
     start_storescp(lab, lab.ns("ws"), port=104, aet="RIS")
-    cluster = cluster_of(lab, (("a", 150), ("b", 100)), witness=WITNESS, preempt=False)
+    cluster = cluster_of(lab, (("a", 150), ("b", 100)), witness=ANY_OF_TWO, preempt=False)
     try:
         settle(lab, cluster, "a")
         lab.partition("a")
-        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER (it reaches the witness)")
+        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5,
+                     what="b MASTER (it reaches the TCP witness; the DICOM one is down)")
+        assert cluster.transitions("b")[-1]["code"] == "master-down"
         lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="cut-off a in FAULT")
+        fault = cluster.status("a")["faults"][0]
+        assert "no witness reachable" in fault and "192.0.2.200:105" in fault and "192.0.2.200:104" in fault, fault
         lab.wait_for(lambda: one_holder(lab) == "b", 5, what="a released the VIP")
         lab.heal("a")
         lab.wait_for(lambda: cluster.state("a") == "BACKUP", 3, what="a back as BACKUP")
