@@ -30,9 +30,12 @@ def lab():
         yield lab
 
 
-def pacs_cluster(lab, preempt_delay=2.0, **kwargs) -> AgentCluster:
+def pacs_cluster(lab, preempt_delay=2.0, pacs: dict | None = None, **kwargs) -> AgentCluster:
+    """a MASTER and b BACKUP, each with its PACS (storescp, its process put in `pacs` if given)."""
     for host in ("a", "b"):
-        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        proc = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        if pacs is not None:
+            pacs[host] = proc
     cluster = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]}, preempt_delay=preempt_delay, **kwargs)
     cluster.add("a", 150)
     cluster.add("b", 100)
@@ -160,15 +163,14 @@ def test_release_refused_without_a_healthy_backup(lab):
 
 
 def test_maintenance_freezes_a_node_through_a_pacs_failure(lab):
-    cluster = pacs_cluster(lab)
+    pacs: dict = {}
+    cluster = pacs_cluster(lab, pacs=pacs)
     try:
         result = cluster.cli("a", "maintenance", "on")
         assert result.returncode == 0, result.stderr
         assert cluster.status("a")["maintenance"] is True
         assert cluster.status("b")["peers"][0]["maintenance"] is True   # the flag travels in heartbeats
-        storescp_a = [p for p in lab._processes if "storescp" in " ".join(p.args) and lab.ns("a") in " ".join(p.args)]
-        for proc in storescp_a:
-            lab.stop(proc, timeout=1.0)
+        lab.stop(pacs["a"], timeout=1.0)
         lab.wait_for(lambda: any(c["ok"] is False for c in cluster.status("a")["checks"]), 5,
                      what="a's check down")
         lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 2.0,
