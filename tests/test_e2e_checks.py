@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -190,5 +191,39 @@ def test_weight_zero_check_down_gives_fault_even_alone(lab):
         lab.hold_for(lambda: cluster.state("a") == "FAULT" and not lab.holders("192.0.2.100"), 1.0,
                      what="FAULT holds no VIP")
         assert lab.holders("192.0.2.100") == []
+    finally:
+        print(cluster.logs())
+
+
+def test_a_node_does_not_become_master_before_its_checks_gave_a_first_result(lab):
+    # README: "At start, a node does not become MASTER before its checks have given a first
+    # result." Alone, a would be MASTER 0.3 s after start; its check takes 2 s to answer.
+    script = os.path.join(lab.mkdtemp("slow"), "slow.sh")
+    with open(script, "w") as handle:
+        handle.write("#!/bin/sh\nsleep 2\necho ok\n")
+    os.chmod(script, stat.S_IRWXU)
+    slow = {"name": "slow-pacs", "type": "script", "command": [script], "interval": 0.5, "timeout": 5.0,
+            "fall": 2, "rise": 2}
+    cluster = AgentCluster(lab, checks={"a": [slow]})
+    cluster.add("a", 150)
+    cluster.start_all()
+    held: list[str] = []
+
+    def not_master_while_pending() -> bool:
+        status = cluster.status("a")
+        if status is None or status["checks"][0]["ok"] is not None:
+            return True
+        held.append(status["state"])
+        return status["state"] != "MASTER"
+
+    try:
+        lab.wait_for(lambda: cluster.status("a") is not None, 10, what="a answering")
+        lab.hold_for(not_master_while_pending, 1.5, what="a not MASTER while its check is pending")
+        assert "BACKUP" in held, held     # it listened past its 0.3 s and was held back, not still starting
+        lab.wait_for(lambda: cluster.state("a") == "MASTER", 5, what="a MASTER once the check passed")
+        status = cluster.status("a")
+        check_up_at = time.monotonic() - status["checks"][0]["since_s"]
+        became_master = status["transitions"][-1]
+        assert became_master["to"] == "MASTER" and became_master["monotonic"] >= check_up_at - 0.05
     finally:
         print(cluster.logs())
