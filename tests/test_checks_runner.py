@@ -151,9 +151,8 @@ def test_on_change_reports_down_and_up_with_the_verdict(net):
     assert down[0].ok is False and down[0].message == refused and down[0].since_s >= 0
 
     detection_s = change_times(recorder, "pacs-dicom", False)[0] - killed_at
-    # at most one interval until the next probe, two ~0.1 s refusals, one fast re-probe
-    # Loose: proves the fast confirmation works (fall intervals would take longer still);
-    # the real figures come from bench/checks.py.
+    # Only a sanity bound: with an interval of 0.2 s it holds with or without the fast re-probe.
+    # test_a_failure_is_confirmed_50_ms_later_not_a_whole_interval_later proves that one.
     assert detection_s < 3.0, f"a killed SCP took {detection_s:.2f} s to be declared down"
 
 
