@@ -116,13 +116,14 @@ def test_check_and_split_brain_traps_from_running_agents(lab):
     cluster = AgentCluster(lab, checks={"a": [check]}, preempt=False)
     cluster.add("a", 150, snmp=SNMP)
     cluster.add("b", 100, snmp=SNMP)
-    cluster.start_all()
+    cluster.start("a")       # a first: without preempt, a b that started first would stay MASTER
 
     def trap_from(source: str, name: str, *words: str) -> bool:
         return any(f"[{source}]:" in t and name in t and all(w in t for w in words) for t in traps(trap_log))
 
     try:
         settle(lab, cluster, "a")
+        cluster.start("b")
         cluster.wait_state("b", "BACKUP")
         lab.stop(web, timeout=1.0)
         lab.wait_for(lambda: trap_from("192.0.2.11", "hapacsCheckDown", "pacs-web", "connection refused"), 5,
