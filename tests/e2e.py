@@ -10,6 +10,18 @@ from lab.dicom import echo, start_storescp
 VIP = "192.0.2.100"
 VIP6 = "2001:db8::100"
 
+# A viewer's long study transfer: one association that stays open until killed.
+HOLD_ASSOCIATION = """
+import sys, time
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ae = AE(ae_title="VIEWER"); ae.add_requested_context(Verification)
+ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+assoc = ae.associate(sys.argv[1], 104, ae_title="PACS")
+print("established" if assoc.is_established else "failed", flush=True)
+time.sleep(60)
+"""
+
 
 def make_cluster(lab, hosts=(("a", 150), ("b", 100)), pacs=True, **kwargs) -> AgentCluster:
     cluster = AgentCluster(lab, **kwargs)
@@ -22,8 +34,8 @@ def make_cluster(lab, hosts=(("a", 150), ("b", 100)), pacs=True, **kwargs) -> Ag
 
 
 def one_holder(lab, vip=VIP) -> str:
-    holders = lab.holders(vip)
-    return holders[0] if len(holders) == 1 else ""
+    """The one host holding `vip`; "" when none does; "a+b" when several do (never "" nor a host)."""
+    return "+".join(lab.holders(vip))
 
 
 def workstation_echo(lab, vip=VIP) -> bool:

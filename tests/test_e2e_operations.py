@@ -5,6 +5,7 @@ loop at the same time; planned moves must cost it nothing."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -17,21 +18,10 @@ from lab.dicom import start_storescp
 from lab.outage import load
 from lab.probe import start_probe
 
-from .e2e import VIP, one_holder, settle
+from .e2e import HOLD_ASSOCIATION, VIP, mac_of, neighbour_mac, one_holder, settle
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
-# A long-running study transfer: one association that stays open until killed.
-HOLD_ASSOCIATION = """
-import sys, time
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
-ae = AE(ae_title="VIEWER"); ae.add_requested_context(Verification)
-ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-assoc = ae.associate(sys.argv[1], 104, ae_title="PACS")
-print("established" if assoc.is_established else "failed", flush=True)
-time.sleep(60)
-"""
 
 
 @pytest.fixture
@@ -40,9 +30,12 @@ def lab():
         yield lab
 
 
-def pacs_cluster(lab, preempt_delay=2.0, **kwargs) -> AgentCluster:
+def pacs_cluster(lab, preempt_delay=2.0, pacs: dict | None = None, **kwargs) -> AgentCluster:
+    """a MASTER and b BACKUP, each with its PACS (storescp, its process put in `pacs` if given)."""
     for host in ("a", "b"):
-        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        proc = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        if pacs is not None:
+            pacs[host] = proc
     cluster = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]}, preempt_delay=preempt_delay, **kwargs)
     cluster.add("a", 150)
     cluster.add("b", 100)
@@ -170,15 +163,14 @@ def test_release_refused_without_a_healthy_backup(lab):
 
 
 def test_maintenance_freezes_a_node_through_a_pacs_failure(lab):
-    cluster = pacs_cluster(lab)
+    pacs: dict = {}
+    cluster = pacs_cluster(lab, pacs=pacs)
     try:
         result = cluster.cli("a", "maintenance", "on")
         assert result.returncode == 0, result.stderr
         assert cluster.status("a")["maintenance"] is True
         assert cluster.status("b")["peers"][0]["maintenance"] is True   # the flag travels in heartbeats
-        storescp_a = [p for p in lab._processes if "storescp" in " ".join(p.args) and lab.ns("a") in " ".join(p.args)]
-        for proc in storescp_a:
-            lab.stop(proc, timeout=1.0)
+        lab.stop(pacs["a"], timeout=1.0)
         lab.wait_for(lambda: any(c["ok"] is False for c in cluster.status("a")["checks"]), 5,
                      what="a's check down")
         lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 2.0,
@@ -194,6 +186,14 @@ def test_maintenance_freezes_a_node_through_a_pacs_failure(lab):
 def test_reload_adds_and_removes_a_vip_and_refuses_a_bad_file(lab):
     cluster = pacs_cluster(lab)
     try:
+        # Every address event on a while it reloads: the VIP that stays must never be deleted.
+        events = os.path.join(lab.tmpdir, "address-events")
+        monitor = lab.spawn("a", ["ip", "-o", "monitor", "address"], stdout=open(events, "w"))
+        # The workstation has a stale entry for the added VIP: only an announcement from a updates it
+        # (arp_accept=0: a gratuitous ARP updates an entry, it never creates one).
+        ws = lab.node("ws")
+        lab.exec("ws", ["ip", "neigh", "replace", "192.0.2.101", "lladdr", "02:00:00:00:00:01",
+                        "dev", ws.ifname, "nud", "stale"])
         cluster.vips = ["192.0.2.100/24", "192.0.2.101/24"]
         for host in ("a", "b"):
             cluster.write(host)
@@ -201,6 +201,14 @@ def test_reload_adds_and_removes_a_vip_and_refuses_a_bad_file(lab):
         assert result.returncode == 0 and "VIP 192.0.2.101/24 added" in result.stdout, result.stdout + result.stderr
         lab.wait_for(lambda: one_holder(lab, "192.0.2.101") == "a", 3, what="added VIP held")
         assert one_holder(lab) == "a"
+        lab.wait_for(lambda: neighbour_mac(lab, lab.ns("ws"), "192.0.2.101") == mac_of(lab, "a"), 3,
+                     what="the added VIP announced to the workstation")
+        lab.wait_for(lambda: "192.0.2.101" in open(events).read(), 3, what="the monitor saw the added VIP")
+        lab.stop(monitor)
+        with open(events) as handle:
+            seen = handle.read()
+        assert not [line for line in seen.splitlines() if line.startswith("Deleted") and "192.0.2.100/" in line], \
+            f"the VIP that stayed was removed during the reload:\n{seen}"
         os.kill(cluster.procs["b"].pid, signal.SIGHUP)          # SIGHUP reloads too
         lab.wait_for(lambda: "192.0.2.101/24" in [v["address"] for v in cluster.status("b")["vips"]], 3,
                      what="b reloaded by SIGHUP")
@@ -235,5 +243,91 @@ def test_a_second_agent_on_the_same_host_is_refused_and_harms_nothing(lab):
         # The running MASTER kept its socket and its VIP throughout.
         lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 1.0,
                      what="the first agent untouched")
+    finally:
+        print(cluster.logs())
+
+
+def heartbeats_per_second(cluster, host: str, seconds: float = 2.0) -> float:
+    """The rate at which `host` receives heartbeats (from its one peer), over `seconds`."""
+    before = cluster.status(host)["counters"]["adverts_received"]
+    started = time.monotonic()
+    cluster.lab.hold_for(lambda: cluster.status(host) is not None, seconds, what=f"{host} answering")
+    return (cluster.status(host)["counters"]["adverts_received"] - before) / (time.monotonic() - started)
+
+
+def peer_seen_by(cluster, host: str) -> dict:
+    return cluster.status(host)["peers"][0]
+
+
+def test_reload_changes_priority_timers_checks_and_peers_live_and_refuses_restart_only_settings(lab):
+    cluster = AgentCluster(lab, preempt_delay=0.5)
+    cluster.add("a", 150)
+    cluster.add("b", 100)
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a")
+        # The status table an operator reads.
+        table = cluster.cli("a", "status")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert re.match(r"pacs-a  MASTER  for [0-9.]+ s$", lines[0]), lines[0]
+        assert lines[1].startswith(f"cluster 51 on {lab.node('a').ifname}, priority 150, master pacs-a")
+        assert re.search(rf"^192\.0\.2\.100/24 +{lab.node('a').ifname} +yes$", table.stdout, re.M), table.stdout
+        assert re.search(r"^pacs-b +192\.0\.2\.12 +BACKUP +100 +[0-9.]+ s ago$", table.stdout, re.M), table.stdout
+        assert re.search(r"INIT +MASTER +no MASTER heard for", table.stdout), table.stdout
+
+        # Restart-only settings: refused with the reason, the agent runs on exactly as before.
+        cluster.specs["a"].extra = {"cluster": {"port": 5406}, "node": {"name": "pacs-x"}}
+        cluster.write("a")
+        refused = cluster.cli("a", "reload")
+        assert refused.returncode == 1, refused.stdout
+        assert "the agent runs on unchanged" in refused.stderr and "needs a restart" in refused.stderr
+        assert "node.name" in refused.stderr and "cluster.port" in refused.stderr, refused.stderr
+        lab.hold_for(lambda: cluster.state("a") == "MASTER" and peer_seen_by(cluster, "b")["state"] == "MASTER"
+                     and peer_seen_by(cluster, "b")["name"] == "pacs-a", 1.0,
+                     what="a unchanged: MASTER, heard by b on the old port under its old name")
+        assert cluster.status("a")["node"] == "pacs-a"
+
+        # Priority, timers and a check change at once, and the peer sees them.
+        a_rate = heartbeats_per_second(cluster, "b")
+        cluster.specs["a"].priority = 160
+        cluster.specs["a"].extra = {"cluster": {"advert_interval": 0.5}}
+        cluster.checks["a"] = [{"name": "web", "type": "tcp", "host": "127.0.0.1", "port": 9, "interval": 0.2,
+                                "timeout": 0.5, "fall": 2, "rise": 2, "weight": -30}]
+        cluster.write("a")
+        reply = cluster.cli("a", "reload")
+        assert reply.returncode == 0, reply.stderr
+        for change in ("priority 150 -> 160", "advert_interval 0.1 -> 0.5", "check web added"):
+            assert change in reply.stdout, reply.stdout
+        lab.wait_for(lambda: cluster.status("a")["effective_priority"] == 130, 5, what="a's new check down: 160 - 30")
+        status = cluster.status("a")
+        assert status["priority"] == 160 and status["advert_interval_s"] == 0.5 and status["state"] == "MASTER"
+        assert [c["name"] for c in status["checks"]] == ["web"]
+        lab.wait_for(lambda: peer_seen_by(cluster, "b")["priority"] == 130, 3, what="b hears a's priority 130")
+        slower = heartbeats_per_second(cluster, "b")
+        # 10 a second before, 2 now; noise on a shared machine cannot blur a factor of five.
+        assert a_rate > 7 and slower < 3.5, (a_rate, slower)
+
+        # b's priority rises above a's: b preempts, and a sees b's new priority.
+        cluster.specs["b"].priority = 200
+        cluster.write("b")
+        assert cluster.cli("b", "reload").returncode == 0
+        settle(lab, cluster, "b")
+        assert peer_seen_by(cluster, "a")["priority"] == 200
+        assert cluster.transitions("b")[-1]["code"] == "handover-to-me"
+
+        # Peers: b no longer lists a. b drops a's heartbeats and sends none to a; a loses b.
+        cluster.specs["b"].extra = {"cluster": {"peers": ["192.0.2.13"]}}
+        cluster.write("b")
+        assert cluster.cli("b", "reload").returncode == 0
+        lab.wait_for(lambda: peer_seen_by(cluster, "a")["state"] == "LOST", 5, what="a no longer hears b")
+        dropped = cluster.status("b")["drops"]["unknown_sender"]
+        lab.wait_for(lambda: cluster.status("b")["drops"]["unknown_sender"] > dropped, 3,
+                     what="b drops a's heartbeats as from an unknown sender")
+        cluster.specs["b"].extra = {}
+        cluster.write("b")
+        assert cluster.cli("b", "reload").returncode == 0
+        lab.wait_for(lambda: peer_seen_by(cluster, "a")["state"] in ("BACKUP", "MASTER")
+                     and len(cluster.masters()) == 1, 5, what="a hears b again, one MASTER")
     finally:
         print(cluster.logs())

@@ -6,6 +6,8 @@ up) is the hard case: every node stays alive and sure of itself.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from lab import Lab, unique_prefix
@@ -17,6 +19,11 @@ from .e2e import VIP, assert_served, mac_of, neighbour_mac, one_holder, settle
 # The "RIS" a node must reach to be MASTER alone: a DICOM server on the workstation side.
 WITNESS = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 104, "called_ae": "RIS",
             "interval": 0.5, "timeout": 0.5}]
+# Any of several: a DICOM witness that is down (nothing on port 105) and a TCP one that answers
+# (a web server, which would fail a DICOM probe).
+ANY_OF_TWO = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 105, "called_ae": "RIS",
+               "interval": 0.5, "timeout": 0.5},
+              {"type": "tcp", "host": "192.0.2.200", "port": 8080, "interval": 0.5, "timeout": 0.5}]
 
 
 @pytest.fixture
@@ -59,13 +66,19 @@ def test_isolated_backup_with_a_witness_never_takes_the_vip(lab):
 
 
 def test_isolated_master_with_a_witness_releases_and_heal_converges(lab):
-    start_storescp(lab, lab.ns("ws"), port=104, aet="RIS")
-    cluster = cluster_of(lab, (("a", 150), ("b", 100)), witness=WITNESS, preempt=False)
+    lab.spawn("ws", [sys.executable, "-m", "http.server", "--bind", "192.0.2.200", "8080"],
+              cwd=lab.mkdtemp("web"))
+    lab.wait_for(lambda: ":8080" in lab.exec("ws", ["ss", "-tln"]).stdout, 5, what="the web witness listening")
+    cluster = cluster_of(lab, (("a", 150), ("b", 100)), witness=ANY_OF_TWO, preempt=False)
     try:
         settle(lab, cluster, "a")
         lab.partition("a")
-        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER (it reaches the witness)")
+        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5,
+                     what="b MASTER (it reaches the TCP witness; the DICOM one is down)")
+        assert cluster.transitions("b")[-1]["code"] == "master-down"
         lab.wait_for(lambda: cluster.state("a") == "FAULT", 5, what="cut-off a in FAULT")
+        fault = cluster.status("a")["faults"][0]
+        assert "no witness reachable" in fault and "192.0.2.200:105" in fault and "192.0.2.200:8080" in fault, fault
         lab.wait_for(lambda: one_holder(lab) == "b", 5, what="a released the VIP")
         lab.heal("a")
         lab.wait_for(lambda: cluster.state("a") == "BACKUP", 3, what="a back as BACKUP")

@@ -11,6 +11,7 @@ import pytest
 
 from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
+from lab.dicom import start_storescp
 
 from .e2e import settle
 from .snmp_helpers import MIB_DIRS
@@ -101,6 +102,45 @@ def test_walks_traps_and_failover_seen_by_a_real_nms(lab):
                                  for t in traps(trap_log)), 5, what="hapacsStateChange from pacs-b")
         lab.wait_for(lambda: any("hapacsPeerLost" in t and "pacs-a" in t for t in traps(trap_log)), 5,
                      what="hapacsPeerLost naming pacs-a")
+    finally:
+        print(cluster.logs())
+        print("".join(traps(trap_log)))
+
+
+def test_check_and_split_brain_traps_from_running_agents(lab):
+    _, trap_log = start_trapd(lab)
+    # a's web service: a check with a small negative weight, so a stays MASTER while it is down.
+    web = start_storescp(lab, lab.ns("a"), port=8080, aet="WEB")
+    check = {"name": "pacs-web", "type": "tcp", "host": "127.0.0.1", "port": 8080, "interval": 0.2,
+             "timeout": 0.5, "fall": 2, "rise": 2, "weight": -10}
+    cluster = AgentCluster(lab, checks={"a": [check]}, preempt=False)
+    cluster.add("a", 150, snmp=SNMP)
+    cluster.add("b", 100, snmp=SNMP)
+    cluster.start("a")       # a first: without preempt, a b that started first would stay MASTER
+
+    def trap_from(source: str, name: str, *words: str) -> bool:
+        return any(f"[{source}]:" in t and name in t and all(w in t for w in words) for t in traps(trap_log))
+
+    try:
+        settle(lab, cluster, "a")
+        cluster.start("b")
+        cluster.wait_state("b", "BACKUP")
+        lab.stop(web, timeout=1.0)
+        lab.wait_for(lambda: trap_from("192.0.2.11", "hapacsCheckDown", "pacs-web", "connection refused"), 5,
+                     what="hapacsCheckDown naming pacs-web from pacs-a")
+        start_storescp(lab, lab.ns("a"), port=8080, aet="WEB")
+        lab.wait_for(lambda: trap_from("192.0.2.11", "hapacsCheckUp", "pacs-web"), 5,
+                     what="hapacsCheckUp naming pacs-web from pacs-a")
+        # A partition: b becomes MASTER on its side; healed, the two MASTERs hear each other.
+        lab.partition("b")
+        lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b MASTER on its own side")
+        lab.heal("b")
+        lab.wait_for(lambda: cluster.masters() == ["b"], 5, what="b, the newer MASTER, stays")
+        # The loser (a) always hears the winner as MASTER and tells the NMS (the winner does too
+        # when it heard a as MASTER before a stepped down: a race, not asserted).
+        lab.wait_for(lambda: trap_from("192.0.2.11", "hapacsSplitBrain", "hapacsPeerName.1 = STRING: pacs-b",
+                                       "hapacsSplitBrainWinner.0 = STRING: pacs-b"), 5,
+                     what="hapacsSplitBrain from pacs-a naming pacs-b, the winner")
     finally:
         print(cluster.logs())
         print("".join(traps(trap_log)))
