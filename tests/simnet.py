@@ -67,10 +67,10 @@ class SimCluster:
 
     def add(self, name: str, priority: int, address: str, *, interval: float = 0.1, dead_after: int = 3,
             preempt: bool = True, preempt_delay: float = 0.0, start: bool = True, witness: bool = False,
-            cluster_size: int = 0) -> SimNode:
+            cluster_size: int = 0, drain_timeout: float = 1.0) -> SimNode:
         packed = ipaddress.ip_address(address).packed
         params = Params(name, packed, priority, interval, dead_after, preempt, preempt_delay, DIGEST,
-                        drain_timeout_s=1.0, witness=witness, cluster_size=cluster_size)
+                        drain_timeout_s=drain_timeout, witness=witness, cluster_size=cluster_size)
         node = SimNode(name, Election(params, self.now), packed)
         self.nodes[name] = node
         if start:

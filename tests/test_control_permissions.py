@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
+from .fixtures import lab_fixture
 
 NOLOGIN = "/usr/sbin/nologin"
 
@@ -99,11 +99,7 @@ def assert_allowed(completed: subprocess.CompletedProcess) -> None:
     assert json.loads(completed.stdout)["node"] == "pacs-a"
 
 
-@pytest.fixture
-def lab(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", REPO)
-    with Lab(unique_prefix("cp"), hosts=("a",), workstation=False) as lab:
-        yield lab
+lab = lab_fixture("cp", hosts=("a",), workstation=False)
 
 
 def start_agent(lab, **extra) -> AgentCluster:

@@ -19,15 +19,12 @@ import time
 import pytest
 
 from hapacs.daemon import AlreadyRunning, NonBlockingSyslogHandler, PidFile
-from lab import Lab, unique_prefix
-from lab.cluster import REPO, AgentCluster
+from lab import Lab
+from lab.cluster import AgentCluster
+from .fixtures import lab_fixture
 
 
-@pytest.fixture
-def lab(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", REPO)
-    with Lab(unique_prefix("dm"), hosts=("a",), workstation=False) as lab:
-        yield lab
+lab = lab_fixture("dm", hosts=("a",), workstation=False)
 
 
 class Daemons:

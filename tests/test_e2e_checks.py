@@ -9,22 +9,18 @@ import stat
 import subprocess
 import sys
 
-import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 from lab.dicom import start_orthanc, start_storescp
 
 from .e2e import HOLD_ASSOCIATION, assert_served, settle
+from .fixtures import lab_fixture
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("hc")) as lab:
-        yield lab
+lab = lab_fixture("hc")
 
 
 def cluster_with(lab, checks_a, checks_b=None, **kwargs) -> AgentCluster:

@@ -10,15 +10,12 @@ import time
 
 import pytest
 
-from lab import Lab, unique_prefix
 
 from .e2e import VIP, VIP6, assert_served, mac_of, make_cluster, neighbour_mac, one_holder, settle
+from .fixtures import lab_fixture
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("fo"), hosts=("a", "b", "c")) as lab:
-        yield lab
+lab = lab_fixture("fo", hosts=("a", "b", "c"))
 
 
 def test_kill_9_of_master_standby_takes_over_and_dead_agents_vip_expires(lab):

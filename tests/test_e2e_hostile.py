@@ -27,14 +27,13 @@ import socket
 import struct
 import time
 
-import pytest
 
 from hapacs import wire
 from hapacs.states import Flags, State
-from lab import Lab, unique_prefix
 
 from .checks_netns import in_netns
 from .e2e import VIP, make_cluster, one_holder, settle
+from .fixtures import lab_fixture
 
 PORT = 5405
 A, B = "192.0.2.11", "192.0.2.12"
@@ -187,10 +186,7 @@ def hostile_set(spoofed: str, receiver: str, real: bytes, rng: random.Random) ->
 
 # --- the test ----------------------------------------------------------------------------------------
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("ho"), hosts=("a", "b")) as lab:
-        yield lab
+lab = lab_fixture("ho", hosts=("a", "b"))
 
 
 def _drops(cluster, host) -> dict[str, int]:

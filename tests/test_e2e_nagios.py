@@ -13,15 +13,14 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 
 from hapacs.snmp import oids
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
 from lab.dicom import start_storescp
 
 from .e2e import VIP, settle
 from .test_control_permissions import _python_for, accounts  # noqa: F401  (a fixture)
+from .fixtures import lab_fixture
 
 CHECK_SNMP = "/usr/lib/nagios/plugins/check_snmp"
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
@@ -29,12 +28,12 @@ ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "P
 PERFDATA = re.compile(r"peer_pacs-(\w)_last_seen=\d+(\.\d+)?s;;;0 check_pacs-dicom_latency=\d+(\.\d+)?s;;;0")
 
 
-@pytest.fixture
-def lab():
+def require_check_snmp() -> None:
     assert os.access(CHECK_SNMP, os.X_OK), \
         f"{CHECK_SNMP} is missing: install the Debian package monitoring-plugins-standard"
-    with Lab(unique_prefix("ng")) as lab:
-        yield lab
+
+
+lab = lab_fixture("ng", before=require_check_snmp)
 
 
 def start(lab, **extra) -> tuple[AgentCluster, dict]:

@@ -10,24 +10,20 @@ import signal
 import sys
 import time
 
-import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
 from lab.outage import load
 from lab.probe import start_probe
 
 from .e2e import HOLD_ASSOCIATION, VIP, mac_of, neighbour_mac, one_holder, settle
+from .fixtures import lab_fixture
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("op")) as lab:
-        yield lab
+lab = lab_fixture("op")
 
 
 def pacs_cluster(lab, preempt_delay=2.0, pacs: dict | None = None, **kwargs) -> AgentCluster:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
 
 from .e2e import VIP, assert_served, mac_of, neighbour_mac, one_holder, settle
+from .fixtures import lab_fixture
 
 # The "RIS" a node must reach to be MASTER alone: a DICOM server on the workstation side.
 WITNESS = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 104, "called_ae": "RIS",
@@ -26,10 +25,7 @@ ANY_OF_TWO = [{"type": "dicom-echo", "host": "192.0.2.200", "port": 105, "called
               {"type": "tcp", "host": "192.0.2.200", "port": 8080, "interval": 0.5, "timeout": 0.5}]
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("pt"), hosts=("a", "b", "c")) as lab:
-        yield lab
+lab = lab_fixture("pt", hosts=("a", "b", "c"))
 
 
 def cluster_of(lab, hosts, witness=None, quorum=None, **kwargs) -> AgentCluster:

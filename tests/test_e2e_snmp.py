@@ -7,14 +7,13 @@ import os
 import shutil
 import signal
 
-import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
 
 from .e2e import settle
 from .snmp_helpers import MIB_DIRS
+from .fixtures import lab_fixture
 
 NMS = "192.0.2.200"
 SNMP = {
@@ -27,12 +26,12 @@ SNMP = {
 MIBS = ["-m", "HAPACS-MIB:VRRPV3-MIB", "-M", MIB_DIRS]
 
 
-@pytest.fixture
-def lab():
+def require_net_snmp() -> None:
     missing = [t for t in ("snmpwalk", "snmpget", "snmpset", "snmptrapd") if not shutil.which(t)]
     assert not missing, f"install the Debian packages snmp and snmptrapd (missing: {', '.join(missing)})"
-    with Lab(unique_prefix("sn")) as lab:
-        yield lab
+
+
+lab = lab_fixture("sn", before=require_net_snmp)
 
 
 def net_snmp(lab, argv, timeout=15):

@@ -9,7 +9,7 @@ import pytest
 
 from hapacs import wire
 from hapacs.effects import (
-    Announce, HandoverDone, Notice, ProbeWitness, SendAdvert, Stopped,
+    Announce, CommandDone, CommandPending, HandoverDone, Notice, ProbeWitness, SendAdvert, Stopped,
     Transition, Why,
 )
 from hapacs.election import CommandRefused
@@ -623,3 +623,56 @@ def test_only_a_witness_probe_after_the_peers_fell_silent_counts():
     assert sim.nodes["b"].state == B and "b" not in sim.holders(), "took over on a stale witness answer"
     sim.run_until(lambda: sim.nodes["b"].state == M, 0.2, "b MASTER once the fresh answer came")
     assert sim.now - asked >= 0.5
+
+
+# --- operator commands answered by the core, within deadlines it owns (shape issue, behaviour 1) ------
+
+def test_takeover_waits_as_long_as_the_master_may_drain():
+    # drain_timeout 120 s on every node and an association that ends after 100 s: the takeover
+    # is pending with a deadline past the drain, and succeeds when the MASTER hands over.
+    sim = two_nodes(drain_timeout=120.0)
+    sim.nodes["a"].drain_delay_s = 100.0
+    effects = sim.command("b", "takeover")
+    pending = [e for e in effects if isinstance(e, CommandPending)]
+    assert pending and pending[0].command == "takeover"
+    assert pending[0].deadline - sim.now >= 120.0
+    sim.run(99.0)
+    assert sim.masters() == ["a"] and not sim.effects_of("b", CommandDone)
+    sim.run_until(lambda: sim.masters() == ["b"], 2.0, "a hands over once drained")
+    done = sim.effects_of("b", CommandDone)
+    assert [(d.command, d.ok) for d in done] == [("takeover", True)]
+    assert sim.nodes["b"].election.sticky
+
+
+def test_a_takeover_given_up_is_not_carried_out_later():
+    # b's operator gives up waiting (b's own drain_timeout is short): b stops asking, and a,
+    # still draining, abandons the handover instead of moving the VIPs later, unasked.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11", drain_timeout=120.0)
+    sim.add("b", 100, "192.0.2.12", drain_timeout=1.0)
+    sim.run_until(lambda: sim.masters() == ["a"] and sim.nodes["b"].state == B, 2.0, "a elected")
+    sim.run(0.5)
+    sim.nodes["a"].drain_delay_s = 100.0
+    deadline = next(e for e in sim.command("b", "takeover") if isinstance(e, CommandPending)).deadline
+    sim.run(deadline - sim.now + 0.5)
+    done = sim.effects_of("b", CommandDone)
+    assert [(d.command, d.ok) for d in done] == [("takeover", False)]
+    assert "did not hand over within" in done[0].text
+    abandoned = [h for h in sim.effects_of("a", HandoverDone) if not h.ok]
+    assert abandoned and "no longer asks" in abandoned[0].text
+    sim.run(110.0)                         # long past the end of a's drain
+    assert sim.masters() == ["a"] and sim.holders() == ("a",)
+
+
+def test_release_answers_with_a_deadline_that_covers_drain_and_handover():
+    sim = SimCluster()                      # the slowest timers the config allows
+    sim.add("a", 150, "192.0.2.11", interval=10.0)
+    sim.add("b", 100, "192.0.2.12", interval=10.0)
+    sim.run_until(lambda: sim.masters() == ["a"] and sim.nodes["b"].state == B, 60.0, "a elected")
+    sim.run(15.0)
+    effects = sim.command("a", "release", 30.0)
+    pending = next(e for e in effects if isinstance(e, CommandPending))
+    # 30 s of drain, its slack, then up to two peer timeouts (2 x 4 x 10 s) for the successor.
+    assert pending.command == "release" and pending.deadline - sim.now >= 30.0 + 80.0
+    sim.run_until(lambda: sim.masters() == ["b"], 120.0, "b takes over")
+    assert [h.ok for h in sim.effects_of("a", HandoverDone)] == [True]

@@ -19,8 +19,8 @@ from hapacs.config import NotifyConfig
 from hapacs.effects import Notice, Reason, Transition, Why
 from hapacs.notify import BACKLOG, NotifyListener
 from hapacs.states import State
-from lab import Lab, unique_prefix
-from lab.cluster import REPO, AgentCluster
+from lab.cluster import AgentCluster
+from .fixtures import lab_fixture
 
 VIPS = ["192.0.2.100/24", "2001:db8::100/64"]
 
@@ -247,11 +247,7 @@ def test_close_waits_a_bounded_time_then_kills_the_running_script(tmp_path, log)
 # --- real agents ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def lab(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", REPO)
-    with Lab(unique_prefix("nt"), hosts=("a", "b"), workstation=False) as lab:
-        yield lab
+lab = lab_fixture("nt", hosts=("a", "b"), workstation=False)
 
 
 def test_agents_run_the_script_on_real_transitions(lab):

@@ -18,20 +18,16 @@ machine is shared; the bench reports them.
 
 from __future__ import annotations
 
-import pytest
 
 from bench.soak import HOSTS, soak, start_cluster
-from lab import Lab, unique_prefix
+from .fixtures import lab_fixture
 
 FAILOVERS = 40
 CHECK_EVERY = 10
 SLACK = 2
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("sk"), hosts=HOSTS) as lab:
-        yield lab
+lab = lab_fixture("sk", hosts=HOSTS)
 
 
 def test_forty_failovers_in_a_row_leak_no_fd_and_no_thread(lab):

@@ -80,6 +80,7 @@ def test_readme_commands_need_no_sudo():
     assert not [line for block in commands for line in block.splitlines() if line.lstrip().startswith("sudo ")]
 
 
+@pytest.mark.root
 def test_snmp_and_mib_tests_pass_from_a_copy_alone(tmp_path):
     """The SNMP and MIB tests, run inside a copy of the repository in an empty directory, pass
     and skip nothing: they find every MIB module in the copy itself."""

@@ -29,9 +29,9 @@ from hapacs import sdnotify
 from hapacs.effects import Reason, Transition, Why
 from hapacs.states import State
 from hapacs.status import Counters, Status, VipStatus
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
 from lab.dicom import start_storescp
+from .fixtures import lab_fixture
 
 UNIT = Path(REPO) / "systemd" / "hapacs.service"
 VIP = "192.0.2.100"
@@ -161,12 +161,7 @@ def test_notifier_sends_status_on_transition_and_falls_back_when_status_fails(tm
 # --- a real agent talking to a fake systemd ------------------------------------------------
 
 
-@pytest.fixture
-def lab(monkeypatch):
-    require("nsenter", "ip")
-    monkeypatch.setenv("PYTHONPATH", REPO)
-    with Lab(unique_prefix("sd"), hosts=("a",)) as lab:
-        yield lab
+lab = lab_fixture("sd", before=lambda: require("nsenter", "ip"), hosts=("a",))
 
 
 def test_agent_notifies_ready_status_watchdog_and_stopping(lab, monkeypatch):

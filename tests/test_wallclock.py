@@ -32,13 +32,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
 
 from .checks_netns import in_netns
 from .e2e import one_holder
+from .fixtures import lab_fixture
 
 HOSTS = ("a", "b")
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
@@ -139,10 +138,7 @@ def assert_close(seen: float, offset_s: int, what: str) -> None:
         f"{datetime.datetime.fromtimestamp(expected)} (real clock {offset_s:+d} s): the fake clock is not working")
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("wc"), hosts=HOSTS) as lab:
-        yield lab
+lab = lab_fixture("wc", hosts=HOSTS)
 
 
 def test_wall_clock_jumps_change_no_timer_and_a_restart_a_day_back_rejoins(lab):

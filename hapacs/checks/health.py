@@ -44,10 +44,12 @@ This module never reads a clock and never does I/O; the runner passes `now`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from hapacs.config import CheckConfig
 from hapacs.status import CheckStatus
+
+if TYPE_CHECKING:
+    from hapacs.config import CheckConfig
 
 FAST_REPROBE_S = 0.05  # delay before confirming a failure; see the module docstring
 

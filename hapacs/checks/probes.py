@@ -82,7 +82,7 @@ def run_probe(check: CheckConfig, confirming: bool = False) -> ProbeResult:
     connect first: a PACS that is gone refuses it in well under a millisecond,
     where a failed association costs pynetdicom 0.1 s of clean-up.
     """
-    probe = _PROBES.get(check.type)
+    probe = PROBES.get(check.type)
     if probe is None:
         return ProbeResult(False, 0.0, f"unknown check type {check.type!r}")
     if check.type in DICOM_CHECK_TYPES:
@@ -543,7 +543,7 @@ def _dicom_find(check: CheckConfig, deadline: float) -> str:
     return f"C-FIND ok, {matches} match" + ("" if matches == 1 else "es")
 
 
-_PROBES = {
+PROBES = {
     "dicom-echo": _dicom_echo,
     "dicom-find": _dicom_find,
     "tcp": _tcp,

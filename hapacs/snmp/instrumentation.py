@@ -45,47 +45,49 @@ class SnapshotInstrumentation(AbstractMibInstrumController):
 
     def read_variables(self, *var_binds, **context):
         """GET (RFC 3416 4.2.1): the value, or noSuchObject / noSuchInstance."""
-        snapshot = self._snapshot()
-        allowed = context.get("acFun")
-        answer = []
-        for position, (name, _) in enumerate(var_binds):
-            context["idx"] = position
-            oid = tuple(name)
-            value = snapshot.get(oid)
-            if value is None:
-                answer.append((name, noSuchInstance if is_object_type(oid) else noSuchObject))
-                continue
-            syntax = to_pysnmp(value)
-            # acFun returns True when the OID is outside the caller's VACM view.
-            if allowed and allowed("read", (name, syntax), **context):
-                answer.append((name, noSuchObject))
-                continue
-            answer.append((name, syntax))
-        return answer
+        return self._answer(var_binds, context, self._get)
 
     def read_next_variables(self, *var_binds, **context):
         """GETNEXT (RFC 3416 4.2.2): the next readable value, or endOfMibView."""
+        return self._answer(var_binds, context, self._get_next)
+
+    def _answer(self, var_binds, context, one):
+        """One snapshot for the whole PDU; `one(snapshot, name, allowed, context)` per var-bind."""
         snapshot = self._snapshot()
         allowed = context.get("acFun")
         answer = []
         for position, (name, _) in enumerate(var_binds):
             context["idx"] = position
-            oid = tuple(name)
-            while True:
-                found = snapshot.next_after(oid)
-                if found is None:
-                    answer.append((name, endOfMibView))
-                    break
-                oid, value = found
-                next_name, syntax = rfc1902.ObjectName(oid), to_pysnmp(value)
-                try:
-                    if allowed and allowed("read", (next_name, syntax), **context):
-                        continue            # outside the view: skip it
-                except error.NoAccessError:
-                    continue                # a Counter64 asked for over SNMPv1 (RFC 2576 4.1.2.1)
-                answer.append((next_name, syntax))
-                break
+            answer.append(one(snapshot, name, allowed, context))
         return answer
+
+    @staticmethod
+    def _get(snapshot: Snapshot, name, allowed, context):
+        oid = tuple(name)
+        value = snapshot.get(oid)
+        if value is None:
+            return name, noSuchInstance if is_object_type(oid) else noSuchObject
+        syntax = to_pysnmp(value)
+        # acFun returns True when the OID is outside the caller's VACM view.
+        if allowed and allowed("read", (name, syntax), **context):
+            return name, noSuchObject
+        return name, syntax
+
+    @staticmethod
+    def _get_next(snapshot: Snapshot, name, allowed, context):
+        oid = tuple(name)
+        while True:
+            found = snapshot.next_after(oid)
+            if found is None:
+                return name, endOfMibView
+            oid, value = found
+            next_name, syntax = rfc1902.ObjectName(oid), to_pysnmp(value)
+            try:
+                if allowed and allowed("read", (next_name, syntax), **context):
+                    continue            # outside the view: skip it
+            except error.NoAccessError:
+                continue                # a Counter64 asked for over SNMPv1 (RFC 2576 4.1.2.1)
+            return next_name, syntax
 
     def write_variables(self, *var_binds, **context):
         """SET: everything here is read-only."""

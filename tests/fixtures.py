@@ -1,0 +1,22 @@
+"""Fixture factories the test modules share."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from lab import Lab, unique_prefix
+
+
+def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: str = "function", **lab_kwargs):
+    """A `lab` fixture for one test module: a fresh Lab (namespaces named `tag` + pid + counter),
+    removed with every process it started when the test ends, even on failure. `before` runs
+    first, e.g. to fail clearly when a tool is missing."""
+    @pytest.fixture(name="lab", scope=scope)
+    def lab():
+        if before is not None:
+            before()
+        with Lab(unique_prefix(tag), **lab_kwargs) as built:
+            yield built
+    return lab
