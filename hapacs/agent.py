@@ -70,6 +70,7 @@ class Agent:
         self.control: ControlServer | None = None
         self.checks = None            # hapacs.checks.runner.CheckRunner, imported only when configured
         self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
+        self.metrics = None           # hapacs.metrics.MetricsServer, imported only when configured
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -82,6 +83,7 @@ class Agent:
         self._packed: dict[str, bytes] = {}
         self.counts = collections.Counter()
         self.drops = collections.Counter({code: 0 for code in wire.DROP_CODES + ("unknown_sender",)})
+        self.by_reason = collections.Counter()
         self.history: collections.deque[TransitionRecord] = collections.deque(maxlen=HISTORY)
         self.started_at = 0.0
         self._queue: asyncio.Queue | None = None
@@ -178,6 +180,8 @@ class Agent:
                                f"{err.strerror or err}") from None
         if config.snmp is not None:
             await self._start_snmp()
+        if config.metrics is not None:
+            await self._start_metrics()
         self._tasks.append(self.loop.create_task(self._effect_worker(), name="effects"))
         self._tasks.append(self.loop.create_task(self._watch_netlink(), name="netlink"))
         mode = (f"unicast to {', '.join(str(p) for p in config.cluster.peers)}" if config.cluster.unicast
@@ -254,6 +258,15 @@ class Agent:
             raise StartupError(str(err)) from None
         self.listeners.append(self._to_snmp)
 
+    async def _start_metrics(self) -> None:
+        from .metrics import MetricsServer   # prometheus_client only when metrics are configured
+        self.metrics = MetricsServer(self.config.metrics.listen, self.status, logging.getLogger("hapacs.metrics"))
+        try:
+            await self.metrics.start()
+        except OSError as err:
+            raise StartupError(f"cannot listen for metrics on {self.metrics.shown} (metrics.listen): "
+                               f"{err.strerror or err}") from None
+
     def _to_snmp(self, event) -> None:
         """Effects and check changes that an NMS hears about as notifications."""
         if isinstance(event, Transition):
@@ -322,6 +335,8 @@ class Agent:
             await self.control.stop()
         if self.snmp is not None:
             await self.snmp.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         self.announcer.close()
         await self.netlink.close()
 
@@ -524,6 +539,7 @@ class Agent:
             if not waiter.done():
                 waiter.set_result(transition)
         self.counts["transitions"] += 1
+        self.by_reason[transition.reason.code.value] += 1
         if transition.new == State.MASTER:
             self.counts["became_master"] += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -537,6 +553,8 @@ class Agent:
 
     async def _drain(self, effect: StartDrain) -> None:
         result = await self.drainer.drain(effect.timeout_s)
+        self.counts["drains"] += 1
+        self.counts["drain_cut"] += result.cut
         self.last_drain = result
         self.last_drain_end = self.loop.time()
         if self.core.handover is None:
@@ -565,7 +583,8 @@ class Agent:
                             adverts_sent=self.counts["adverts_sent"],
                             adverts_received=self.counts["adverts_received"],
                             split_brains=self.counts["split_brains"], peers_lost=self.counts["peers_lost"],
-                            drops=dict(self.drops))
+                            drains=self.counts["drains"], drain_cut=self.counts["drain_cut"],
+                            drops=dict(self.drops), by_reason=dict(self.by_reason))
         return Status(
             node=self.config.node.name, cluster_id=self.config.cluster.id, state=view.state.name,
             since_s=view.since_s, priority=view.priority, effective_priority=view.effective_priority,
