@@ -264,8 +264,9 @@ class Agent:
         try:
             await self.metrics.start()
         except OSError as err:
+            # asyncio rewords the error; the errno's own text is what operators know.
             raise StartupError(f"cannot listen for metrics on {self.metrics.shown} (metrics.listen): "
-                               f"{err.strerror or err}") from None
+                               f"{os.strerror(err.errno) if err.errno else err}") from None
 
     def _to_snmp(self, event) -> None:
         """Effects and check changes that an NMS hears about as notifications."""
