@@ -47,10 +47,11 @@ MAX_REQUEST_BYTES = 8192      # request line and headers; a scrape needs about 3
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT_S = 10.0      # to send a whole request head once the connection is open
 IDLE_TIMEOUT_S = 60.0         # a kept-alive connection with no request is closed after this
-WRITE_TIMEOUT_S = 10.0
+MAX_UNREAD_BYTES = 1 << 20   # answers a client has not read yet
 
 # Why a request got no page; the label values of hapacs_metrics_bad_requests_total.
-BAD_CAUSES = ("malformed", "too_large", "method", "not_found", "body", "timeout", "too_many_connections")
+BAD_CAUSES = ("malformed", "too_large", "method", "not_found", "body", "timeout", "too_many_connections",
+              "slow_reader")
 
 
 def families(status: Status, scrapes: int = 0,
@@ -210,8 +211,8 @@ class MetricsServer:
         self._status = status
         self._log = log
         self._limited = RateLimited(log)
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.connections: set[_Connection] = set()
         self._page: tuple[float, bytes] | None = None
         self.scrapes = 0
         self.bad_requests: collections.Counter[str] = collections.Counter()
@@ -224,26 +225,26 @@ class MetricsServer:
     def shown(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def bound_port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
     async def start(self) -> None:
         """Bind exactly `listen` (raises OSError); returns when scrapes are answered."""
+        loop = asyncio.get_running_loop()
         # IPv6 listens on IPv6 only (asyncio sets IPV6_V6ONLY): the endpoint is where it was told.
-        self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=MAX_REQUEST_BYTES, reuse_address=True)
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
+                                                reuse_address=True)
         self._log.info("metrics for Prometheus at http://%s%s (read only)", self.shown, PATH)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.connections):
+            connection.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
 
     def page(self) -> bytes:
         """The rendered page, at most SNAPSHOT_TTL_S old."""
@@ -256,73 +257,111 @@ class MetricsServer:
     def _families(self) -> list[Metric]:
         return families(self._status(), self.scrapes, dict(self.bad_requests))
 
-    # --- one connection ---------------------------------------------------------------
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= MAX_CONNECTIONS:
-            self._bad("too_many_connections", writer, f"more than {MAX_CONNECTIONS} connections open")
-            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            writer.close()
-            return
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, OSError, asyncio.TimeoutError):
-            pass
-        except Exception as problem:        # a bug here must cost a connection, never the agent
-            self._limited.warning("metrics-internal", time.monotonic(),
-                                  "metrics: a request failed (%s: %s)", type(problem).__name__, problem)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        timeout = REQUEST_TIMEOUT_S
-        while True:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-            except asyncio.IncompleteReadError as closed:
-                if closed.partial.strip():
-                    self._bad("malformed", writer, "the connection closed in the middle of a request")
-                return
-            except asyncio.LimitOverrunError:
-                await self._refuse(writer, BadRequest(431, "too_large",
-                                                      f"a request head over {MAX_REQUEST_BYTES} bytes"))
-                return
-            except asyncio.TimeoutError:
-                # An idle kept-alive connection just ends; a new one that sends no request is counted.
-                if timeout == REQUEST_TIMEOUT_S:
-                    self._bad("timeout", writer, f"no whole request within {timeout:g} s")
-                return
-            try:
-                method, _path, keep_alive = parse_head(head)
-            except BadRequest as refused:
-                await self._refuse(writer, refused)
-                return
-            body = self.page()
-            self.scrapes += 1
-            await self._send(writer, 200, body, CONTENT_TYPE_PLAIN_0_0_4, keep_alive, head_only=method == "HEAD")
-            if not keep_alive:
-                return
-            timeout = IDLE_TIMEOUT_S
-
-    async def _refuse(self, writer: asyncio.StreamWriter, refused: BadRequest) -> None:
-        self._bad(refused.cause, writer, refused.text)
-        await self._send(writer, refused.code, (refused.text + "\n").encode(), "text/plain; charset=utf-8",
-                         keep_alive=False, allow=refused.allow)
-
-    async def _send(self, writer: asyncio.StreamWriter, code: int, body: bytes, content_type: str,
-                    keep_alive: bool, head_only: bool = False, allow: bool = False) -> None:
-        head = (f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n"
-                + ("Allow: GET, HEAD\r\n" if allow else "") + "\r\n")
-        writer.write(head.encode("latin-1") + (b"" if head_only else body))
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
-
-    def _bad(self, cause: str, writer: asyncio.StreamWriter, text: str) -> None:
+    def bad(self, cause: str, transport: asyncio.BaseTransport, text: str) -> None:
         self.bad_requests[cause] += 1
-        peer = writer.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         source = peer[0] if peer else "?"
         self._limited.warning(f"metrics-{cause}", time.monotonic(), "metrics: refused a request from %s (%s): %s",
                               source, cause, text)
+
+    def failed(self, problem: Exception) -> None:
+        self._limited.warning("metrics-internal", time.monotonic(), "metrics: a request failed (%s: %s)",
+                              type(problem).__name__, problem)
+
+
+def _response(code: int, body: bytes, content_type: str, keep_alive: bool, head_only: bool = False,
+              allow: bool = False) -> bytes:
+    head = (f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n"
+            + ("Allow: GET, HEAD\r\n" if allow else "") + "\r\n")
+    return head.encode("latin-1") + (b"" if head_only else body)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: request heads in, pages out. Callbacks only (no task), one timer.
+
+    A client that sends no whole request within REQUEST_TIMEOUT_S, idles longer than
+    IDLE_TIMEOUT_S between requests, or does not read what it asked for, is dropped.
+    """
+
+    def __init__(self, server: MetricsServer):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.answered = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            self.server.bad("too_many_connections", transport, f"more than {MAX_CONNECTIONS} connections open")
+            transport.write(_response(503, b"", "text/plain", keep_alive=False))
+            transport.close()
+            return
+        self.server.connections.add(self)
+        self._arm(REQUEST_TIMEOUT_S)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.connections.discard(self)
+
+    def _arm(self, delay_s: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay_s, self._timed_out)
+
+    def _timed_out(self) -> None:
+        # An idle kept-alive connection just ends; one that never sent a whole request is counted.
+        if not self.transport.is_closing() and (not self.answered or self.buffer):
+            self.server.bad("timeout", self.transport, f"no whole request within {REQUEST_TIMEOUT_S:g} s")
+        self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        try:
+            self.buffer += data
+            self._answer()
+        except Exception as problem:        # a bug here must cost a connection, never the agent
+            self.server.failed(problem)
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        if self.buffer.strip():
+            self.server.bad("malformed", self.transport, "the connection closed in the middle of a request")
+        return False                         # close our side too
+
+    def _answer(self) -> None:
+        while not self.transport.is_closing():
+            end = self.buffer.find(b"\r\n\r\n", 0, MAX_REQUEST_BYTES)
+            if end < 0:
+                if len(self.buffer) >= MAX_REQUEST_BYTES:
+                    self._refuse(BadRequest(431, "too_large", f"a request head over {MAX_REQUEST_BYTES} bytes"))
+                return
+            head, self.buffer = self.buffer[:end + 4], self.buffer[end + 4:]
+            try:
+                method, _path, keep_alive = parse_head(head)
+            except BadRequest as refused:
+                self._refuse(refused)
+                return
+            body = self.server.page()
+            self.server.scrapes += 1
+            self.answered += 1
+            self.transport.write(_response(200, body, CONTENT_TYPE_PLAIN_0_0_4, keep_alive,
+                                           head_only=method == "HEAD"))
+            if not keep_alive:
+                self.transport.close()
+                return
+            if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+                # Pipelined requests whose answers are not read: memory, not a scrape.
+                self.server.bad("slow_reader", self.transport, "does not read the pages it asks for")
+                self.transport.abort()
+                return
+            self._arm(IDLE_TIMEOUT_S)
+
+    def _refuse(self, refused: BadRequest) -> None:
+        self.server.bad(refused.cause, self.transport, refused.text)
+        self.transport.write(_response(refused.code, (refused.text + "\n").encode(), "text/plain; charset=utf-8",
+                                       keep_alive=False, allow=refused.allow))
+        self.transport.close()

@@ -208,7 +208,7 @@ class Endpoint:
 
     async def __aenter__(self):
         await self.server.start()
-        self.port = self.server._server.sockets[0].getsockname()[1]
+        self.port = self.server.bound_port
         return self
 
     async def __aexit__(self, *exc):
