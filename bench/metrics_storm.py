@@ -1,9 +1,10 @@
 """Prometheus scrape storm: what 100 scrapes a second for 10 s do to the MASTER's heartbeats.
 
-Two agents with metrics.listen in the lab. First an idle window (no scrape) of
-the same length as the baseline, then the storm: the workstation scrapes the
+Two agents with metrics.listen in the lab. First an idle window (no scrape) as
+long as the storm, as the baseline; then the storm: the workstation scrapes the
 MASTER's /metrics RATE times a second for SECONDS, each scrape on a new TCP
-connection (harsher than Prometheus, which keeps its connection). Reported:
+connection (harsher than Prometheus, which keeps its connection; --keep-alive
+does as Prometheus). Reported:
 - CPU per scrape: the MASTER agent's CPU time during the storm, less its idle
   rate over the same time, divided by the scrapes answered;
 - the MASTER's timer lateness during the storm (the agent records every firing
@@ -70,13 +71,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="scrapes a second (at most 1000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="storm length (at most 60)")
     parser.add_argument("--realtime", action="store_true", help="agents SCHED_RR, as under the systemd unit")
+    parser.add_argument("--keep-alive", action="store_true", help="all scrapes on one connection, as Prometheus")
     parser.add_argument("--json")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/metrics_storm.py: run as root", file=sys.stderr)
         return 1
     rate, seconds = min(args.rate, 1000.0), min(args.seconds, 60.0)
-    figures: dict = {"rate": rate, "seconds": seconds, "realtime": args.realtime}
+    figures: dict = {"rate": rate, "seconds": seconds, "realtime": args.realtime, "keep_alive": args.keep_alive}
     with Lab(unique_prefix("pb")) as lab:
         cluster = AgentCluster(lab, realtime=args.realtime)
         for host, priority in (("a", 150), ("b", 100)):
@@ -94,7 +96,8 @@ def main() -> int:
         figures["idle"] = idle
 
         start = snapshot(cluster)
-        out = lab.exec("ws", [sys.executable, PROBE, "storm", url, str(rate), str(seconds)], timeout=seconds + 30)
+        out = lab.exec("ws", [sys.executable, PROBE, "storm", url, str(rate), str(seconds)]
+                       + (["keep-alive"] if args.keep_alive else []), timeout=seconds + 30)
         storm_client = json.loads(out.stdout)
         storm = window(start, snapshot(cluster))
         idle_rate = idle["cpu_s"] / idle["seconds"]
@@ -108,7 +111,8 @@ def main() -> int:
     def late(w: dict) -> str:
         return "under 5 ms" if w["late_ms_max"] is None else f"{w['late_ms_max']:.1f} ms"
 
-    print(f"page {figures['page_bytes']} bytes; agents {'SCHED_RR' if args.realtime else 'normal scheduling'}")
+    print(f"page {figures['page_bytes']} bytes; agents {'SCHED_RR' if args.realtime else 'normal scheduling'}; "
+          f"{'one kept-alive connection' if args.keep_alive else 'a new connection per scrape'}")
     print(f"idle {idle['seconds']:.1f} s: CPU {100 * figures['idle_cpu_share']:.2f} % of one core; timer lateness "
           f"{late(idle)}; heartbeats sent {idle['heartbeats_sent_by_master']}, received by the peer "
           f"{idle['heartbeats_received_by_peer']}")

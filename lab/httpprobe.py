@@ -9,8 +9,10 @@ it runs by file path. It prints one JSON object on stdout.
                                            connection); the first answer line of each
     httpprobe.py query BASE_URL EXPR            a Prometheus instant query: the result list
     httpprobe.py alerts BASE_URL                Prometheus's active alerts
-    httpprobe.py storm URL RATE SECONDS         scrape RATE times a second for SECONDS, each on a new
-                                           connection; bounded in count (RATE x SECONDS) and time
+    httpprobe.py storm URL RATE SECONDS [keep-alive]
+                                           scrape RATE times a second for SECONDS, each on a new
+                                           connection (or all on one, as Prometheus does); bounded
+                                           in count (RATE x SECONDS) and time
 """
 
 import http.client
@@ -69,8 +71,9 @@ def alerts(base: str) -> dict:
     return {"alerts": answer.get("data", {}).get("alerts", [])}
 
 
-def storm(url: str, rate: float, seconds: float) -> dict:
+def storm(url: str, rate: float, seconds: float, keep_alive: bool = False) -> dict:
     parts = urllib.parse.urlsplit(url)
+    connection = None
     total = min(int(rate * seconds), MAX_STORM)
     start = time.monotonic()
     latencies, errors, statuses = [], 0, {}
@@ -83,15 +86,21 @@ def storm(url: str, rate: float, seconds: float) -> dict:
             break
         begin = time.monotonic()
         try:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT_S)
+            if connection is None:
+                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT_S)
             connection.request("GET", parts.path)
             response = connection.getresponse()
             response.read()
             statuses[response.status] = statuses.get(response.status, 0) + 1
-            connection.close()
+            if not keep_alive:
+                connection.close()
+                connection = None
             latencies.append(time.monotonic() - begin)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             errors += 1
+            if connection is not None:
+                connection.close()
+                connection = None
     latencies.sort()
     return {"scrapes": len(latencies), "errors": errors, "statuses": statuses,
             "elapsed_s": time.monotonic() - start,
@@ -101,7 +110,7 @@ def storm(url: str, rate: float, seconds: float) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    command, args = argv[0], argv[1:]
+    command, args = (argv[0], argv[1:]) if argv else ("help", [])
     if command == "get":
         out = get(args[0], args[1] if len(args) > 1 else "GET")
     elif command == "raw":
@@ -111,7 +120,7 @@ def main(argv: list[str]) -> int:
     elif command == "alerts":
         out = alerts(args[0])
     elif command == "storm":
-        out = storm(args[0], float(args[1]), float(args[2]))
+        out = storm(args[0], float(args[1]), float(args[2]), args[3:4] == ["keep-alive"])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -143,6 +143,25 @@ def test_endpoint_binds_where_told_is_read_only_and_shrugs_off_garbage(lab):
         # At most one line per cause every 10 s: the flood does not flood the log.
         assert 1 <= len(refusals) <= 8, refusals
         assert "Traceback" not in open(cluster.log_path("a")).read()
+
+        # Moving the endpoint needs a restart: a reload that tries is refused and changes nothing.
+        cluster.specs["a"].extra["metrics"] = {"listen": f"192.0.2.11:{PORT + 1}"}
+        cluster.write("a")
+        reload = cluster.cli("a", "reload")
+        assert reload.returncode == 1 and "changing metrics.listen needs a restart" in reload.stderr, reload
+        assert probe(lab, "ws", "get", url)["status"] == 200
+
+        # A planned release shows as a drain and as transitions by reason, on both nodes.
+        assert cluster.cli("a", "release", "--drain-timeout", "2").returncode == 0
+        settle(lab, cluster, "b")
+
+        def counted(body: str) -> bool:
+            return ('hapacs_drains_total{cluster_id="51",node="pacs-a"} 1.0' in body
+                    and 'hapacs_transitions_total{cluster_id="51",node="pacs-a",reason="handed-over"} 1.0' in body
+                    and 'hapacs_state{cluster_id="51",node="pacs-a",state="BACKUP"} 1.0' in body)
+        lab.wait_for(lambda: counted(probe(lab, "ws", "get", url)["body"]), 5, interval=0.2,
+                     what="the release in pacs-a's metrics")
+        assert cluster.status("b")["transitions_by_reason"].get("handover-to-me") == 1
     finally:
         print(cluster.logs())
 

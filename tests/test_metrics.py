@@ -246,7 +246,7 @@ def test_get_serves_the_page_and_keeps_the_connection_alive():
     run(scenario())
 
 
-def test_refuses_writes_and_garbage_changes_nothing_and_logs_little(caplog):
+def test_refuses_writes_and_garbage_changes_nothing_and_logs_little(caplog, monkeypatch):
     async def scenario():
         async with Endpoint() as endpoint:
             before = endpoint.server.page()
@@ -280,7 +280,7 @@ def test_refuses_writes_and_garbage_changes_nothing_and_logs_little(caplog):
             # Still serving, and nothing changed: the same snapshot renders the same page.
             ok = await endpoint.exchange(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
             assert ok.startswith(b"HTTP/1.1 200 OK")
-            await asyncio.sleep(metrics.SNAPSHOT_TTL_S)   # let the cached page expire: a fresh render
+            monkeypatch.setattr(metrics, "SNAPSHOT_TTL_S", 0.0)   # a fresh render, not the cached page
             after = samples(endpoint.server.page())
             assert after[("hapacs_metrics_bad_requests_total",
                           (("cause", "method"), ("cluster_id", "51"), ("node", "pacs-a")))] == 53
@@ -312,3 +312,44 @@ def test_sample_config_documents_metrics():
     assert "# metrics:" in sample and 'listen: "127.0.0.1:9641"' in sample
     readme = (REPO / "README.md").read_text()
     assert "## Prometheus" in readme and "hapacs-rules.yml" in readme
+
+
+def test_silent_idle_crowding_and_unread_clients_are_dropped(monkeypatch):
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(metrics, "IDLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(metrics, "MAX_UNREAD_BYTES", 100_000)
+
+    async def scenario():
+        async with Endpoint() as endpoint:
+            # Silent: closed after REQUEST_TIMEOUT_S and counted; idle after a scrape: closed, not counted.
+            silent_reader, _ = await asyncio.open_connection("127.0.0.1", endpoint.port)
+            assert await asyncio.wait_for(silent_reader.read(), 5) == b""
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+            idle_writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert (await asyncio.wait_for(idle_reader.read(), 5)).startswith(b"HTTP/1.1 200 OK")
+            assert endpoint.server.bad_requests["timeout"] == 1 and endpoint.server.scrapes == 1
+            # Crowding: the connection over MAX_CONNECTIONS gets 503 at once.
+            held = [await asyncio.open_connection("127.0.0.1", endpoint.port) for _ in range(3)]
+            crowded, _ = await asyncio.open_connection("127.0.0.1", endpoint.port)
+            assert (await asyncio.wait_for(crowded.read(), 5)).startswith(b"HTTP/1.1 503")
+            assert endpoint.server.bad_requests["too_many_connections"] == 1
+            for _, writer in held:
+                writer.close()
+            await until(lambda: not endpoint.server.connections)
+            # Pipelined requests whose answers are never read: dropped, not buffered without end.
+            reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n" * 3000)
+            await writer.drain()
+            await until(lambda: endpoint.server.bad_requests["slow_reader"] == 1)
+            await until(lambda: not endpoint.server.connections)   # aborted: its buffer is gone
+            writer.close()
+    run(scenario())
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Poll the server's state (on this loop) until `condition` holds; fail after timeout_s."""
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout_s)
