@@ -95,11 +95,14 @@ def main() -> int:
         idle = window(idle_start, snapshot(cluster))
         figures["idle"] = idle
 
+        load_before = os.getloadavg()[0]
         start = snapshot(cluster)
         out = lab.exec("ws", [sys.executable, PROBE, "storm", url, str(rate), str(seconds)]
                        + (["keep-alive"] if args.keep_alive else []), timeout=seconds + 30)
         storm_client = json.loads(out.stdout)
         storm = window(start, snapshot(cluster))
+        # Other work on the host shows here: a loaded host delays every process's timers.
+        figures["host_load_1min"] = (round(load_before, 2), round(os.getloadavg()[0], 2))
         idle_rate = idle["cpu_s"] / idle["seconds"]
         scrapes = storm_client["scrapes"]
         storm["client"] = storm_client
@@ -112,7 +115,9 @@ def main() -> int:
         return "under 5 ms" if w["late_ms_max"] is None else f"{w['late_ms_max']:.1f} ms"
 
     print(f"page {figures['page_bytes']} bytes; agents {'SCHED_RR' if args.realtime else 'normal scheduling'}; "
-          f"{'one kept-alive connection' if args.keep_alive else 'a new connection per scrape'}")
+          f"{'one kept-alive connection' if args.keep_alive else 'a new connection per scrape'}; host load "
+          f"average {figures['host_load_1min'][0]} before the storm, {figures['host_load_1min'][1]} after "
+          f"({os.cpu_count()} CPUs)")
     print(f"idle {idle['seconds']:.1f} s: CPU {100 * figures['idle_cpu_share']:.2f} % of one core; timer lateness "
           f"{late(idle)}; heartbeats sent {idle['heartbeats_sent_by_master']}, received by the peer "
           f"{idle['heartbeats_received_by_peer']}")
