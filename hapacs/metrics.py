@@ -4,10 +4,10 @@ Imported only when `metrics.listen` is configured; prometheus_client is imported
 nowhere else. `families()` turns one frozen Status (the object `hapacs status`,
 the control socket and SNMP render) into metric families, so the metrics never
 disagree with the status. `MetricsServer` answers `GET /metrics` (and HEAD) on
-the agent's own event loop: the loop owns the state, so the snapshot is never
-read half-changed, and a scrape is a few hundred microseconds of the loop's
-time. The rendered page is kept for SNAPSHOT_TTL_S, so a storm of scrapes
-costs a parse and a write each, not a render.
+the agent's own event loop, in callbacks (no thread, no task per request):
+the loop owns the state, so the snapshot is never read half-changed. The
+rendered page is kept for SNAPSHOT_TTL_S, so a storm of scrapes costs a parse
+and a write each (well under a millisecond of CPU), not a render.
 
 What this module must never do: change the agent (every request only reads),
 block the loop, or let a request crash the agent or flood the log. Anything
@@ -164,13 +164,15 @@ def render(status: Status) -> bytes:
 
 
 class BadRequest(Exception):
+    """A request answered without a page: the HTTP status, the counter's cause, one sentence."""
+
     def __init__(self, code: int, cause: str, text: str, allow: bool = False):
         super().__init__(text)
         self.code, self.cause, self.text, self.allow = code, cause, text, allow
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 def parse_head(head: bytes) -> tuple[str, str, bool]:
@@ -204,8 +206,7 @@ def parse_head(head: bytes) -> tuple[str, str, bool]:
 class MetricsServer:
     """HTTP for Prometheus on the agent's loop: `await start()`, `await stop()`."""
 
-    def __init__(self, listen: tuple[str, int], status: Callable[[], Status], log: logging.Logger,
-                 process_metrics: bool = True):
+    def __init__(self, listen: tuple[str, int], status: Callable[[], Status], log: logging.Logger):
         """`status` is called on the loop at most every SNAPSHOT_TTL_S; it must only read memory."""
         self.host, self.port = listen
         self._status = status
@@ -218,8 +219,7 @@ class MetricsServer:
         self.bad_requests: collections.Counter[str] = collections.Counter()
         self._registry = CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
         self._registry.register(_Families(self._families))
-        if process_metrics:
-            ProcessCollector(registry=self._registry)   # process_cpu_seconds_total, memory, open fds
+        ProcessCollector(registry=self._registry)   # process_cpu_seconds_total, memory, open fds
 
     @property
     def shown(self) -> str:
