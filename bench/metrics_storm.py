@@ -10,6 +10,7 @@ does as Prometheus). Reported:
 - the MASTER's timer lateness during the storm (the agent records every firing
   more than 5 ms late with its time; below that, "under 5 ms") and its last-minute
   maximum, against the idle window's;
+- the same lateness on the BACKUP, which is not scraped: the control for the host's own load;
 - heartbeats the MASTER sent and its peer received during the storm, peers lost
   and transitions on both nodes (targets: no heartbeat missed, no transition).
 
@@ -36,9 +37,10 @@ PROBE = os.path.join(ROOT, "lab", "httpprobe.py")
 PORT = 9641
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process: system is mostly the kernel's TCP work."""
     times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    return times.user, times.system
 
 
 def snapshot(cluster) -> dict:
@@ -49,13 +51,20 @@ def snapshot(cluster) -> dict:
 def window(before: dict, after: dict) -> dict:
     """What happened between two snapshots."""
     a0, a1, b0, b1 = before["a"], after["a"], before["b"], after["b"]
-    late = [ms for at, ms in a1["timer_late_ms"]["recent"] if before["at"] <= at <= after["at"]]
+    def late_during(status: dict) -> list[float]:
+        return [ms for at, ms in status["timer_late_ms"]["recent"] if before["at"] <= at <= after["at"]]
+    late, control = late_during(a1), late_during(b1)
     return {
         "seconds": round(after["at"] - before["at"], 3),
-        "cpu_s": round(after["cpu"] - before["cpu"], 4),
+        "cpu_s": round(sum(after["cpu"]) - sum(before["cpu"]), 4),
+        "cpu_user_s": round(after["cpu"][0] - before["cpu"][0], 4),
+        "cpu_system_s": round(after["cpu"][1] - before["cpu"][1], 4),
         "late_ms_max": max(late) if late else None,          # None: no firing more than 5 ms late
         "late_firings_over_5ms": len(late),
         "late_ms_last_minute": a1["timer_late_ms"]["last_minute"],
+        # The BACKUP is not scraped: when it is late too, the host was busy, not the endpoint.
+        "control_late_ms_max": max(control) if control else None,
+        "control_late_firings_over_5ms": len(control),
         "heartbeats_sent_by_master": a1["counters"]["adverts_sent"] - a0["counters"]["adverts_sent"],
         "heartbeats_received_by_peer": b1["counters"]["adverts_received"] - b0["counters"]["adverts_received"],
         "peers_lost": (a1["counters"]["peers_lost"] - a0["counters"]["peers_lost"])
@@ -111,8 +120,8 @@ def main() -> int:
         figures["storm"] = storm
         figures["idle_cpu_share"] = round(idle_rate, 4)
 
-    def late(w: dict) -> str:
-        return "under 5 ms" if w["late_ms_max"] is None else f"{w['late_ms_max']:.1f} ms"
+    def late(w: dict, key: str = "late_ms_max") -> str:
+        return "under 5 ms" if w[key] is None else f"{w[key]:.1f} ms"
 
     print(f"page {figures['page_bytes']} bytes; agents {'SCHED_RR' if args.realtime else 'normal scheduling'}; "
           f"{'one kept-alive connection' if args.keep_alive else 'a new connection per scrape'}; host load "
@@ -126,9 +135,11 @@ def main() -> int:
           f"statuses {client['statuses']}), latency median {client['latency_ms_median']:.2f} ms, "
           f"p99 {client['latency_ms_p99']:.2f} ms, max {client['latency_ms_max']:.2f} ms")
     print(f"  MASTER CPU {100 * storm['cpu_share_during']:.2f} % of one core during the storm; "
-          f"{storm['cpu_per_scrape_ms']:.3f} ms of CPU per scrape (idle rate subtracted)")
+          f"{storm['cpu_per_scrape_ms']:.3f} ms of CPU per scrape (idle rate subtracted); user "
+          f"{storm['cpu_user_s']:.2f} s, system {storm['cpu_system_s']:.2f} s during the storm")
     print(f"  MASTER timer lateness during the storm {late(storm)} ({storm['late_firings_over_5ms']} firings over "
-          f"5 ms); last minute {storm['late_ms_last_minute']:.1f} ms")
+          f"5 ms); last minute {storm['late_ms_last_minute']:.1f} ms; the BACKUP's (not scraped, the control) "
+          f"{late(storm, 'control_late_ms_max')} ({storm['control_late_firings_over_5ms']} firings over 5 ms)")
     print(f"  heartbeats sent by the MASTER {storm['heartbeats_sent_by_master']}, received by its peer "
           f"{storm['heartbeats_received_by_peer']}; peers lost {storm['peers_lost']}; transitions "
           f"{storm['transitions']}; states {storm['states'][0]}/{storm['states'][1]}")
