@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -298,12 +297,21 @@ def test_binds_only_where_told_and_a_taken_port_is_an_error():
             # 127.0.0.2 is this host too (all of 127/8 is on lo), but not where the server was told.
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection("127.0.0.2", endpoint.port)
-            if socket.has_ipv6:
-                with pytest.raises(OSError):
-                    await asyncio.open_connection("::1", endpoint.port)
+            with pytest.raises(OSError):
+                await asyncio.open_connection("::1", endpoint.port)
             second = metrics.MetricsServer(("127.0.0.1", endpoint.port), make_status, endpoint.log)
             with pytest.raises(OSError):
                 await second.start()
+        # IPv6 means IPv6 only: "[::]" would not take IPv4 connections either.
+        six = metrics.MetricsServer(("::1", 0), make_status, logging.getLogger("test"))
+        await six.start()
+        try:
+            _, writer = await asyncio.open_connection("::1", six.bound_port)
+            writer.close()
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", six.bound_port)
+        finally:
+            await six.stop()
     run(scenario())
 
 
