@@ -57,6 +57,7 @@ class Agent:
         self.control: ControlServer | None = None
         self.checks = None            # hapacs.checks.runner.CheckRunner, imported only when configured
         self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
+        self.metrics = None           # hapacs.metrics.MetricsServer, imported only when configured
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -122,6 +123,8 @@ class Agent:
         await self._open_sockets()
         if config.snmp is not None:
             await self._start_snmp()
+        if config.metrics is not None:
+            await self._start_metrics()
         self.start_task(self.effects.worker(), "effects")
         self.start_task(self._watch_netlink(), "netlink")
         mode = (f"unicast to {', '.join(str(p) for p in config.cluster.peers)}" if config.cluster.unicast
@@ -209,6 +212,16 @@ class Agent:
             raise StartupError(str(err)) from None
         self.effects.listeners.append(self._to_snmp)
 
+    async def _start_metrics(self) -> None:
+        from .metrics import MetricsServer   # prometheus_client only when metrics are configured
+        self.metrics = MetricsServer(self.config.metrics.listen, self.status, logging.getLogger("hapacs.metrics"))
+        try:
+            await self.metrics.start()
+        except OSError as err:
+            # asyncio rewords the error; the errno's own text is what operators know.
+            raise StartupError(f"cannot listen for metrics on {self.metrics.shown} (metrics.listen): "
+                               f"{os.strerror(err.errno) if err.errno else err}") from None
+
     def _to_snmp(self, event) -> None:
         """Effects and check changes that an NMS hears about as notifications."""
         if isinstance(event, Transition):
@@ -277,6 +290,8 @@ class Agent:
             await self.control.stop()
         if self.snmp is not None:
             await self.snmp.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         self.announcer.close()
         await self.netlink.close()
 
@@ -378,8 +393,6 @@ class Agent:
                     log.warning("link %s lost (%s)", link.name, link.state)
                     self.feed(lambda now: self.core.set_fault(
                         f"link:{link.name}", f"link {link.name} down ({link.state})", now))
-
-    # --- carrying out effects ---------------------------------------------------------
 
     # --- status -----------------------------------------------------------------------------
 

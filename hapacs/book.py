@@ -27,6 +27,7 @@ class StatusBook:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter({cause: 0 for cause in DROP_CAUSES})
+        self.by_reason: collections.Counter[str] = collections.Counter()   # transitions by reason code
         self.history: collections.deque[TransitionRecord] = collections.deque(maxlen=HISTORY)
         self.late = LatenessMeter()
         self.last_drain: DrainResult | None = None
@@ -44,6 +45,8 @@ class StatusBook:
 
     def drained(self, result: DrainResult, now: float) -> None:
         self.last_drain, self.last_drain_end = result, now
+        self.counts["drains"] += 1
+        self.counts["drain_cut"] += result.cut
 
     def effect(self, effect, now: float) -> None:
         """Count what the core decided (called for every effect carried out)."""
@@ -55,6 +58,7 @@ class StatusBook:
             self.counts["split_brains"] += 1
         elif isinstance(effect, Transition):
             self.counts["transitions"] += 1
+            self.by_reason[effect.reason.code.value] += 1
             if effect.new == State.MASTER:
                 self.counts["became_master"] += 1
             at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -68,7 +72,8 @@ class StatusBook:
         return Counters(transitions=counts["transitions"], became_master=counts["became_master"],
                         adverts_sent=counts["adverts_sent"], adverts_received=counts["adverts_received"],
                         split_brains=counts["split_brains"], peers_lost=counts["peers_lost"],
-                        drops=dict(self.drops))
+                        drains=counts["drains"], drain_cut=counts["drain_cut"],
+                        drops=dict(self.drops), by_reason=dict(self.by_reason))
 
     def drain_record(self) -> dict | None:
         drain = self.last_drain

@@ -19,7 +19,7 @@ from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
     interface_name, ip_address, list_of, listen_address, name_text, number,
-    absolute_path, port, text, vip_address, command_line, url,
+    absolute_path, port, text, vip_address, command_line, url, tcp_endpoint,
 )
 from .yamlsource import Problem
 
@@ -27,6 +27,7 @@ DEFAULT_PATH = "/etc/hapacs/hapacs.yaml"
 DEFAULT_SOCKET = "/run/hapacs/hapacs.sock"
 DEFAULT_MULTICAST_GROUP = "239.255.54.5"
 DEFAULT_MULTICAST_GROUP6 = "ff02::1:5405"
+DEFAULT_METRICS_PORT = 9641
 
 WITNESS_TYPES = ("tcp", "dicom-echo")
 QUERY_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -157,6 +158,11 @@ class HandoverConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int]     # Prometheus text format at http://listen/metrics
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str
     group: str | None
@@ -173,6 +179,7 @@ class Config:
     snmp: SnmpConfig | None
     control: ControlConfig
     handover: HandoverConfig
+    metrics: MetricsConfig | None = None
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
@@ -228,10 +235,11 @@ def _build(ctx: Context) -> Config | None:
     snmp = _snmp(ctx, top.section("snmp")) if "snmp" in top else None
     control = _control(ctx, top.section("control"))
     handover = _handover(top.section("handover"))
+    metrics = _metrics(top.section("metrics"))
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics)
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:
@@ -476,6 +484,14 @@ def _handover(sec: Section) -> HandoverConfig:
         sec.problem("drain_ports", "lists the same port twice")
     return HandoverConfig(tuple(ports) if ports is not INVALID else (), drain if drain is not INVALID else timing.DEFAULT_DRAIN_TIMEOUT_S,
                           shutdown if shutdown is not INVALID else 5.0, hold if hold is not INVALID else True)
+
+
+def _metrics(sec: Section) -> MetricsConfig | None:
+    listen = sec.take("listen", tcp_endpoint(DEFAULT_METRICS_PORT), default=None)
+    sec.done()
+    if listen in (None, INVALID):
+        return None
+    return MetricsConfig(listen)
 
 
 def _control(ctx: Context, sec: Section) -> ControlConfig:

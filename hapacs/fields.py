@@ -300,6 +300,41 @@ def listen_address(ctx, located, path):
     return host, number_
 
 
+def tcp_endpoint(default_port: int):
+    """One ADDRESS:PORT to listen on (IPv6 in brackets); a bare address takes `default_port`."""
+    example = f"127.0.0.1:{default_port} or [::1]:{default_port}"
+
+    def read(ctx, located, path):
+        if located.kind == "seq":
+            return ctx.bad(located, path, f"must be one ADDRESS:PORT such as {example}, not a list")
+        value = _string(ctx, located, path)
+        if value is INVALID:
+            return value
+        if value.startswith("["):
+            host, closing, rest = value[1:].partition("]")
+            if not closing or (rest and not rest.startswith(":")):
+                return ctx.bad(located, path, f"{value!r} is not ADDRESS:PORT; write it as {example}")
+            port_text = rest[1:] if rest else str(default_port)
+        elif value.count(":") > 1:
+            return ctx.bad(located, path, f"{value!r}: write an IPv6 address in brackets, "
+                           f"such as [::1]:{default_port}")
+        else:
+            host, colon, port_text = value.partition(":")
+            port_text = port_text if colon else str(default_port)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return ctx.bad(located, path, f"{host!r} is not an IP address of this host; allowed: ADDRESS:PORT "
+                           f"with an IP address (no host name), such as {example}")
+        if address.is_multicast:
+            return ctx.bad(located, path, f"{address} is a multicast address; give one of this host's "
+                           f"addresses, such as {example}")
+        if not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            return ctx.bad(located, path, f"{port_text!r} is not a port; allowed: 1 to 65535")
+        return str(address), int(port_text)
+    return read
+
+
 def command_line(ctx, located, path):
     if located.kind == "seq":
         parts = [item.value for item in located.value]

@@ -16,6 +16,7 @@ _FIXED = (
     ("unicast or multicast (cluster.peers given or not)", lambda c: c.cluster.unicast),
     ("control", lambda c: c.control),
     ("snmp", lambda c: c.snmp),
+    ("metrics.listen", lambda c: c.metrics),
 )
 
 

@@ -55,7 +55,10 @@ class Counters:
     adverts_received: int = 0
     split_brains: int = 0
     peers_lost: int = 0
+    drains: int = 0                  # handover drains finished
+    drain_cut: int = 0               # DICOM associations still open when a drain ended (cut)
     drops: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)   # transitions by reason code
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,9 @@ class Status:
             "transitions": [{"at": t.at, "from": t.old, "to": t.new, "reason": t.reason, "code": t.code,
                              "monotonic": round(t.monotonic, 6)}
                             for t in self.transitions],
-            "counters": {k: v for k, v in asdict(self.counters).items() if k != "drops"},
+            "counters": {k: v for k, v in asdict(self.counters).items() if k not in ("drops", "by_reason")},
             "drops": dict(self.counters.drops),
+            "transitions_by_reason": dict(self.counters.by_reason),
             "sticky": self.sticky, "faults": list(self.faults), "alone": self.alone,
             "handover_target": self.handover_target, "master_address": self.master_address,
             "address": self.address, "interface": self.interface,
