@@ -54,74 +54,104 @@ BAD_CAUSES = ("malformed", "too_large", "method", "not_found", "body", "timeout"
               "slow_reader")
 
 
+class _Page:
+    """Metric families being built; every series carries the node and cluster_id labels."""
+
+    def __init__(self, status: Status) -> None:
+        base = {"node": status.node, "cluster_id": str(status.cluster_id)}
+        self.names, self.values = list(base), list(base.values())
+        self.out: list[Metric] = []
+
+    def add(self, kind, name: str, text: str, value: float | None = None, labels: Iterable[tuple] = (),
+            label_names: tuple[str, ...] = ()) -> None:
+        family = kind(name, text, labels=self.names + list(label_names))
+        if value is not None:
+            family.add_metric(self.values, value)
+        for *extra, sample in labels:
+            family.add_metric(self.values + list(extra), sample)
+        self.out.append(family)
+
+    def gauge(self, *args, **kwargs) -> None:
+        self.add(GaugeMetricFamily, *args, **kwargs)
+
+    def counter(self, *args, **kwargs) -> None:
+        self.add(CounterMetricFamily, *args, **kwargs)
+
+
+def _flag(value: bool) -> float:
+    return 1.0 if value else 0.0
+
+
 def families(status: Status, scrapes: int = 0,
              bad_requests: dict[str, int] | None = None) -> list[Metric]:
     """The metric families of one status snapshot (and of the metrics server's own counts)."""
-    base = {"node": status.node, "cluster_id": str(status.cluster_id)}
-    names, values = list(base), list(base.values())
-    out: list[Metric] = []
+    page = _Page(status)
+    _node(page, status)
+    _peers_and_checks(page, status)
+    _counters(page, status)
+    page.counter("hapacs_metrics_scrapes_total", "Pages served at /metrics.", scrapes)
+    page.counter("hapacs_metrics_bad_requests_total",
+                 "Requests to the metrics port answered without a page, by cause.",
+                 labels=[(cause, (bad_requests or {}).get(cause, 0)) for cause in BAD_CAUSES],
+                 label_names=("cause",))
+    return page.out
 
-    def gauge(name: str, text: str, value: float | None = None, labels: Iterable[tuple] = (),
-              label_names: tuple[str, ...] = ()) -> None:
-        family = GaugeMetricFamily(name, text, labels=names + list(label_names))
-        if value is not None:
-            family.add_metric(values, value)
-        for *extra, sample in labels:
-            family.add_metric(values + list(extra), sample)
-        out.append(family)
 
-    def counter(name: str, text: str, value: float | None = None, labels: Iterable[tuple] = (),
-                label_names: tuple[str, ...] = ()) -> None:
-        family = CounterMetricFamily(name, text, labels=names + list(label_names))
-        if value is not None:
-            family.add_metric(values, value)
-        for *extra, sample in labels:
-            family.add_metric(values + list(extra), sample)
-        out.append(family)
-
-    def flag(value: bool) -> float:
-        return 1.0 if value else 0.0
-
+def _node(page: _Page, status: Status) -> None:
+    gauge = page.gauge
     gauge("hapacs_info", "Always 1: this agent's version, heartbeat address and interface.",
           labels=[(status.version, status.address or "", status.interface, 1.0)],
           label_names=("version", "address", "interface"))
     gauge("hapacs_state", "1 for this node's current state, 0 for the others (FAULT: unhealthy, holds no VIP).",
-          labels=[(s, flag(status.state == s)) for s in STATES], label_names=("state",))
+          labels=[(s, _flag(status.state == s)) for s in STATES], label_names=("state",))
     gauge("hapacs_time_in_state_seconds", "Seconds since this node entered its current state.", status.since_s)
     gauge("hapacs_priority", "Configured priority (node.priority, 1 to 254).", status.priority)
     gauge("hapacs_effective_priority", "Priority after check penalties; what the election uses.",
           status.effective_priority)
     gauge("hapacs_maintenance", "1 while maintenance is on (no automatic transition of this node).",
-          flag(status.maintenance))
+          _flag(status.maintenance))
     gauge("hapacs_sticky", "1 while this node is MASTER by an operator's takeover (no preemption back).",
-          flag(status.sticky))
-    gauge("hapacs_alone", "1 while this node hears no peer.", flag(status.alone))
+          _flag(status.sticky))
+    gauge("hapacs_alone", "1 while this node hears no peer.", _flag(status.alone))
     gauge("hapacs_master_info", "Always 1: the node this node takes for MASTER (none: no series).",
           labels=[(status.master, status.master_address or "", 1.0)] if status.master else [],
           label_names=("master", "master_address"))
     gauge("hapacs_advert_interval_seconds", "Seconds between heartbeats (cluster.advert_interval).",
           status.advert_interval_s)
     gauge("hapacs_vip_held", "1 when this node holds the VIP now.",
-          labels=[(v.address, v.interface, flag(v.held)) for v in status.vips], label_names=("address", "interface"))
+          labels=[(v.address, v.interface, _flag(v.held)) for v in status.vips],
+          label_names=("address", "interface"))
+    gauge("hapacs_timer_lateness_seconds",
+          "Largest lateness of the agent's timer (heartbeats ride on it) over about the last minute.",
+          status.timer_late_ms_minute / 1000)
+    gauge("hapacs_timer_lateness_max_seconds", "Largest lateness of the agent's timer since it started.",
+          status.timer_late_ms_max / 1000)
+
+
+def _peers_and_checks(page: _Page, status: Status) -> None:
+    gauge = page.gauge
     gauge("hapacs_peer_state", "1 for the state a peer last announced (LOST: fallen silent), 0 for the others.",
-          labels=[(p.name, p.address, s, flag(p.state == s)) for p in status.peers for s in PEER_STATES],
+          labels=[(p.name, p.address, s, _flag(p.state == s)) for p in status.peers for s in PEER_STATES],
           label_names=("peer", "address", "state"))
     gauge("hapacs_peer_priority", "The priority a peer last announced.",
           labels=[(p.name, p.priority) for p in status.peers], label_names=("peer",))
     gauge("hapacs_peer_last_seen_seconds", "Seconds since the last valid heartbeat from a peer.",
           labels=[(p.name, p.last_seen_s) for p in status.peers], label_names=("peer",))
     gauge("hapacs_peer_maintenance", "1 while a peer announces maintenance.",
-          labels=[(p.name, flag(p.maintenance)) for p in status.peers], label_names=("peer",))
+          labels=[(p.name, _flag(p.maintenance)) for p in status.peers], label_names=("peer",))
     # A check without a first result yet has no series: "up" or "down" would both be untrue.
     gauge("hapacs_check_up", "1 when a health check is up, 0 when down (after fall/rise).",
-          labels=[(c.name, c.type, flag(c.ok)) for c in status.checks if c.ok is not None],
+          labels=[(c.name, c.type, _flag(c.ok)) for c in status.checks if c.ok is not None],
           label_names=("check", "type"))
     gauge("hapacs_check_latency_seconds", "How long the last probe of a health check took.",
           labels=[(c.name, c.type, c.latency_ms / 1000) for c in status.checks if c.latency_ms is not None],
           label_names=("check", "type"))
     gauge("hapacs_check_weight", "Priority lost while a check is down (0: down means FAULT).",
           labels=[(c.name, c.type, c.weight) for c in status.checks], label_names=("check", "type"))
-    counters = status.counters
+
+
+def _counters(page: _Page, status: Status) -> None:
+    counter, counters = page.counter, status.counters
     reasons = dict.fromkeys((w.value for w in Why), 0) | counters.by_reason
     counter("hapacs_transitions_total", "State transitions of this node, by reason code.",
             labels=sorted(reasons.items()), label_names=("reason",))
@@ -137,15 +167,6 @@ def families(status: Status, scrapes: int = 0,
     counter("hapacs_drains_total", "Drains of DICOM associations before a handover.", counters.drains)
     counter("hapacs_drain_cut_associations_total",
             "DICOM associations still open when a drain timed out (cut by the handover).", counters.drain_cut)
-    gauge("hapacs_timer_lateness_seconds",
-          "Largest lateness of the agent's timer (heartbeats ride on it) over about the last minute.",
-          status.timer_late_ms_minute / 1000)
-    gauge("hapacs_timer_lateness_max_seconds", "Largest lateness of the agent's timer since it started.",
-          status.timer_late_ms_max / 1000)
-    counter("hapacs_metrics_scrapes_total", "Pages served at /metrics.", scrapes)
-    counter("hapacs_metrics_bad_requests_total", "Requests to the metrics port answered without a page, by cause.",
-            labels=[(cause, (bad_requests or {}).get(cause, 0)) for cause in BAD_CAUSES], label_names=("cause",))
-    return out
 
 
 class _Families:

@@ -33,6 +33,15 @@ def repository_on_pythonpath():
         os.environ["PYTHONPATH"] = before
 
 
+@pytest.fixture
+def key(tmp_path) -> str:
+    """A valid cluster key file (mode 0600) for configs written by tests."""
+    path = tmp_path / "cluster.key"
+    path.write_text("0123456789abcdef0123456789abcdef\n")
+    path.chmod(0o600)
+    return str(path)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in LAB_FIXTURES for name in item.fixturenames):

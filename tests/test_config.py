@@ -29,14 +29,6 @@ vips:
 """
 
 
-@pytest.fixture
-def key(tmp_path) -> str:
-    path = tmp_path / "cluster.key"
-    path.write_text("0123456789abcdef0123456789abcdef\n")
-    path.chmod(0o600)
-    return str(path)
-
-
 def write(tmp_path, text: str, key: str) -> str:
     path = tmp_path / "hapacs.yaml"
     path.write_text(textwrap.dedent(text).replace("{key}", key))

@@ -22,7 +22,7 @@ from hapacs.reload import restart_needed
 from hapacs.status import Counters
 
 from .snmp_helpers import make_status
-from .test_config import GOOD, check_config, key, write  # noqa: F401  (key is a fixture)
+from .test_config import GOOD, check_config, write
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "etc" / "prometheus"
