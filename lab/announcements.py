@@ -166,14 +166,3 @@ class AnnouncementWatch:
         finally:
             sock.close()
 
-
-def rounds(announcements: list[Announcement], gap_s: float = 0.05) -> list[float]:
-    """Start times of the rounds: announcements closer than gap_s to the one before belong to
-    one round (an agent sends every VIP's frames of a round back to back)."""
-    starts: list[float] = []
-    last = None
-    for announcement in sorted(announcements, key=lambda a: a.at):
-        if last is None or announcement.at - last > gap_s:
-            starts.append(announcement.at)
-        last = announcement.at
-    return starts
