@@ -75,9 +75,12 @@ def lab():
         yield lab
 
 
-def pacs_cluster(lab, preempt_delay=2.0, **kwargs) -> AgentCluster:
+def pacs_cluster(lab, preempt_delay=2.0, servers: dict | None = None, **kwargs) -> AgentCluster:
+    """a (150) MASTER and b (100), each with its PACS; `servers` receives the PACS processes by host."""
     for host in ("a", "b"):
-        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        process = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        if servers is not None:
+            servers[host] = process
     cluster = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]}, preempt_delay=preempt_delay, **kwargs)
     cluster.add("a", 150)
     cluster.add("b", 100)
@@ -281,15 +284,14 @@ def test_release_refused_without_a_healthy_backup(lab):
 
 
 def test_maintenance_freezes_a_node_through_a_pacs_failure(lab):
-    cluster = pacs_cluster(lab)
+    servers = {}
+    cluster = pacs_cluster(lab, servers=servers)
     try:
         result = cluster.cli("a", "maintenance", "on")
         assert result.returncode == 0, result.stderr
         assert cluster.status("a")["maintenance"] is True
         assert cluster.status("b")["peers"][0]["maintenance"] is True   # the flag travels in heartbeats
-        storescp_a = [p for p in lab._processes if "storescp" in " ".join(p.args) and lab.ns("a") in " ".join(p.args)]
-        for proc in storescp_a:
-            lab.stop(proc, timeout=1.0)
+        lab.stop(servers["a"], timeout=1.0)
         lab.wait_for(lambda: any(c["ok"] is False for c in cluster.status("a")["checks"]), 5,
                      what="a's check down")
         lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 2.0,
