@@ -147,7 +147,7 @@ def test_multicast_heartbeats(lab):
         print(cluster.logs())
 
 
-def test_ipv6_vip_moves_with_unsolicited_neighbour_advertisement(lab):
+def test_takeover_announces_ipv4_and_ipv6_vips_at_once_then_four_more_times_over_two_seconds(lab):
     cluster = make_cluster(lab, vips=(f"{VIP}/24", f"{VIP6}/64"))
     try:
         settle(lab, cluster, "a")
