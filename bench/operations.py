@@ -6,7 +6,7 @@ concurrently. Per move: failed C-ECHOs and C-STOREs (target: zero), the
 time from the end of the old MASTER's drain to the new MASTER's takeover
 (target: under 0.3 s), and the slowest answer of each kind from the command
 on (a held SYN is sent again after 1 s: target about 1 s, never a second
-retransmission at 3 s).
+retransmission, 2 s after the first SYN on Linux 6.5 and later).
 
 Run as root: .venv/bin/python bench/operations.py [--trials 5]
 """
