@@ -2,9 +2,11 @@
 
 A workstation starts a C-ECHO every 20 ms (echoes overlap, 3 s client
 timeout) and runs a C-STORE loop, against storescp serving associations
-concurrently. Per move: failed C-ECHOs and C-STOREs (target: zero) and the
+concurrently. Per move: failed C-ECHOs and C-STOREs (target: zero), the
 time from the end of the old MASTER's drain to the new MASTER's takeover
-(target: under 0.3 s).
+(target: under 0.3 s), and the slowest answer of each kind from the command
+on (a held SYN is sent again after 1 s: target about 1 s, never a second
+retransmission, 2 s after the first SYN on Linux 6.5 and later).
 
 Run as root: .venv/bin/python bench/operations.py [--trials 5]
 """
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import start_storescp            # noqa: E402
-from lab.outage import load                     # noqa: E402
+from lab.outage import load, slowest            # noqa: E402
 from lab.probe import start_probe               # noqa: E402
 
 VIP = "192.0.2.100"
@@ -54,6 +56,7 @@ def trial(kind: str, number: int) -> dict:
                     and sum(1 for r in records if r["ok"] and r["kind"] == "store" and r["t"] > since) >= 3)
 
         lab.wait_for(lambda: served(0.0), 20, what="workstation served")
+        commanded = time.monotonic()
         moves = []
         if kind == "release":
             assert cluster.cli("a", "release").returncode == 0
@@ -81,9 +84,13 @@ def trial(kind: str, number: int) -> dict:
                "failed_echoes": sum(1 for r in records if r["kind"] == "echo" and not r["ok"]),
                "failed_stores": sum(1 for r in records if r["kind"] == "store" and not r["ok"]),
                "holders": lab.holders(VIP)}
+        for what in ("echo", "store"):
+            worst = slowest(records, commanded, kind=what)
+            row[f"slowest_{what}_s"] = worst["end"] - worst["t"] if worst else None
         print(f"  {kind:8s} {number}: VIP moved {row['move_after_drain_s'] * 1000:5.1f} ms after the drain; "
               f"{row['failed_echoes']} of {row['echoes']} echoes and {row['failed_stores']} of {row['stores']} "
-              f"stores failed; holders {row['holders']}", flush=True)
+              f"stores failed; slowest echo {row['slowest_echo_s']:.2f} s, store {row['slowest_store_s']:.2f} s; "
+              f"holders {row['holders']}", flush=True)
         return row
 
 
@@ -102,10 +109,13 @@ def main() -> int:
         results[kind] = {"rows": rows, "move_median_ms": round(statistics.median(moves) * 1000, 1),
                          "move_max_ms": round(max(moves) * 1000, 1),
                          "failed_echoes": sum(r["failed_echoes"] for r in rows),
-                         "failed_stores": sum(r["failed_stores"] for r in rows)}
+                         "failed_stores": sum(r["failed_stores"] for r in rows),
+                         "slowest_echo_s": max(r["slowest_echo_s"] for r in rows),
+                         "slowest_store_s": max(r["slowest_store_s"] for r in rows)}
         print(f"{kind}: VIP moved after the drain in median {results[kind]['move_median_ms']} ms, max "
               f"{results[kind]['move_max_ms']} ms; failures: {results[kind]['failed_echoes']} echoes, "
-              f"{results[kind]['failed_stores']} stores", flush=True)
+              f"{results[kind]['failed_stores']} stores; slowest answer: echo "
+              f"{results[kind]['slowest_echo_s']:.2f} s, store {results[kind]['slowest_store_s']:.2f} s", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)

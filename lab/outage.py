@@ -85,3 +85,10 @@ def answered(path, since: float = 0.0, kind: str | None = None) -> int:
         return len(successes(load(path), since, float("inf"), kind))
     except FileNotFoundError:
         return 0
+
+
+def slowest(records, since: float, until: float = float("inf"), kind: str | None = None) -> dict | None:
+    """The attempt (of `kind`, or any) started in [since, until) that took longest, answered or not;
+    None when there is none. What a workstation user waited at worst."""
+    window = [r for r in records if since <= r["t"] < until and (kind is None or r["kind"] == kind)]
+    return max(window, key=lambda r: r["end"] - r["t"], default=None)
