@@ -222,3 +222,28 @@ def test_a_node_does_not_become_master_before_its_checks_gave_a_first_result(lab
         assert status["checks"][0]["since_s"] >= status["since_s"] - 0.002, status
     finally:
         print(cluster.logs())
+
+
+def test_a_reload_that_removes_every_check_frees_a_node_waiting_for_their_first_result(lab):
+    # Shape issue, behaviour 2: a's only check never answers (its probe sleeps past the test);
+    # a is held back, as it should be. The operator removes the check and reloads: nothing is
+    # left to wait for, so a must become MASTER, not stay held until a restart.
+    script = os.path.join(lab.mkdtemp("hang"), "hang.sh")
+    with open(script, "w") as handle:
+        handle.write("#!/bin/sh\nsleep 60\n")
+    os.chmod(script, stat.S_IRWXU)
+    hanging = {"name": "never-answers", "type": "script", "command": [script], "interval": 30, "timeout": 50}
+    cluster = AgentCluster(lab, checks={"a": [hanging]})
+    cluster.add("a", 150)
+    cluster.start_all()
+    try:
+        lab.wait_for(lambda: cluster.state("a") == "BACKUP", 10, what="a listening, held by its pending check")
+        lab.hold_for(lambda: cluster.state("a") == "BACKUP", 1.0, what="a held while its check is pending")
+        cluster.checks = {}
+        cluster.write("a")
+        reload = cluster.cli("a", "reload")
+        assert reload.returncode == 0, reload.stderr
+        lab.wait_for(lambda: cluster.state("a") == "MASTER", 5, what="a MASTER once no check is left")
+        assert cluster.status("a")["checks"] == []
+    finally:
+        print(cluster.logs())

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -439,5 +440,48 @@ def test_reload_changes_priority_timers_checks_and_peers_live_and_refuses_restar
         assert cluster.cli("b", "reload").returncode == 0
         lab.wait_for(lambda: peer_seen_by(cluster, "a")["state"] in ("BACKUP", "MASTER")
                      and len(cluster.masters()) == 1, 5, what="a hears b again, one MASTER")
+    finally:
+        print(cluster.logs())
+
+
+def control_lines(path: str, message: dict, timeout_s: float) -> list[dict]:
+    """Every JSON line the agent sends for one request, as a client that asked for progress sees them."""
+    lines = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(path)
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        with sock.makefile("rb") as replies:
+            for raw in replies:
+                lines.append(json.loads(raw))
+                if not lines[-1].get("pending"):
+                    return lines
+    return lines
+
+
+def test_a_takeover_the_operator_gave_up_on_is_not_carried_out_later(lab):
+    # Shape issue, behaviour 1: a drains for up to 30 s (handover.drain_timeout on a), b's own
+    # setting is 1 s, and a viewer keeps an association open on a. b's takeover is pending with
+    # b's deadline (1 s drain + 5 s slack + handover wait + 2 heartbeats = 7 s), is refused when
+    # it passes, and a, which was still draining, must not hand over later, unasked.
+    # storescp ends idle associations after its timeout: long enough here to outlast b's wait.
+    start_storescp(lab, lab.ns("a"), port=104, aet="PACS", fork=True, timeout_s=60)
+    cluster = AgentCluster(lab)
+    cluster.add("a", 150, handover={"drain_timeout": 30, "drain_ports": [104]})
+    cluster.add("b", 100, handover={"drain_timeout": 1, "drain_ports": [104]})
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a")
+        viewer_log = os.path.join(lab.tmpdir, "viewer")
+        lab.spawn("ws", [sys.executable, "-c", HOLD_ASSOCIATION, VIP], stdout=open(viewer_log, "w"))
+        lab.wait_for(lambda: "established" in open(viewer_log).read(), 10, what="a long association open")
+        lines = control_lines(cluster.socket_path("b"), {"command": "takeover", "progress": True}, 20)
+        assert lines[0]["pending"] is True and 6.5 <= lines[0]["wait_s"] <= 7.5, lines
+        assert lines[-1]["ok"] is False and "did not hand over within" in lines[-1]["message"], lines
+        lab.wait_for(lambda: cluster.status("a")["handover_target"] is None, 3,
+                     what="a abandons the handover b no longer asks for")
+        lab.hold_for(lambda: cluster.state("a") == "MASTER" and one_holder(lab) == "a", 3.0,
+                     what="a stays MASTER and sole holder")
+        assert "no longer asks to take over" in open(cluster.log_path("a")).read()
     finally:
         print(cluster.logs())
