@@ -20,7 +20,7 @@ import struct
 import time
 from typing import Callable
 
-from . import __version__, wire
+from . import __version__, hostcheck, wire
 from .announce import Announcer
 from .bootid import next_boot_id
 from .config import Config
@@ -137,12 +137,17 @@ class Agent:
         self.control = ControlServer(config.control.socket, config.control.group, self._on_command)
         self.control.check_free()
         await self.netlink.open()
+        problems = await hostcheck.check(config, self.netlink)
+        if problems:
+            raise StartupError("; ".join(str(p) for p in problems))
         for name in config.interfaces:
             link = await self.netlink.link(name)
             if link is None:
                 raise StartupError(f"interface {name} not found (cluster.interface or vips[].interface)")
             self.links[name] = link
         self.own_address = await self._own_address()
+        self.config = config = self._skip_own_address(config)
+        self.peer_sources = {str(p) for p in config.cluster.peers}
         self.boot_id = next_boot_id(config.node.state_dir, time.time_ns())
         now = self.loop.time()
         self.core = Election(self._params(config), now)
@@ -204,24 +209,21 @@ class Agent:
         """The address heartbeats leave from: node.address, or the interface's first own address."""
         config = self.config
         link = self.links[config.cluster.interface]
-        addresses = await self.netlink.addresses(link.index)
-        vip_ips = {v.address.ip for v in config.vips}
+        source = hostcheck.heartbeat_source(config, await self.netlink.addresses(link.index))
+        if source is not None:
+            return source
         if config.node.address is not None:
-            if config.node.address not in {a.interface.ip for a in addresses}:
-                raise StartupError(f"node.address {config.node.address} is not on {link.name}")
-            return config.node.address
-        family = (config.cluster.peers[0].version if config.cluster.peers
-                  else config.cluster.multicast_group.version)
-        for address in addresses:
-            ip = address.interface.ip
-            if ip.version != family or ip in vip_ips:
-                continue
-            # IPv6 multicast leaves from the link-local address; unicast from a global one.
-            if family == 6 and ip.is_link_local != (not config.cluster.peers):
-                continue
-            return ip
-        raise StartupError(f"{link.name} has no IPv{family} address to send heartbeats from; "
-                           "give it one or set node.address")
+            raise StartupError(f"node.address {config.node.address} is not on {link.name}")
+        raise StartupError(f"{link.name} has no IPv{hostcheck.heartbeat_family(config)} address to send "
+                           "heartbeats from; give it one or set node.address")
+
+    def _skip_own_address(self, config: Config) -> Config:
+        """One peer list copied to every node names this node too: skip that entry."""
+        config, skipped = hostcheck.without_own_address(config, self.own_address)
+        if skipped:
+            log.info("cluster.peers lists this node's own address %s: skipped (heartbeats go to the "
+                     "others)", self.own_address)
+        return config
 
     def _promote_secondaries(self) -> None:
         # Without it, removing the interface's primary address also removes IPv4 VIPs in its subnet.
@@ -475,7 +477,7 @@ class Agent:
             self._start_drain(effect)
         elif isinstance(effect, HandoverDone):
             (log.info if effect.ok else log.warning)("handover: %s", effect.text)
-            self.loop.create_task(self.drainer.release_hold())
+            self.loop.create_task(self.drainer.release_hold(retry_later=True))
             waiters, self._handover_waiters = self._handover_waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -541,7 +543,7 @@ class Agent:
         self.last_drain_end = self.loop.time()
         if self.core.handover is None:
             # Abandoned meanwhile (a fault, a stop): nothing to hand over, hold nothing.
-            await self.drainer.release_hold()
+            await self.drainer.release_hold(retry_later=True)
             return
         if result.open_at_start:
             (log.warning if result.cut else log.info)(
@@ -581,7 +583,15 @@ class Agent:
             last_drain=None if self.last_drain is None else {
                 "ended_monotonic": round(self.last_drain_end, 6), "waited_s": round(self.last_drain.waited_s, 3),
                 "open_at_start": self.last_drain.open_at_start, "cut": self.last_drain.cut,
-                "held_new_connections": self.last_drain.held})
+                "held_new_connections": self.last_drain.held},
+            bad_requests=self._bad_requests())
+
+    def _bad_requests(self) -> dict[str, int]:
+        """Requests that could not be read, by where they came in (heartbeats: `drops`)."""
+        counts = {"control": self.control.bad_requests if self.control else 0}
+        if self.config.snmp is not None:
+            counts["snmp"] = self.snmp.bad_requests if self.snmp else 0
+        return counts
 
     async def _on_command(self, request: dict) -> dict:
         command = request["command"]
@@ -598,7 +608,7 @@ class Agent:
             elif command == "release":
                 text = await self._release(float(request.get("drain_timeout_s", 30.0)))
             else:
-                return await self.reload()
+                return await self.reload(request.get("config"))
         except CommandRefused as err:
             return {"ok": False, "message": f"refused: {err}", "before": before, "after": self.core.state.name}
         return {"ok": True, "message": text, "before": before, "after": self.core.state.name}
@@ -650,13 +660,25 @@ class Agent:
         reply = await self.reload()
         (log.info if reply["ok"] else log.error)("SIGHUP: %s", reply["message"])
 
-    async def reload(self) -> dict:
-        """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged."""
+    async def reload(self, asked_path: str | None = None) -> dict:
+        """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged.
+
+        Always the file the agent was started with: `hapacs reload -c OTHER` is refused
+        (reading OTHER once would leave SIGHUP and the next restart reading the old file)."""
+        if asked_path is not None and os.path.realpath(asked_path) != os.path.realpath(self.config.path):
+            return {"ok": False, "message": f"refused: this agent reads {self.config.path}, not {asked_path}; "
+                    f"reload re-reads that file only. Put the change there, or restart the agent with "
+                    f"-c {asked_path}"}
         try:
             new = await asyncio.to_thread(load, self.config.path)
         except ConfigError as err:
             return {"ok": False, "message": "refused, the agent runs on unchanged; the new configuration is "
                     "invalid:\n" + "\n".join(str(p) for p in err.problems)}
+        problems = await hostcheck.check(new, self.netlink)
+        if problems:
+            return {"ok": False, "message": "refused, the agent runs on unchanged; the new configuration does "
+                    "not fit this host:\n" + "\n".join(str(p) for p in problems)}
+        new = self._skip_own_address(new)
         fixed = restart_needed(self.config, new)
         if fixed:
             return {"ok": False, "message": "refused, the agent runs on unchanged: changing "
