@@ -188,7 +188,10 @@ class ControlServer:
                                            + " may control this agent"})
                 return
             try:
-                request = parse_request(await self._read_request(reader))
+                line = await self._read_request(reader)
+                if not line:
+                    return     # connected and closed without a word: another agent checking we run
+                request = parse_request(line)
             except BadRequest as err:
                 self._bad_request(pid, uid, str(err))
                 await self._reply(writer, {"ok": False, "message": f"bad request: {err}; "

@@ -130,6 +130,9 @@ def test_control_socket_refuses_deep_huge_and_garbage_requests_as_bad_requests(l
         reply = control_exchange(path, payload)
         assert reply["ok"] is False and reply["message"].startswith("bad request: "), (name, reply)
         assert expected in reply["message"], (name, reply)
+    # Connecting and closing without a word (how a second agent sees that one runs) is no bad request.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.connect(path)
     # The nesting check itself, under the size limit: 30,000 deep in 60 kB.
     reply = control_exchange(path, b'{"command": "status", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}\n")
     assert reply["ok"] is False and "nested deeper" in reply["message"], reply
