@@ -15,6 +15,7 @@ another host. This module only reads the host; it never changes anything.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import os
@@ -75,7 +76,8 @@ async def check(config: Config, netlink: Netlink | None = None) -> list[Problem]
     finally:
         if own:
             await netlink.close()
-    return problems(config, facts, _read_lines(config.path))
+    lines = await asyncio.to_thread(_read_lines, config.path)     # YAML parsing: not on the agent's loop
+    return problems(config, facts, lines)
 
 
 def heartbeat_source(config: Config, addresses: tuple[Address, ...] | list[Address]) -> IP | None:
