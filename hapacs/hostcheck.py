@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 
 from .config import Config
-from .netlink import INFINITE_LIFETIME, Address, Netlink
+from .netlink import INFINITE_LIFETIME, Address, Netlink, NetlinkFailure
 from .yamlsource import Located, Problem
 from .yamlsource import parse as parse_yaml
 
@@ -68,11 +68,13 @@ async def check(config: Config, netlink: Netlink | None = None) -> list[Problem]
 
     Uses `netlink` if given (the running agent's), else opens and closes its own."""
     own = netlink is None
-    if own:
-        netlink = Netlink()
-        await netlink.open()
     try:
+        if own:
+            netlink = Netlink()
+            await netlink.open()
         facts = await gather(netlink)
+    except (NetlinkFailure, OSError) as err:
+        return [Problem(config.path, 0, "(host)", f"cannot read the interfaces of this host: {err}")]
     finally:
         if own:
             await netlink.close()

@@ -292,10 +292,13 @@ class SnmpAgent:
         header (RFC 3412 snmpInvalidMsgs)."""
         if self._engine is None:
             return 0
-        counters = self._engine.get_mib_builder().import_symbols(
-            "__SNMPv2-MIB", "snmpInASNParseErrs", "snmpInBadVersions")
-        invalid, = self._engine.get_mib_builder().import_symbols("__SNMP-MPD-MIB", "snmpInvalidMsgs")
-        return sum(int(counter.syntax) for counter in counters) + int(invalid.syntax)
+        try:
+            builder = self._engine.get_mib_builder()
+            counters = builder.import_symbols("__SNMPv2-MIB", "snmpInASNParseErrs", "snmpInBadVersions")
+            counters += builder.import_symbols("__SNMP-MPD-MIB", "snmpInvalidMsgs")
+            return sum(int(counter.syntax) for counter in counters)
+        except Exception:       # another pysnmp: then only what raises is counted
+            return 0
 
     # --- the read path: synchronous, on the loop, memory only -----------------------------
 
