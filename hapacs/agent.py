@@ -17,7 +17,7 @@ import signal
 import time
 from typing import Callable
 
-from . import __version__, timing, wire
+from . import __version__, hostcheck, timing, wire
 from .announce import Announcer
 from .book import StatusBook
 from .bootid import next_boot_id
@@ -26,10 +26,11 @@ from .config import Config
 from .control import ControlError, ControlServer
 from .drain import Drainer
 from .effectrunner import EffectRunner
-from .effects import PeerChange, SplitBrain, Transition
-from .election import CommandRefused, Election, Params
+from .election import CommandRefused, Election
 from .heartbeat import HeartbeatWriter
-from .hostsetup import StartupError, heartbeat_address, promote_secondaries
+from .hostsetup import (
+    StartupError, election_params, heartbeat_address, promote_secondaries, skip_own_address,
+)
 from .logs import RateLimited
 from .netlink import Link, LinkEvent, Netlink
 from .notify import NotifyListener
@@ -142,6 +143,9 @@ class Agent:
         """Links, addresses, the core, the VIPs and the drainer; the VIP lease in seconds."""
         config = self.config
         await self.netlink.open()
+        problems = await hostcheck.check(config, self.netlink)
+        if problems:
+            raise StartupError("; ".join(str(p) for p in problems))
         for name in config.interfaces:
             link = await self.netlink.link(name)
             if link is None:
@@ -150,10 +154,12 @@ class Agent:
         interface = config.cluster.interface
         addresses = await self.netlink.addresses(self.links[interface].index)
         self.own_address = heartbeat_address(config, interface, addresses)
+        self.config = config = skip_own_address(config, self.own_address)
+        self.peer_sources = {str(p) for p in config.cluster.peers}
         self.writer = HeartbeatWriter(config.cluster.id, config.node.name,
                                       next_boot_id(config.node.state_dir, time.time_ns()))
         now = self.loop.time()
-        self.core = Election(self._params(config), now)
+        self.core = Election(election_params(config, self.own_address), now)
         lease = timing.lease_seconds(config.master_down_interval_s, config.cluster.advert_interval_s)
         self.vips = VipManager(self.netlink, self.announcer, config.vips, lease, self._vip_failed)
         for link in self.links.values():
@@ -186,15 +192,6 @@ class Agent:
             raise StartupError(f"cannot create the control socket {config.control.socket}: "
                                f"{err.strerror or err}") from None
 
-    def _params(self, config: Config) -> Params:
-        return Params(
-            name=config.node.name, address=self.own_address.packed, priority=config.node.priority,
-            advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
-            preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
-            vip_digest=wire.vip_digest(v.label for v in config.vips),
-            drain_timeout_s=config.handover.drain_timeout_s, witness=bool(config.cluster.witness),
-            cluster_size=1 + len(config.cluster.peers) if config.cluster.quorum == "majority" else 0)
-
     def _start_checks(self) -> None:
         from .checks.runner import CheckRunner   # pynetdicom and threads only when checks exist
         self.checks = CheckRunner(self.config.checks, self._on_checks, logging.getLogger("hapacs.checks"))
@@ -210,7 +207,7 @@ class Agent:
             await self.snmp.start()
         except SnmpBindError as err:
             raise StartupError(str(err)) from None
-        self.effects.listeners.append(self._to_snmp)
+        self.effects.listeners.append(self.snmp.observe)
 
     async def _start_metrics(self) -> None:
         from .metrics import MetricsServer   # prometheus_client only when metrics are configured
@@ -218,19 +215,7 @@ class Agent:
         try:
             await self.metrics.start()
         except OSError as err:
-            # asyncio rewords the error; the errno's own text is what operators know.
-            raise StartupError(f"cannot listen for metrics on {self.metrics.shown} (metrics.listen): "
-                               f"{os.strerror(err.errno) if err.errno else err}") from None
-
-    def _to_snmp(self, event) -> None:
-        """Effects and check changes that an NMS hears about as notifications."""
-        if isinstance(event, Transition):
-            self.snmp.notify("state_change", old=event.old.name, new=event.new.name, reason=event.reason.text,
-                             code=event.reason.code)
-        elif isinstance(event, PeerChange) and not event.up:
-            self.snmp.notify("peer_lost", peer=event.name)
-        elif isinstance(event, SplitBrain):
-            self.snmp.notify("split_brain", peer=event.peer, winner=event.winner)
+            raise StartupError(self.metrics.bind_error(err)) from None
 
     def _start_witness(self) -> None:
         if not self.config.cluster.witness:
@@ -264,10 +249,9 @@ class Agent:
     async def _teardown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self.checks is not None:
-            await self.checks.stop()
-        if self.witness is not None:
-            await self.witness.stop()
+        for runner in (self.checks, self.witness):
+            if runner is not None:
+                await runner.stop()
         if self.vips is not None:
             await self.vips.close()
             # A second agent stops at check_free() before it finds any VIP, so what is held
@@ -286,12 +270,9 @@ class Agent:
                 pass
         if self.transport is not None:
             self.transport.close()
-        if self.control is not None:
-            await self.control.stop()
-        if self.snmp is not None:
-            await self.snmp.stop()
-        if self.metrics is not None:
-            await self.metrics.stop()
+        for server in (self.control, self.snmp, self.metrics):
+            if server is not None:
+                await server.stop()
         self.announcer.close()
         await self.netlink.close()
 
@@ -406,7 +387,15 @@ class Agent:
             own_address=str(self.own_address), interface=self.config.cluster.interface,
             vips=self.vips.statuses(), checks=self.checks.snapshot(now) if self.checks else (),
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
-            uptime_s=now - self.started_at, version=__version__, pid=os.getpid(), now=now)
+            uptime_s=now - self.started_at, version=__version__, pid=os.getpid(), now=now,
+            bad_requests=self._bad_requests())
+
+    def _bad_requests(self) -> dict[str, int]:
+        """Requests that could not be read, by where they came in (heartbeats: `drops`)."""
+        counts = {"control": self.control.bad_requests if self.control else 0}
+        if self.config.snmp is not None:
+            counts["snmp"] = self.snmp.bad_requests if self.snmp else 0
+        return counts
 
     # --- reload ---------------------------------------------------------------------------------
 
@@ -417,8 +406,8 @@ class Agent:
         reply = await self.commands.reload()
         (log.info if reply["ok"] else log.error)("SIGHUP: %s", reply["message"])
 
-    async def reload(self) -> dict:
-        return await self.commands.reload()
+    async def reload(self, asked_path: str | None = None) -> dict:
+        return await self.commands.reload(asked_path)
 
     async def apply_config(self, new: Config, new_links: dict[str, Link]) -> None:
         """A valid configuration that needs no restart (reload.restart_needed): apply it whole."""
@@ -437,7 +426,7 @@ class Agent:
         if not self.drainer.holding:
             self.drainer = Drainer([v.address.ip for v in new.vips], new.drain_ports,
                                    new.handover.hold_new_connections)
-        self.feed(lambda now: self.core.reconfigure(self._params(new), now))
+        self.feed(lambda now: self.core.reconfigure(election_params(new, self.own_address), now))
         if old.checks != new.checks:
             if self.checks is not None:
                 await self.checks.stop()

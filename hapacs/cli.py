@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__, timing
@@ -53,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--daemon", action="store_true", help="detach and run in the background")
     run.add_argument("--pidfile", metavar="PATH", help="with --daemon: the PID file to hold")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    command("check-config", "validate the configuration: exit 0 and 'ok', or 2 and every problem")
+    check = command("check-config", "validate the configuration and check it against this host: exit 0 and "
+                    "'ok', or 2 and every problem")
+    check.add_argument("--file-only", action="store_true",
+                       help="check the file alone, not against this host (for a file written for another host)")
 
     def control(name: str, text: str) -> argparse.ArgumentParser:
         sub = command(name, text)
@@ -69,27 +73,42 @@ def _parser() -> argparse.ArgumentParser:
                               f"(default {timing.DEFAULT_DRAIN_TIMEOUT_S:g})")
     maintenance = control("maintenance", "freeze this node: no automatic transition while on")
     maintenance.add_argument("mode", choices=("on", "off"))
-    control("reload", "re-read the configuration; an invalid one is refused and the agent runs on")
+    reload = control("reload", "re-read the configuration file the agent was started with; an invalid one "
+                     "is refused and the agent runs on")
+    # -c given to reload must name the file the agent reads (it is refused otherwise);
+    # without -c the agent's own file is meant, whatever it is.
+    reload.set_defaults(config=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args.config, host=not args.file_only)
     if args.command == "run":
         return _run(args)
     return _control(args)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, host: bool = True) -> int:
+    """The file, then (when it is valid) whether it fits this host, as `run` and `reload` check it."""
     try:
-        load(path)
+        config = load(path)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    if host:
+        import asyncio
+        from .hostcheck import check
+        problems = asyncio.run(check(config))
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return EXIT_CONFIG
     print("ok")
+    print("checked against this host: interfaces, addresses, programs" if host else
+          "the file alone: not checked against this host (run check-config on the host itself)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -113,6 +132,10 @@ def _control(args) -> int:
     # "progress": commands that take time answer at once with the core's deadline for them,
     # and the client waits that long (no guess here of how long a handover takes).
     message: dict = {"command": args.command, "progress": True}
+    if args.command == "reload" and args.config is not None:
+        message["config"] = os.path.realpath(args.config)
+    if args.config is None:
+        args.config = DEFAULT_PATH
     if args.command == "maintenance":
         message["on"] = args.mode == "on"
     elif args.command == "release":

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING
 
-from . import timing
+from . import hostcheck, timing
 from .config import ConfigError, load
 from .control import Progress
+from .hostsetup import skip_own_address
 from .effects import CommandDone, CommandPending, HandoverDone
 from .model import CommandRefused
 from .reload import describe, restart_needed
@@ -47,7 +49,7 @@ class Commands:
             status = agent.status()
             return {"ok": True, "status": status.to_json(), "table": render_table(status)}
         if command == "reload":
-            return await self.reload()
+            return await self.reload(request.get("config"))
         before = agent.state_name()
         try:
             if command == "maintenance":
@@ -94,14 +96,25 @@ class Commands:
         return (f"{drain.open_at_start} DICOM association(s) were open; waited {drain.waited_s:.1f} s, "
                 + (f"cut {drain.cut}" if drain.cut else "none cut"))
 
-    async def reload(self) -> dict:
-        """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged."""
+    async def reload(self, asked_path: str | None = None) -> dict:
+        """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged.
+
+        Always the file the agent was started with: `hapacs reload -c OTHER` is refused
+        (reading OTHER once would leave SIGHUP and the next restart reading the old file)."""
         agent = self.agent
+        path = agent.config.path
+        if asked_path is not None and os.path.realpath(asked_path) != os.path.realpath(path):
+            return {"ok": False, "message": f"refused: this agent reads {path}, not {asked_path}; "
+                    f"reload re-reads that file only. Put the change there, or restart the agent with "
+                    f"-c {asked_path}"}
         try:
-            new = await asyncio.to_thread(load, agent.config.path)
+            new = await asyncio.to_thread(load, path)
         except ConfigError as err:
-            return {"ok": False, "message": "refused, the agent runs on unchanged; the new configuration is "
-                    "invalid:\n" + "\n".join(str(p) for p in err.problems)}
+            return self._refused("the new configuration is invalid", err.problems)
+        problems = await hostcheck.check(new, agent.netlink)
+        if problems:
+            return self._refused("the new configuration does not fit this host", problems)
+        new = skip_own_address(new, agent.own_address)
         fixed = restart_needed(agent.config, new)
         if fixed:
             return {"ok": False, "message": "refused, the agent runs on unchanged: changing "
@@ -119,3 +132,8 @@ class Commands:
         text = "reloaded: " + ("; ".join(changes) if changes else "nothing changed")
         log.info("%s", text)
         return {"ok": True, "message": text}
+
+    @staticmethod
+    def _refused(why: str, problems) -> dict:
+        return {"ok": False, "message": f"refused, the agent runs on unchanged; {why}:\n"
+                + "\n".join(str(p) for p in problems)}

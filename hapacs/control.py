@@ -23,14 +23,19 @@ import os
 import pwd
 import socket
 import struct
+import time
 from typing import Awaitable, Callable
 
 from . import timing
+from .logs import RateLimited
 
 log = logging.getLogger("hapacs.control")
 
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_NESTING = 4              # a request is one flat object; the json module recurses per level
+DISCARD_MAX_BYTES = 16 << 20  # how much of an oversized request is read (and dropped) before replying
 REQUEST_TIMEOUT_S = 5.0
+BAD_REQUEST_LOG_PERIOD_S = 10.0
 COMMANDS = ("status", "takeover", "release", "maintenance", "reload")
 
 Progress = Callable[[float], Awaitable[None]]
@@ -65,6 +70,46 @@ def allowed(uid: int, gid: int, group: str | None) -> bool:
         return False
 
 
+class BadRequest(Exception):
+    """A request that is not one JSON object on one line; the message says what is wrong."""
+
+
+def nesting_depth(line: bytes) -> int:
+    """How deep brackets nest in a JSON text, strings skipped; counted before parsing, because
+    the json module recurses once per level and a deep enough request ends in RecursionError."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:        # backslash
+                escaped = True
+            elif byte == 0x22:        # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):    # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):    # ] }
+            depth -= 1
+    return deepest
+
+
+def parse_request(line: bytes) -> object:
+    """The JSON value of one request line, or BadRequest saying why there is none."""
+    brackets = line.count(b"[") + line.count(b"{")
+    if brackets > MAX_NESTING and nesting_depth(line) > MAX_NESTING:
+        raise BadRequest(f"nested deeper than {MAX_NESTING} levels; a request is one flat JSON object")
+    try:
+        return json.loads(line)
+    except RecursionError:       # cannot happen after the depth check; never a traceback anyway
+        raise BadRequest("nested too deeply") from None
+    except ValueError as err:
+        raise BadRequest(f"not JSON ({str(err).splitlines()[0][:100]})") from None
+
+
 def validate(request: object) -> str | None:
     """Why a request is refused, or None if it is well formed."""
     if not isinstance(request, dict):
@@ -74,6 +119,10 @@ def validate(request: object) -> str | None:
         return f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}"
     if command == "maintenance" and request.get("on") not in (True, False):
         return "maintenance needs \"on\": true or false"
+    if command == "reload" and "config" in request:
+        path = request["config"]
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
+            return "config must be the absolute path of a configuration file"
     if command == "release":
         drain = request.get("drain_timeout_s", timing.DEFAULT_DRAIN_TIMEOUT_S)
         if isinstance(drain, bool) or not isinstance(drain, (int, float)) \
@@ -87,6 +136,8 @@ class ControlServer:
         self.path, self.group, self.handler = path, group, handler
         self._server: asyncio.base_events.Server | None = None
         self._created = False
+        self.bad_requests = 0       # requests refused as unreadable (not JSON, too long, too deep)
+        self._limited = RateLimited(log, BAD_REQUEST_LOG_PERIOD_S)
 
     def check_free(self) -> None:
         """Refuse early, before touching anything, if another agent answers on our socket."""
@@ -137,17 +188,20 @@ class ControlServer:
                     await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
                 except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                     pass
-                log.warning("control socket: refused uid %d (pid %d): not root%s", uid, pid,
-                            f" nor in group {self.group}" if self.group else "")
+                self._limited.warning("refused", time.monotonic(), "control socket: refused uid %d (pid %d): "
+                                      "not root%s", uid, pid, f" nor in group {self.group}" if self.group else "")
                 await self._reply(writer, {"ok": False, "message": "permission denied: only root"
                                            + (f" and members of group {self.group}" if self.group else "")
                                            + " may control this agent"})
                 return
             try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
-                request = json.loads(line)
-            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as err:
-                await self._reply(writer, {"ok": False, "message": f"bad request: {type(err).__name__}; "
+                line = await self._read_request(reader)
+                if not line:
+                    return     # connected and closed without a word: another agent checking we run
+                request = parse_request(line)
+            except BadRequest as err:
+                self._bad_request(pid, uid, str(err))
+                await self._reply(writer, {"ok": False, "message": f"bad request: {err}; "
                                            "send one JSON object on one line"})
                 return
             problem = validate(request)
@@ -172,6 +226,37 @@ class ControlServer:
             if request.get("progress") is True:
                 await self._reply(writer, {"pending": True, "wait_s": round(max(0.0, wait_s), 3)})
         return progress
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> bytes:
+        """One line of at most MAX_REQUEST_BYTES. A longer one is read on to its end (at most
+        DISCARD_MAX_BYTES) and refused: replying with it unread would reset the connection,
+        and the client would see "Connection reset" instead of the refusal."""
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
+        line = bytearray()
+        received = 0
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                chunk = await asyncio.wait_for(reader.read(MAX_REQUEST_BYTES), max(remaining, 0))
+            except asyncio.TimeoutError:
+                if received > MAX_REQUEST_BYTES:
+                    break
+                raise BadRequest(f"no complete line within {REQUEST_TIMEOUT_S:g} s") from None
+            end = chunk.find(b"\n")
+            received += len(chunk) if end < 0 else end + 1
+            if received <= MAX_REQUEST_BYTES:
+                line += chunk if end < 0 else chunk[:end + 1]
+            if not chunk or end >= 0 or received > DISCARD_MAX_BYTES:
+                break
+        if received > MAX_REQUEST_BYTES:
+            raise BadRequest(f"longer than {MAX_REQUEST_BYTES} bytes")
+        return bytes(line)
+
+    def _bad_request(self, pid: int, uid: int, why: str) -> None:
+        self.bad_requests += 1
+        self._limited.warning("bad-request", time.monotonic(), "control socket: bad request from pid %d "
+                              "(uid %d): %s", pid, uid, why)
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict) -> None:

@@ -70,6 +70,7 @@ class Drainer:
         self.hold_wanted = hold_new_connections and bool(ports)
         self.nft = shutil.which("nft")
         self.holding = False
+        self._hold_lock = asyncio.Lock()
         if self.hold_wanted and self.nft is None:
             log.warning("the nft command is missing (Debian package nftables): during a handover new "
                         "associations are not held back, and one that starts in the last moment is cut")
@@ -92,24 +93,44 @@ class Drainer:
                 log.warning("removed a connection hold left by an earlier agent")
 
     async def hold(self) -> bool:
-        if not self.hold_wanted or self.nft is None or self.holding:
-            return self.holding
-        code, err = await self._nft("-f", "-", stdin=hold_ruleset(self.vips, list(self.ports)))
-        if code != 0:
-            log.warning("cannot hold new associations during the handover (nft: %s)", err)
-            return False
-        self.holding = True
-        return True
+        async with self._hold_lock:
+            if not self.hold_wanted or self.nft is None or self.holding:
+                return self.holding
+            code, err = await self._nft("-f", "-", stdin=hold_ruleset(self.vips, list(self.ports)))
+            if code != 0:
+                log.warning("cannot hold new associations during the handover (nft: %s)", err)
+                return False
+            self.holding = True
+            log.info("holding new connections to the VIPs' port(s) %s until the handover is done "
+                     "(nftables table inet %s)", ", ".join(str(p) for p in sorted(self.ports)), TABLE)
+            return True
 
-    async def release_hold(self) -> None:
-        if not self.holding:
-            return
-        code, err = await self._nft("delete", "table", "inet", TABLE)
-        if code != 0:
-            log.error("cannot remove the connection hold (nft: %s); remove it with: nft delete table inet %s",
-                      err, TABLE)
-            return
-        self.holding = False
+    async def release_hold(self, retry_later: bool = False) -> None:
+        """Remove the hold, if this drainer holds one; the only way a hold ends.
+
+        Called from several places (the handover done, an abandoned drain, before taking
+        the VIPs, the agent's exit), possibly at the same moment: one at a time, so the
+        table is deleted once, and a call that finds it gone says nothing. If it cannot
+        be removed: an ERROR, unless `retry_later` (a later call will try again: one
+        comes before this node takes the VIPs, where a hold would matter, and one at exit).
+        """
+        async with self._hold_lock:
+            if not self.holding:
+                return
+            code, err = await self._nft("delete", "table", "inet", TABLE)
+            if code != 0:
+                listed, _ = await self._nft("list", "table", "inet", TABLE)
+                if listed in (0, -1):     # still there, or nft cannot even tell
+                    if retry_later:
+                        log.warning("cannot remove the connection hold yet (nft: %s); trying again before "
+                                    "this node takes the VIPs, and when the agent stops", err)
+                    else:
+                        log.error("cannot remove the connection hold (nft: %s): new DICOM associations to "
+                                  "the VIPs may still be refused; remove it with: nft delete table inet %s",
+                                  err, TABLE)
+                    return
+                log.info("the connection hold was already gone (nft: %s)", err)
+            self.holding = False
 
     async def _count(self) -> int:
         try:

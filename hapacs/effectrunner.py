@@ -91,7 +91,7 @@ class EffectRunner:
             agent.start_task(self._drain(effect), "drain")
         elif isinstance(effect, HandoverDone):
             (log.info if effect.ok else log.warning)("handover: %s", effect.text)
-            agent.start_task(agent.drainer.release_hold(), "release-hold")
+            agent.start_task(agent.drainer.release_hold(retry_later=True), "release-hold")
         elif isinstance(effect, CommandDone):
             (log.info if effect.ok else log.warning)("%s: %s", effect.command, effect.text)
         elif isinstance(effect, PeerChange):
@@ -133,4 +133,4 @@ class EffectRunner:
         agent.feed(lambda now: agent.core.drained(result.cut, now))
         if agent.core.view(agent.loop.time()).handover_target is None:
             # Abandoned meanwhile (a fault, a stop, a withdrawn request): hold nothing.
-            await agent.drainer.release_hold()
+            await agent.drainer.release_hold(retry_later=True)

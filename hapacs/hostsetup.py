@@ -1,12 +1,15 @@
 """What the agent needs from the host before it starts: the address its heartbeats leave
-from, and the kernel setting that keeps VIPs when the primary address goes."""
+from (and the peer list without it), the kernel setting that keeps VIPs when the primary
+address goes, and the election's parameters from the configuration and that address."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 
+from . import hostcheck, wire
 from .config import Config
+from .model import Params
 
 log = logging.getLogger("hapacs")
 
@@ -18,25 +21,15 @@ class StartupError(Exception):
 
 
 def heartbeat_address(config: Config, interface: str, addresses) -> Address:
-    """The address heartbeats leave from: node.address, or the interface's first own address
-    of the peers' family (not a VIP). `addresses` are the interface's (netlink) addresses."""
-    vip_ips = {v.address.ip for v in config.vips}
+    """The address heartbeats leave from (hostcheck.heartbeat_source), or why there is none.
+    `addresses` are the interface's (netlink) addresses."""
+    source = hostcheck.heartbeat_source(config, addresses)
+    if source is not None:
+        return source
     if config.node.address is not None:
-        if config.node.address not in {a.interface.ip for a in addresses}:
-            raise StartupError(f"node.address {config.node.address} is not on {interface}")
-        return config.node.address
-    family = (config.cluster.peers[0].version if config.cluster.peers
-              else config.cluster.multicast_group.version)
-    for address in addresses:
-        ip = address.interface.ip
-        if ip.version != family or ip in vip_ips:
-            continue
-        # IPv6 multicast leaves from the link-local address; unicast from a global one.
-        if family == 6 and ip.is_link_local != (not config.cluster.peers):
-            continue
-        return ip
-    raise StartupError(f"{interface} has no IPv{family} address to send heartbeats from; "
-                       "give it one or set node.address")
+        raise StartupError(f"node.address {config.node.address} is not on {interface}")
+    raise StartupError(f"{interface} has no IPv{hostcheck.heartbeat_family(config)} address to send "
+                       "heartbeats from; give it one or set node.address")
 
 
 def promote_secondaries(config: Config) -> None:
@@ -52,3 +45,22 @@ def promote_secondaries(config: Config) -> None:
         except OSError as err:
             log.warning("cannot set %s to 1 (%s): removing the primary address of %s would also "
                         "remove the VIPs", path, err.strerror or err, name)
+
+
+def skip_own_address(config: Config, own: Address) -> Config:
+    """One peer list copied to every node names this node too: skip that entry."""
+    config, skipped = hostcheck.without_own_address(config, own)
+    if skipped:
+        log.info("cluster.peers lists this node's own address %s: skipped (heartbeats go to the others)", own)
+    return config
+
+
+def election_params(config: Config, own: Address) -> Params:
+    """What the election core is told of the configuration and of this host."""
+    return Params(
+        name=config.node.name, address=own.packed, priority=config.node.priority,
+        advert_interval_s=config.cluster.advert_interval_s, dead_after=config.cluster.dead_after,
+        preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
+        vip_digest=wire.vip_digest(v.label for v in config.vips),
+        drain_timeout_s=config.handover.drain_timeout_s, witness=bool(config.cluster.witness),
+        cluster_size=1 + len(config.cluster.peers) if config.cluster.quorum == "majority" else 0)

@@ -27,8 +27,8 @@ def load(path: str) -> tuple[bytes, ...]:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise KeyFileError(f"{path} does not exist; create it with: "
-                           f"openssl rand -hex 32 > {path}; chmod 600 {path}") from None
+        raise KeyFileError(f"{path} does not exist; create it (readable by root only from the start) "
+                           f"with: (umask 077; openssl rand -hex 32 > {path})") from None
     except OSError as err:
         raise KeyFileError(f"cannot read {path}: {err.strerror}") from None
     if not stat.S_ISREG(info.st_mode):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from typing import Callable, Iterable
 
@@ -257,6 +258,12 @@ class MetricsServer:
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
                                                 reuse_address=True)
         self._log.info("metrics for Prometheus at http://%s%s (read only)", self.shown, PATH)
+
+    def bind_error(self, err: OSError) -> str:
+        """What an operator reads when the port cannot be had; asyncio rewords the error, the
+        errno's own text is what operators know."""
+        return (f"cannot listen for metrics on {self.shown} (metrics.listen): "
+                f"{os.strerror(err.errno) if err.errno else err}")
 
     async def stop(self) -> None:
         if self._server is None:

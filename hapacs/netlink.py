@@ -132,6 +132,27 @@ class Netlink:
             return found
         return await self._call(f"list addresses of interface {index}", dump())
 
+    async def links(self) -> list[Link]:
+        """Every interface of this network namespace."""
+        assert self._ipr is not None
+
+        async def dump():
+            return [_link_from(msg) async for msg in await self._ipr.link("dump")]
+        return await self._call("list interfaces", dump())
+
+    async def all_addresses(self) -> list[Address]:
+        """Every address of every interface."""
+        assert self._ipr is not None
+
+        async def dump():
+            found = []
+            async for msg in await self._ipr.addr("dump"):
+                address = _address_from(msg)
+                if address is not None:
+                    found.append(address)
+            return found
+        return await self._call("list addresses", dump())
+
     async def add_lease(self, index: int, address: Interface, lease_s: int) -> None:
         """Add or renew `address` with a lifetime: the kernel removes it if we stop renewing."""
         assert self._ipr is not None

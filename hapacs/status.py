@@ -94,6 +94,9 @@ class Status:
     timer_late_recent: tuple[tuple[float, float], ...] = ()   # (monotonic, ms) of the last late firings
     # The last drain before a handover: when it ended (monotonic), how long, what it found.
     last_drain: dict | None = None
+    # Requests refused because they could not be read at all, by where they came in
+    # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
+    bad_requests: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -126,6 +129,7 @@ class Status:
                               "last_minute": round(self.timer_late_ms_minute, 2),
                               "recent": [list(x) for x in self.timer_late_recent]},
             "last_drain": self.last_drain,
+            "bad_requests": dict(self.bad_requests),
         }
 
 
@@ -196,6 +200,9 @@ def render_table(status: Status, history: int = 5) -> str:
     lines.append("")
     lines.append(f"heartbeats sent {status.counters.adverts_sent}, received {status.counters.adverts_received}; "
                  f"dropped: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
+    bad = {k: v for k, v in status.bad_requests.items() if v}
+    if bad:
+        lines.append("bad requests refused: " + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))
     if status.timer_late_ms_minute > 0.3 * status.advert_interval_s * 1000 > 0:
         lines.append(f"warning: heartbeats ran up to {status.timer_late_ms_minute:.0f} ms late in the last "
                      "minute: the host is too loaded for these timers (see README, Choosing timers)")

@@ -90,10 +90,11 @@ class AgentCluster:
             yaml.safe_dump(self.config(host), handle, sort_keys=False)
         return path
 
-    def start(self, host: str, log_level: str = "info") -> subprocess.Popen:
+    def start(self, host: str, log_level: str = "info", env: dict | None = None) -> subprocess.Popen:
+        """Start the agent of `host`; `env` adds variables to its environment (PATH, ...)."""
         path = self.write(host)
         log = open(self.log_path(host), "a")
-        env = {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**(env or {}), "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
         argv = [sys.executable, "-m", "hapacs", "run", "-c", path, "--log-level", log_level]
         if self.realtime:
             argv = ["chrt", "-r", "10", *argv]   # chrt execs: the pid stays the agent's

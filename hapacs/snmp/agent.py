@@ -26,6 +26,8 @@ from pysnmp.entity.rfc3413 import cmdrsp, context
 from pysnmp.smi import error
 
 from ..config import SnmpConfig, SnmpUser
+from ..effects import PeerChange, SplitBrain, Transition
+from ..logs import RateLimited
 from ..status import Status
 from . import oids
 from .identity import engine_id_for, next_boots
@@ -40,6 +42,7 @@ READ_VIEW = (1, 3, 6, 1)            # the instrumentation decides what exists; V
 COMMUNITY_SECURITY_NAME = "hapacs-read"
 LISTEN_DOMAINS = {socket.AF_INET: udp.DOMAIN_NAME + (1,), socket.AF_INET6: udp6.DOMAIN_NAME + (1,)}
 INTERFACE_RETRY_S = 10.0
+BAD_REQUEST_LOG_PERIOD_S = 10.0
 
 AUTH_PROTOCOLS = {
     "sha": engine_config.USM_AUTH_HMAC96_SHA,
@@ -53,6 +56,30 @@ PRIV_PROTOCOLS = {
     "aes128": engine_config.USM_PRIV_CFB128_AES,
     "aes256": engine_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
 }
+
+
+class _GuardedReceive:
+    """The receive path of pysnmp's asyncio transports, with a guard around each datagram.
+
+    pysnmp hands every datagram to the engine in a loop callback; a datagram it cannot
+    decode (random bytes, a truncated or hostile BER message) either raises out of that
+    callback, and asyncio logs an ERROR with a 30-line traceback (anyone on the segment
+    could fill the journal that way), or is dropped silently with only an SNMP counter
+    raised. `guard(address, receive)` runs the engine's receive and sees both.
+    """
+
+    guard: Callable[[tuple, Callable[[], None]], None]
+
+    def datagram_received(self, datagram, address) -> None:
+        self.loop.call_soon(self.guard, address, lambda: self._callback_function(self, address, datagram))
+
+
+class _GuardedUdp(_GuardedReceive, udp.UdpAsyncioTransport):
+    pass
+
+
+class _GuardedUdp6(_GuardedReceive, udp6.Udp6AsyncioTransport):
+    pass
 
 
 class SnmpBindError(Exception):
@@ -82,6 +109,8 @@ class SnmpAgent:
         self._snapshot_ttl_s = snapshot_ttl_s
         self._snapshot_cache: tuple[float, Snapshot] | None = None
         self._render_failures = 0
+        self.bad_requests = 0       # datagrams that could not be processed (undecodable, hostile)
+        self._limited = RateLimited(log, BAD_REQUEST_LOG_PERIOD_S)
         self._system = " ".join(os.uname()[i] for i in (0, 2, 4))      # sysname release machine
         self.engine_id = engine_id_for(node_name, config.engine_id)
         self.engine_boots = 0
@@ -118,8 +147,9 @@ class SnmpAgent:
         engine = self._engine = await asyncio.to_thread(self._build_engine)
         for number, sock in enumerate(sockets, start=1):
             family = sock.family
-            transport = (udp.UdpAsyncioTransport if family == socket.AF_INET
-                         else udp6.Udp6AsyncioTransport)().open_server_mode(sock=sock)
+            transport = (_GuardedUdp if family == socket.AF_INET else _GuardedUdp6)()
+            transport.guard = self._receive_guarded
+            transport.open_server_mode(sock=sock)
             await transport._lport              # the endpoint is made in a task; wait for it
             engine_config.add_transport(engine, LISTEN_DOMAINS[family] + (number,), transport)
             self.addresses.append(sock.getsockname()[:2])
@@ -154,6 +184,16 @@ class SnmpAgent:
         self._engine.close_dispatcher()
         self._engine = None
         self.addresses = []
+
+    def observe(self, effect) -> None:
+        """An effect listener: the core's decisions an NMS hears about as notifications."""
+        if isinstance(effect, Transition):
+            self.notify("state_change", old=effect.old.name, new=effect.new.name, reason=effect.reason.text,
+                        code=effect.reason.code)
+        elif isinstance(effect, PeerChange) and not effect.up:
+            self.notify("peer_lost", peer=effect.name)
+        elif isinstance(effect, SplitBrain):
+            self.notify("split_brain", peer=effect.peer, winner=effect.winner)
 
     def notify(self, kind: str, **fields) -> None:
         """Queue the notification(s) for an event and return at once; never raises.
@@ -241,6 +281,36 @@ class SnmpAgent:
         parts += [str(receiver) for receiver in self.receivers]
         return "; ".join(parts)
 
+    def _receive_guarded(self, address, receive: Callable[[], None]) -> None:
+        """Let the engine process one datagram; count and log (at a limited rate) one it cannot."""
+        before = self._undecodable()
+        try:
+            receive()
+        except Exception as problem:
+            why = f"{type(problem).__name__}: {_first_line(problem)}"
+            self._log.debug("SNMP: the datagram from %s failed", address, exc_info=problem)
+        else:
+            if self._undecodable() == before:
+                return
+            why = "not an SNMP message this agent reads"
+        self.bad_requests += 1
+        self._limited.warning("bad-request", time.monotonic(), "SNMP: dropped a datagram from %s that "
+                              "cannot be processed (%s)", _shown(*address[:2]), why)
+
+    def _undecodable(self) -> int:
+        """pysnmp's own counts of what it dropped unread: BER it cannot decode (RFC 3418
+        snmpInASNParseErrs), an unknown version (snmpInBadVersions), a malformed SNMPv3
+        header (RFC 3412 snmpInvalidMsgs)."""
+        if self._engine is None:
+            return 0
+        try:
+            builder = self._engine.get_mib_builder()
+            counters = builder.import_symbols("__SNMPv2-MIB", "snmpInASNParseErrs", "snmpInBadVersions")
+            counters += builder.import_symbols("__SNMP-MPD-MIB", "snmpInvalidMsgs")
+            return sum(int(counter.syntax) for counter in counters)
+        except Exception:       # another pysnmp: then only what raises is counted
+            return 0
+
     # --- the read path: synchronous, on the loop, memory only -----------------------------
 
     def _snapshot(self) -> Snapshot:
@@ -301,6 +371,11 @@ class SnmpAgent:
 
 def _security_level(user: SnmpUser) -> str:
     return "authPriv" if user.priv_protocol else "authNoPriv"
+
+
+def _first_line(problem: Exception) -> str:
+    text = str(problem).strip().splitlines()
+    return text[0][:200] if text else "no message"
 
 
 def _shown(host: str, port: int) -> str:
