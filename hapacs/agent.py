@@ -223,7 +223,7 @@ class Agent:
         from .witness import WitnessRunner
         self.witness = WitnessRunner(
             self.config.cluster.witness,
-            lambda ok, text: self.feed(lambda now: self.core.set_witness(ok, text, now)),
+            lambda ok, text, started: self.feed(lambda now: self.core.set_witness(ok, text, now, started)),
             self.core.hears_no_peer)
         self.witness.start()
 

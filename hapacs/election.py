@@ -421,9 +421,10 @@ class Election:
     def _guard(self, now: float) -> list[Effect]:
         return self.guard.after_event(self, now)
 
-    def set_witness(self, ok: bool, text: str, now: float) -> list[Effect]:
-        """A witness probe's result: `ok` if any witness answered; `text` says what failed."""
-        return self.guard.witness_result(self, ok, text, now)
+    def set_witness(self, ok: bool, text: str, now: float, probed_at: float | None = None) -> list[Effect]:
+        """A witness probe's result: `ok` if any witness answered; `text` says what failed;
+        `probed_at`: when the probe began (its answer proves nothing about earlier moments)."""
+        return self.guard.witness_result(self, ok, text, now, now if probed_at is None else probed_at)
 
     # --- operator commands and the shell's answers (the logic is in Handoffs) ------------------
 

@@ -102,9 +102,11 @@ class SplitBrainGuard:
             effects.append(ProbeWitness("no peer heard"))
         return effects
 
-    def witness_result(self, owner: Election, ok: bool, text: str, now: float) -> list[Effect]:
-        """A witness probe's result: `ok` if any witness answered; `text` says what failed."""
-        self.record(ok, now)
+    def witness_result(self, owner: Election, ok: bool, text: str, now: float, probed_at: float) -> list[Effect]:
+        """A witness probe's result: `ok` if any witness answered; `text` says what failed.
+        It is dated from when the probe began: a probe sent before the peers fell silent may
+        have crossed the cut, and proves nothing about this node being reachable after it."""
+        self.record(ok, probed_at)
         others = owner.peers.heard_recently(now, besides=owner.master)
         if not self.witness or not owner.deciding or others:
             return []

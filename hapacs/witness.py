@@ -29,7 +29,7 @@ def _as_check(index: int, witness: WitnessConfig) -> CheckConfig:
 
 
 class WitnessRunner:
-    def __init__(self, witnesses: tuple[WitnessConfig, ...], on_result: Callable[[bool, str], None],
+    def __init__(self, witnesses: tuple[WitnessConfig, ...], on_result: Callable[[bool, str, float], None],
                  alone: Callable[[], bool]):
         self.checks = [_as_check(i, w) for i, w in enumerate(witnesses)]
         self.period_s = min(w.interval_s for w in witnesses)
@@ -64,11 +64,12 @@ class WitnessRunner:
                 if not self.alone():
                     continue
             self._wake.clear()
+            started = asyncio.get_running_loop().time()
             ok, text = await self.probe()
             if self.last is None or self.last[0] != ok:
                 (log.info if ok else log.warning)("witness %s: %s", "reachable" if ok else "unreachable", text)
             self.last = (ok, text)
-            self.on_result(ok, text)
+            self.on_result(ok, text, started)
 
     async def probe(self) -> tuple[bool, str]:
         """Probe every witness at once; ok if any answers."""

@@ -168,9 +168,9 @@ class SimCluster:
             elif kind == "drained":
                 self.apply(node, node.election.drained(0, self.now))
             elif kind == "witness":
-                ok = node.witness_reachable
+                ok, probed_at = node.witness_reachable, payload
                 self.apply(node, node.election.set_witness(ok, "ris:104 " + ("ok" if ok else "unreachable"),
-                                                           self.now))
+                                                           self.now, probed_at))
             return True
         self.now = max(self.now, timer_at)
         self.apply(timer_node, timer_node.election.handle_timer(self.now))

@@ -676,3 +676,18 @@ def test_release_answers_with_a_deadline_that_covers_drain_and_handover():
     assert pending.command == "release" and pending.deadline - sim.now >= 30.0 + 80.0
     sim.run_until(lambda: sim.masters() == ["b"], 120.0, "b takes over")
     assert [h.ok for h in sim.effects_of("a", HandoverDone)] == [True]
+
+
+def test_a_witness_probe_begun_before_the_peers_fell_silent_does_not_count():
+    # b is cut off (from the witness too); then the answer to a probe that began before the cut
+    # arrives: it arrived after the MASTER's last heartbeat, but it proves nothing about b being
+    # reachable now, so b must ask again, and go to FAULT, not take the VIPs.
+    sim = witness_pair()
+    b = sim.nodes["b"]
+    sim.isolate("b")
+    b.witness_reachable = False
+    sim.run(0.05)                            # heartbeats already on the wire arrive
+    sim.command("b", "set_witness", True, "probe begun before the cut", probed_at=sim.now - 0.2)
+    sim.run(3.0)
+    assert b.state == State.FAULT and not b.holds_vip
+    assert not any(t.new == State.MASTER for _, t in b.transitions)   # not even for a moment

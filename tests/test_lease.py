@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from hapacs.config import load
-from hapacs.vips import lease_seconds
+from hapacs.timing import lease_seconds
 
 CONFIG = """\
 node:
