@@ -10,6 +10,7 @@ is asynchronous, checks and notify scripts run in threads or processes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -42,6 +43,12 @@ from .vips import VipManager
 log = logging.getLogger("hapacs")
 
 
+@functools.lru_cache(maxsize=1024)
+def _packed(address: str) -> bytes:
+    """The address's bytes, as the core ranks peers by them; peers are few, cache them."""
+    return ipaddress.ip_address(address).packed
+
+
 def _plain(address: str) -> str:
     return address.split("%", 1)[0]
 
@@ -67,7 +74,6 @@ class Agent:
         self.keys = config.cluster.auth_keys
         self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
         self.unicast = config.cluster.unicast
-        self._packed: dict[str, bytes] = {}
         self.vip_digest = wire.vip_digest(v.label for v in config.vips)
         self.book = StatusBook()
         self.commands = Commands(self)
@@ -325,17 +331,26 @@ class Agent:
             self.guard.check(advert)
         except wire.WireError as err:
             self._drop(err.code, source, err.reason, now)
+            self._unreadable(data, source, err.code)
             return
         self.book.heard(advert.node, source)
-        packed = self._packed.get(source)
-        if packed is None:
-            packed = self._packed[source] = ipaddress.ip_address(source).packed
+        packed = _packed(source)
         self.feed(lambda t: self.core.receive(advert, packed, t))
+
+    def _unreadable(self, data: bytes, source: str, code: str) -> None:
+        """A configured peer's heartbeat this node cannot accept: evidence for the core of a
+        misconfigured peer (with multicast, another cluster id is just another cluster)."""
+        if code != "auth" and not (code == "cluster" and self.unicast):
+            return
+        claimed = wire.peek(data)
+        if claimed is not None:
+            packed = _packed(source)
+            self.feed(lambda now: self.core.unreadable(packed, code, claimed, now))
 
     def _drop(self, code: str, source: str, reason: str, now: float) -> None:
         self.book.dropped(code)
-        if code == "cluster":
-            return   # another cluster on the same segment: normal, not worth a log line
+        if code == "cluster" and not self.unicast:
+            return   # another cluster on the same multicast segment: normal, not worth a log line
         self._limited.warning(f"drop-{code}", now, "dropped a heartbeat from %s (%s): %s", source, code, reason)
 
     def _on_checks(self, verdict, changes) -> None:
@@ -358,22 +373,18 @@ class Agent:
             log.exception("netlink event watch failed; link changes are no longer seen")
 
     def _on_netlink(self, event) -> None:
-        if isinstance(event, LinkEvent):
-            link = event.link
-            old = self.links.get(link.name)
-            if old is None or old.index != link.index:
-                return
-            self.links[link.name] = link
-            self.vips.set_link(link)
-            if old.up != link.up:
-                if link.up:
-                    log.info("link %s is up again", link.name)
-                    self.feed(lambda now: self.core.set_fault(f"link:{link.name}", None, now,
-                                                               f"link {link.name} up"))
-                else:
-                    log.warning("link %s lost (%s)", link.name, link.state)
-                    self.feed(lambda now: self.core.set_fault(
-                        f"link:{link.name}", f"link {link.name} down ({link.state})", now))
+        if not isinstance(event, LinkEvent):
+            return
+        link, old = event.link, self.links.get(event.link.name)
+        if old is None or old.index != link.index:
+            return
+        self.links[link.name] = link
+        self.vips.set_link(link)
+        if old.up != link.up:
+            (log.info if link.up else log.warning)("link %s %s", link.name,
+                                                   "is up again" if link.up else f"lost ({link.state})")
+            fault = None if link.up else f"link {link.name} down ({link.state})"
+            self.feed(lambda now: self.core.set_fault(f"link:{link.name}", fault, now, f"link {link.name} up"))
 
     # --- status -----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from .effects import PeerChange, SendAdvert, SplitBrain, Transition
 from .lateness import LatenessMeter
 from .model import ElectionView
 from .states import State
-from .status import CheckStatus, Counters, PeerStatus, Status, TransitionRecord, VipStatus
+from .status import CheckStatus, Counters, MisconfiguredPeer, PeerStatus, Status, TransitionRecord, VipStatus
 
 HISTORY = 50
 DROP_CAUSES = wire.DROP_CODES + ("unknown_sender",)
@@ -103,4 +103,6 @@ class StatusBook:
             uptime_s=uptime_s, version=version, pid=pid,
             timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000,
             timer_late_recent=tuple((round(t, 3), round(late * 1000, 1)) for t, late in self.late.notable),
-            last_drain=self.drain_record(), bad_requests=bad_requests)
+            last_drain=self.drain_record(), bad_requests=bad_requests,
+            misconfigured=tuple(MisconfiguredPeer(str(ipaddress.ip_address(m.address)), m.cause, m.claims,
+                                                  m.last_seen_s, m.blocking, m.text) for m in view.misconfigured))

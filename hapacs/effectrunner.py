@@ -15,8 +15,8 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from .effects import (
-    AcquireVips, Announce, CommandDone, HandoverDone, Notice, PeerChange, ProbeWitness, ReleaseVips, SendAdvert,
-    SplitBrain, StartDrain, Stopped, Transition,
+    AcquireVips, Announce, CommandDone, HandoverDone, Misconfigured, Notice, PeerChange, ProbeWitness, ReleaseVips,
+    SendAdvert, SplitBrain, StartDrain, Stopped, Transition,
 )
 from .heartbeat import ENCODE_ERRORS
 from .logs import RateLimited
@@ -98,6 +98,9 @@ class EffectRunner:
             (log.info if effect.up else log.warning)("%s", effect.text)
         elif isinstance(effect, SplitBrain):
             log.warning("split brain: %s", effect.text)
+        elif isinstance(effect, Misconfigured):
+            # An ERROR: a mistake in a configuration file that would otherwise give two MASTERs.
+            (log.info if effect.gone else log.error)("%s", effect.text)
         elif isinstance(effect, (Notice, Stopped)):
             log.info("%s", effect.text)
         elif isinstance(effect, ProbeWitness) and agent.witness is not None:

@@ -114,6 +114,16 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class Misconfigured:
+    """A living peer this node cannot understand, or one with this node's name (logged as an
+    ERROR, an SNMP notification); `gone` when it has fallen silent."""
+    address: str
+    cause: str            # "auth": wrong key; "cluster": another cluster.id; "name": this node's name
+    text: str
+    gone: bool = False
+
+
+@dataclass(frozen=True)
 class ProbeWitness:
     """Probe the witnesses now and report with `set_witness()`: this node hears no peer."""
     why: str
@@ -141,5 +151,5 @@ class CommandDone:
 
 
 Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
-          | HandoverDone | PeerChange | SplitBrain | Notice | ProbeWitness | Stopped
+          | HandoverDone | PeerChange | SplitBrain | Notice | Misconfigured | ProbeWitness | Stopped
           | CommandPending | CommandDone)

@@ -67,6 +67,7 @@ from .handover import Handoffs
 from .masterwatch import MasterWatch
 from .model import CommandRefused, ElectionView, Params, Peer, PeerView
 from .peertable import PeerTable, split_brain_winner
+from .suspects import Suspects
 from .states import Flags, State
 from .wire import Advert
 
@@ -96,6 +97,7 @@ class Election:
         self.watch = MasterWatch(self)
         self.handoffs = Handoffs(self)
         self.guard = SplitBrainGuard(params.witness, params.cluster_size)
+        self.suspects = Suspects()
         # The gates: any of these keeps this node from becoming MASTER on its own.
         self.faults: dict[str, str] = {}
         self.holds: dict[str, str] = {}
@@ -140,24 +142,16 @@ class Election:
     def master_down_deadline(self) -> float | None:
         return self.watch.deadline()
 
-    @property
-    def preempt_since(self) -> float | None:
-        return self.handoffs.preemption.since
-
-    @property
-    def witness_ok(self) -> bool | None:
-        return self.guard.witness_ok
-
-    @property
-    def handover(self):
-        return self.handoffs.handover
-
     def hears_no_peer(self) -> bool:
         return self.peers.none_up()
 
     def best_candidate(self) -> bool:
-        """No live candidate peer ranks above this node (priority, then address)."""
-        return not self.peers.outranked((self.priority, self.p.address), besides=self.master)
+        """No live candidate peer ranks above this node (priority, then address), nor one held
+        only until its first check results."""
+        return not self.better_peers()
+
+    def better_peers(self) -> list[Peer]:
+        return self.peers.outranking((self.priority, self.p.address), besides=self.master)
 
     def skew_s(self, interval_s: float) -> float:
         """RFC 5798 6.1 Skew_Time, or 0 for the best candidate (see module docstring)."""
@@ -173,7 +167,7 @@ class Election:
             return "the agent is stopping"
         if self.holds:
             return "; ".join(self.holds.values())
-        return None
+        return self.suspects.blocking((self.priority, self.p.address))
 
     def live_master(self) -> Peer | None:
         peer = self.peers.get(self.master)
@@ -269,8 +263,8 @@ class Election:
         if not self.deciding:
             return []
         if advert.node == self.p.name:
-            return self.notice_once("own-name", f"a heartbeat from another host carries this node's "
-                                    f"name {advert.node!r}: node names must be unique in the cluster")
+            return self.suspects.duplicate(self, advert, address, now) + self._guard(now)
+        self.suspects.valid(address)
         effects = self.peers.heard(advert, address, now, self.state == State.MASTER, self.p.vip_digest)
         self.max_term = max(self.max_term, advert.term)
         peer = self.peers.get(advert.node)
@@ -315,6 +309,10 @@ class Election:
         if self.vip_retry_at is not None and now >= self.vip_retry_at:
             self.vip_retry_at = None
             effects += self.set_fault("vips", None, now, "retrying the VIPs")
+        gone = self.suspects.expire(now, self.p.dead_after, self.p.advert_interval_s)
+        if gone:
+            self._listen_again(now)
+            effects += gone
         effects += self.handoffs.on_timer(now)
         if self.state in (State.INIT, State.BACKUP):
             deadline = self.watch.deadline()
@@ -367,27 +365,26 @@ class Election:
             self.holds.pop(source, None)
         else:
             self.holds[source] = text
-        if held and not self.holds and self.state in (State.INIT, State.BACKUP) and not self.watch.timer.armed:
-            # It listened all along: with no live MASTER it takes over after the skew only.
+        if held and not self.holds:
+            self._listen_again(now)
+        return []
+
+    def _listen_again(self, now: float) -> None:
+        """A gate opened (a hold, a suspect gone): a BACKUP that listened all along and was kept
+        from taking over takes over after the skew only when no MASTER is alive."""
+        if self.state in (State.INIT, State.BACKUP) and not self.watch.timer.armed:
             master = self.live_master()
             if master is None:
                 self.watch.arm_skew_only(now, self.p.advert_interval_s)
             else:
                 self.watch.arm(now, master)
-        return []
 
     def set_penalty(self, penalty: int, now: float) -> list[Effect]:
         """Priority lowered by failing checks with a negative weight."""
         if penalty == self.penalty:
             return []
         self.penalty = penalty
-        return [self.send(now)] + self._preempt_again(now)
-
-    def _preempt_again(self, now: float) -> list[Effect]:
-        master = self.live_master()
-        if self.state == State.BACKUP and master is not None:
-            return self.handoffs.consider_preempt(master, now)
-        return []
+        return [self.send(now)] + self.handoffs.preempt_again(now)
 
     def vip_failed(self, text: str, now: float) -> list[Effect]:
         """The shell could not add a VIP: FAULT, and try again a little later."""
@@ -414,7 +411,12 @@ class Election:
             raise ValueError("the node name cannot change without a restart")
         self.p = params
         self.guard.reconfigure(params.witness, params.cluster_size)
-        return [self.send(now)] + self._preempt_again(now)
+        return [self.send(now)] + self.handoffs.preempt_again(now)
+
+    def unreadable(self, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+        """A heartbeat from a peer's address that this node cannot accept ("auth": wrong key,
+        "cluster": another cluster id), with what it claims: evidence of a misconfigured peer."""
+        return self.suspects.unreadable(self, address, cause, claimed, now) if self.deciding else []
 
     # --- split-brain protection (the logic is in SplitBrainGuard) -------------------------------
 
@@ -462,7 +464,8 @@ class Election:
         if not self.deciding:
             return None
         deadlines = [self.adver_deadline, self.peers.next_deadline(self.p.dead_after), self.vip_retry_at,
-                     self.handoffs.next_deadline()]
+                     self.handoffs.next_deadline(),
+                     self.suspects.next_deadline(self.p.dead_after, self.p.advert_interval_s)]
         if self.state in (State.INIT, State.BACKUP):
             deadlines.append(self.watch.deadline())
         return min(d for d in deadlines if d is not None)
@@ -476,7 +479,8 @@ class Election:
             term=self.master_term if self.state == State.MASTER else self.max_term,
             faults=tuple(self.faults.values()), holds=tuple(self.holds.values()), peers=self.peers.views(now),
             handover_target=handover.target if handover else None,
-            alone=self.state == State.MASTER and self.peers.none_up())
+            alone=self.state == State.MASTER and self.peers.none_up(),
+            misconfigured=self.suspects.views((self.priority, self.p.address), now))
 
     def _master_known(self) -> bool:
         return self.master == self.p.name or self.live_master() is not None

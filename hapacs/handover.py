@@ -185,6 +185,13 @@ class Handoffs:
         return [Notice(f"priority {owner.priority} is higher than MASTER {master.name}'s {master.priority}: "
                        "asking it to hand over (preempt)"), owner.send(now)]
 
+    def preempt_again(self, now: float) -> list[Effect]:
+        """This node's priority or settings changed: preempt the MASTER now, if it should."""
+        master = self.owner.live_master()
+        if self.owner.state == State.BACKUP and master is not None:
+            return self.consider_preempt(master, now)
+        return []
+
     def takeover(self, now: float) -> list[Effect]:
         """`hapacs takeover`: answered by CommandDone, at once or after the MASTER hands over."""
         owner = self.owner

@@ -92,12 +92,18 @@ class MasterWatch:
         self.timer.stop()
         master = owner.peers.get(owner.master)
         reason = self.reason(master, now)
-        if not owner.best_candidate():
+        better = owner.better_peers()
+        if better:
             # A better live candidate will take over (it started its timer later, or the RFC
-            # skew put it first): wait for it, but not for ever.
+            # skew put it first): wait for it, but not for ever. One held until its first check
+            # results (both hosts powered on together) is waited for longer: taking over first
+            # would mean being preempted a moment later, or two MASTERs.
             if self.deferring_since is None:
                 self.deferring_since = now
-            if now < self.deferring_since + 2 * self.interval_s(master):
+            limit = 2 * self.interval_s(master)
+            if not all(peer.candidate for peer in better):
+                limit = max(limit, timing.HELD_PEER_WAIT_S)
+            if now < self.deferring_since + limit:
                 self.arm_skew_only(now, master.interval_s if master else owner.p.advert_interval_s)
                 return []
         self.deferring_since = None

@@ -55,6 +55,12 @@ class Peer:
         return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
                 and not self.flags & (Flags.MAINTENANCE | Flags.HELD))
 
+    @property
+    def coming(self) -> bool:
+        """A candidate soon: held back only until its checks give first results (HELD)."""
+        return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
+                and Flags.HELD in self.flags and Flags.MAINTENANCE not in self.flags)
+
     def timeout_s(self, dead_after: int) -> float:
         return timing.peer_timeout_s(dead_after, self.interval_s)
 
@@ -68,6 +74,18 @@ class PeerView:
     last_seen_s: float
     up: bool
     maintenance: bool
+
+
+@dataclass(frozen=True)
+class SuspectView:
+    """A living peer this node cannot understand (or that has its name), for status."""
+
+    address: bytes
+    cause: str
+    claims: str           # what its heartbeats say, unverified: "pacs-b MASTER priority 100"
+    last_seen_s: float
+    blocking: bool        # it keeps this node from becoming MASTER
+    text: str
 
 
 @dataclass(frozen=True)
@@ -87,3 +105,4 @@ class ElectionView:
     peers: tuple[PeerView, ...]
     handover_target: str | None
     alone: bool
+    misconfigured: tuple[SuspectView, ...] = ()

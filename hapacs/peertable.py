@@ -89,10 +89,12 @@ class PeerTable:
 
     # --- ranking (RFC 5798 6.4.3: priority, then address) ----------------------------
 
-    def outranked(self, key: tuple[int, bytes], besides: str | None) -> bool:
-        """A live candidate peer (`besides` aside) ranks above `key`."""
-        return any((peer.priority, peer.address) >= key
-                   for peer in self._peers.values() if peer.candidate and peer.name != besides)
+    def outranking(self, key: tuple[int, bytes], besides: str | None) -> list[Peer]:
+        """Live peers (`besides` aside) that rank above `key` and will take over: candidates,
+        and peers held only until their first check results (a cold start)."""
+        return [peer for peer in self._peers.values()
+                if (peer.candidate or peer.coming) and peer.name != besides
+                and (peer.priority, peer.address) >= key]
 
     def best_backup(self) -> Peer | None:
         """The peer a handover should go to: a healthy BACKUP, best first."""

@@ -38,6 +38,17 @@ class CheckStatus:
 
 
 @dataclass(frozen=True)
+class MisconfiguredPeer:
+    """A living peer this node cannot understand, or that uses its name (docs/status-json.md)."""
+    address: str
+    cause: str            # auth | cluster | name
+    claims: str           # what its heartbeats say, unverified
+    last_seen_s: float
+    blocking: bool        # it keeps this node from becoming MASTER
+    message: str
+
+
+@dataclass(frozen=True)
 class TransitionRecord:
     at: str               # ISO 8601 UTC, for people
     old: str
@@ -97,6 +108,7 @@ class Status:
     # Requests refused because they could not be read at all, by where they came in
     # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
     bad_requests: dict[str, int] = field(default_factory=dict)
+    misconfigured: tuple[MisconfiguredPeer, ...] = ()
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -130,6 +142,9 @@ class Status:
                               "recent": [list(x) for x in self.timer_late_recent]},
             "last_drain": self.last_drain,
             "bad_requests": dict(self.bad_requests),
+            "misconfigured": [{"address": m.address, "cause": m.cause, "claims": m.claims,
+                               "last_seen_s": round(m.last_seen_s, 3), "blocking": m.blocking,
+                               "message": m.message} for m in self.misconfigured],
         }
 
 
@@ -175,6 +190,9 @@ def render_table(status: Status, history: int = 5) -> str:
     ]
     if status.faults:
         lines.append("FAULT because: " + "; ".join(status.faults))
+    for peer in status.misconfigured:
+        lines.append(f"MISCONFIGURED PEER {peer.address} ({peer.claims}): {peer.message}"
+                     + ("; this node will not become MASTER while it hears it" if peer.blocking else ""))
     lines.append("")
     lines += _table(["VIP", "INTERFACE", "HELD HERE"],
                     [[v.address, v.interface, "yes" if v.held else "no"] for v in status.vips])

@@ -21,6 +21,9 @@ DRAIN_SLACK_S = 5.0
 STOP_GRACE_S = 5.0
 # A VIP that could not be added is tried again after this long.
 VIP_RETRY_S = 5.0
+# How long a node whose MASTER is gone waits for a better peer that is held only until its
+# first check results (a cold start): checks answer within their timeout, a few seconds.
+HELD_PEER_WAIT_S = 5.0
 
 
 def skew_time_s(priority: int, interval_s: float) -> float:

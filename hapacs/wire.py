@@ -133,6 +133,18 @@ def decode(data: bytes, keys: Sequence[bytes], cluster_id: int) -> Advert:
     return _parse(body)
 
 
+def peek(data: bytes) -> Advert | None:
+    """What a datagram that failed authentication or carries another cluster id says, read
+    without trusting it: only to tell an operator what a misconfigured peer claims (its
+    name, state, priority). None when it is not a well-formed heartbeat at all."""
+    if not MIN_SIZE <= len(data) <= MAX_SIZE or data[:2] != MAGIC or data[2] != VERSION:
+        return None
+    try:
+        return _parse(data[:-DIGEST_SIZE])
+    except WireError:
+        return None
+
+
 def _parse(body: bytes) -> Advert:
     (_, _, cluster, state, priority, flags, interval_ms, term, boot_id, seq,
      digest) = _HEADER.unpack_from(body)

@@ -43,9 +43,12 @@ class SimNode:
     witness_delay_s: float = WITNESS_PROBE_S   # how long a witness probe takes to answer
     guard: wire.ReplayGuard = field(default_factory=wire.ReplayGuard)
     writer: HeartbeatWriter | None = None
+    key: bytes = KEY                    # a node configured with another key or cluster id
+    cluster_id: int = CLUSTER
 
     def __post_init__(self) -> None:
-        self.writer = HeartbeatWriter(CLUSTER, self.name, self.boot_id)
+        # The heartbeats carry the election's name (node.name), which tests may make a duplicate.
+        self.writer = HeartbeatWriter(self.cluster_id, self.election.p.name, self.boot_id)
 
     @property
     def state(self) -> State:
@@ -67,11 +70,13 @@ class SimCluster:
 
     def add(self, name: str, priority: int, address: str, *, interval: float = 0.1, dead_after: int = 3,
             preempt: bool = True, preempt_delay: float = 0.0, start: bool = True, witness: bool = False,
-            cluster_size: int = 0, drain_timeout: float = 1.0) -> SimNode:
+            cluster_size: int = 0, drain_timeout: float = 1.0, key: bytes = KEY, cluster_id: int = CLUSTER,
+            node_name: str | None = None) -> SimNode:
+        """`name` is the simulator's handle; `node_name` (default: `name`) is node.name."""
         packed = ipaddress.ip_address(address).packed
-        params = Params(name, packed, priority, interval, dead_after, preempt, preempt_delay, DIGEST,
-                        drain_timeout_s=drain_timeout, witness=witness, cluster_size=cluster_size)
-        node = SimNode(name, Election(params, self.now), packed)
+        params = Params(node_name or name, packed, priority, interval, dead_after, preempt, preempt_delay,
+                        DIGEST, drain_timeout_s=drain_timeout, witness=witness, cluster_size=cluster_size)
+        node = SimNode(name, Election(params, self.now), packed, key=key, cluster_id=cluster_id)
         self.nodes[name] = node
         if start:
             self.apply(node, node.election.start(self.now))
@@ -81,7 +86,7 @@ class SimCluster:
         old = self.nodes[name]
         params = old.election.p
         node = SimNode(name, Election(params, self.now), old.address, boot_id=old.boot_id + 1,
-                       holds_vip=old.holds_vip)
+                       holds_vip=old.holds_vip, key=old.key, cluster_id=old.cluster_id)
         self.nodes[name] = node
         self.apply(node, node.election.start(self.now))
         return node
@@ -130,7 +135,7 @@ class SimCluster:
 
     def _send(self, node: SimNode, effect: SendAdvert) -> None:
         params = node.election.p
-        data = node.writer.encode(effect.advert, params.advert_interval_s, params.vip_digest, KEY)
+        data = node.writer.encode(effect.advert, params.advert_interval_s, params.vip_digest, node.key)
         for other in self.nodes:
             if (other != node.name and frozenset((node.name, other)) not in self.cut
                     and (node.name, other) not in self.one_way):
@@ -158,13 +163,7 @@ class SimCluster:
             if not node.alive:
                 return True
             if kind == "deliver":
-                data, address = payload
-                advert = wire.decode(data, [KEY], CLUSTER)
-                try:
-                    node.guard.check(advert)
-                except wire.WireError:
-                    return True
-                self.apply(node, node.election.receive(advert, address, self.now))
+                self._deliver(node, *payload)
             elif kind == "drained":
                 self.apply(node, node.election.drained(0, self.now))
             elif kind == "witness":
@@ -175,6 +174,19 @@ class SimCluster:
         self.now = max(self.now, timer_at)
         self.apply(timer_node, timer_node.election.handle_timer(self.now))
         return True
+
+    def _deliver(self, node: SimNode, data: bytes, address: bytes) -> None:
+        """As the agent does: a valid heartbeat to the election, one it cannot accept from a
+        peer (wrong key, other cluster id) as evidence of a misconfigured peer."""
+        try:
+            advert = wire.decode(data, [node.key], node.cluster_id)
+            node.guard.check(advert)
+        except wire.WireError as err:
+            claimed = wire.peek(data) if err.code in ("auth", "cluster") else None
+            if claimed is not None:
+                self.apply(node, node.election.unreadable(address, err.code, claimed, self.now))
+            return
+        self.apply(node, node.election.receive(advert, address, self.now))
 
     def run(self, seconds: float, max_steps: int = 200_000) -> None:
         end = self.now + seconds

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from hapacs import wire
+from hapacs import timing, wire
 from hapacs.effects import (
-    Announce, CommandDone, CommandPending, HandoverDone, Notice, ProbeWitness, SendAdvert, Stopped,
-    Transition, Why,
+    Announce, CommandDone, CommandPending, HandoverDone, Misconfigured, Notice, ProbeWitness, SendAdvert,
+    Stopped, Transition, Why,
 )
 from hapacs.election import CommandRefused
 from hapacs.states import Flags, State
@@ -438,15 +438,37 @@ def test_waiting_for_a_better_candidate_is_bounded():
     assert 0.3 < took < 0.3 + 2 * 0.37 + 0.1
 
 
-def test_node_held_back_by_pending_checks_is_not_waited_for():
+def test_a_better_node_held_back_by_pending_checks_is_waited_for_but_not_for_ever():
+    # Its checks never answer: b waits HELD_PEER_WAIT_S for it (a cold start where a's first
+    # check result is about to come), then takes over rather than leave the VIPs unheld.
     sim = SimCluster()
     sim.add("b", 100, "192.0.2.12")
     a = sim.add("a", 150, "192.0.2.11", start=False)
     a.election.set_hold("checks", "waiting for the first check results", sim.now)
     sim.apply(a, a.election.start(sim.now))
-    took = sim.run_until(lambda: sim.masters() == ["b"], 2.0, "b master")
-    assert took < 0.5
+    took = sim.run_until(lambda: sim.masters() == ["b"], 10.0, "b master")
+    assert timing.HELD_PEER_WAIT_S < took < timing.HELD_PEER_WAIT_S + 1.0
     assert Flags.HELD in sim.nodes["b"].election.peers["a"].flags
+
+
+@pytest.mark.parametrize("first_result_s", [0.05, 0.3, 0.5, 1.0, 3.0])
+def test_cold_start_elects_the_better_node_held_by_its_checks_with_no_extra_move(first_result_s):
+    # Both hosts powered on together (issue: "a simultaneous cold start"); a's check answers
+    # first after `first_result_s`, b has none. b must not take the VIPs meanwhile: it would be
+    # preempted a moment later (an extra move), or be MASTER together with a.
+    sim = SimCluster()
+    a = sim.add("a", 150, "192.0.2.11", start=False)
+    b = sim.add("b", 100, "192.0.2.12", start=False)
+    a.election.set_hold("checks", "waiting for the first check results", sim.now)
+    sim.apply(a, a.election.start(sim.now))
+    sim.apply(b, b.election.start(sim.now))
+    sim.run(first_result_s)
+    sim.command("a", "set_checks", None, 0, None)
+    sim.run_until(lambda: sim.masters() == ["a"], 3.0, "a master")
+    sim.run(2.0)
+    assert sim.masters() == ["a"]
+    assert {holders for _, holders in sim.holder_history} <= {(), ("a",)}   # none yet, then a alone
+    assert not any(t.new == State.MASTER for _, t in b.transitions)
 
 
 # --- split-brain protection: witness and quorum ---------------------------------------------
@@ -542,7 +564,7 @@ def test_preempt_wait_is_forgotten_when_the_master_vanishes():
     sim.add("c", 50, "192.0.2.13", preempt_delay=0.5, cluster_size=3)
     sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b master")
     sim.add("a", 150, "192.0.2.11", preempt_delay=0.5, cluster_size=3)
-    sim.run_until(lambda: sim.nodes["a"].election.preempt_since is not None, 2.0, "a waits to preempt")
+    sim.run_until(lambda: sim.nodes["a"].election.handoffs.preemption.since is not None, 2.0, "a waits to preempt")
     sim.crash("b")
     sim.crash("c")
     sim.run(3.0)        # exceeds simnet's step bound if a deadline stays in the past
@@ -613,7 +635,7 @@ def test_only_a_witness_probe_after_the_peers_fell_silent_counts():
     # b's witness answered at start, while a was heard. Cut off later, b must not take that old
     # answer as proof: it probes again and stays BACKUP until the fresh answer comes.
     sim = witness_pair()
-    assert sim.nodes["b"].election.witness_ok is True       # the answer from its start
+    assert sim.nodes["b"].election.guard.witness_ok is True       # the answer from its start
     probes_before = len(sim.effects_of("b", ProbeWitness))
     sim.nodes["b"].witness_delay_s = 0.5                    # this time the witness takes 0.5 s
     sim.isolate("b")
@@ -691,3 +713,99 @@ def test_a_witness_probe_begun_before_the_peers_fell_silent_does_not_count():
     sim.run(3.0)
     assert b.state == State.FAULT and not b.holds_vip
     assert not any(t.new == State.MASTER for _, t in b.transitions)   # not even for a moment
+
+
+# --- a mistake in one file never gives two MASTERs (issue: misconfigured peers) ------------------
+
+OTHER_KEY = b"o" * 32
+
+
+def misconfigured(sim: SimCluster, name: str) -> list:
+    return [e for e in sim.effects_of(name, Misconfigured) if not e.gone]
+
+
+@pytest.mark.parametrize("priority", [100, 200])
+@pytest.mark.parametrize("mistake", [{"key": OTHER_KEY}, {"cluster_id": CLUSTER + 1}])
+def test_a_node_with_another_key_or_cluster_id_never_takes_the_vips_from_the_master(priority, mistake):
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.add("b", priority, "192.0.2.12", **mistake)
+    sim.run(5.0)
+    assert sim.masters() == ["a"] and sim.holders() == ("a",)
+    assert all(holders in ((), ("a",)) for _, holders in sim.holder_history)
+    found = misconfigured(sim, "b")
+    assert found and found[0].address == "192.0.2.11" and found[0].cause in ("auth", "cluster")
+    view = sim.nodes["b"].election.view(sim.now).misconfigured
+    assert len(view) == 1 and view[0].blocking and view[0].claims.startswith("a MASTER")
+    # The MASTER sees the misconfigured node too, and says so, but it does not stop serving.
+    assert misconfigured(sim, "a") and sim.nodes["a"].state == State.MASTER
+
+
+@pytest.mark.parametrize("priorities", [(150, 100), (100, 150)])
+def test_a_cold_start_with_one_misconfigured_node_elects_exactly_one(priorities):
+    sim = SimCluster()
+    sim.add("a", priorities[0], "192.0.2.11", start=False)
+    sim.add("b", priorities[1], "192.0.2.12", start=False, key=OTHER_KEY)
+    for name in ("a", "b"):
+        node = sim.nodes[name]
+        sim.apply(node, node.election.start(sim.now))
+    sim.run(5.0)
+    assert len(sim.masters()) == 1
+    assert all(len(holders) <= 1 for _, holders in sim.holder_history)
+
+
+def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_gone():
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
+    sim.run(2.0)
+    sim.crash("a")
+    took = sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes the VIPs of the dead a")
+    assert took < 1.0
+    assert [e for e in sim.effects_of("b", Misconfigured) if e.gone]
+
+
+def test_two_nodes_with_one_name_never_both_hold_the_vips():
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11", start=False)
+    sim.add("twin", 100, "192.0.2.12", start=False, node_name="a")
+    for name in ("a", "twin"):
+        sim.apply(sim.nodes[name], sim.nodes[name].election.start(sim.now))
+    sim.run(5.0)
+    assert sim.masters() == ["a"]
+    assert all(len(holders) <= 1 for _, holders in sim.holder_history)
+    assert misconfigured(sim, "twin")[0].cause == "name"
+    assert sim.nodes["twin"].election.view(sim.now).misconfigured[0].blocking
+
+
+def test_of_two_masters_with_one_name_the_lower_steps_down_when_they_meet():
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.add("twin", 100, "192.0.2.12", node_name="a")
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "twin"], 3.0, "both MASTER while cut")
+    sim.heal()
+    sim.run_until(lambda: len(sim.masters()) == 1, 1.0, "one MASTER once they hear each other")
+    sim.run(3.0)
+    assert len(sim.masters()) == 1 and len(sim.holders()) == 1
+
+
+def test_garbage_injected_after_the_cluster_ran_neither_moves_a_vip_nor_stops_a_failover():
+    sim = two_nodes()
+    forged = wire.Advert(CLUSTER, "mallory", State.MASTER, 254, Flags.PREEMPT, 100, 99, 1, 1, DIGEST)
+    a_address = ipaddress.ip_address("192.0.2.11").packed
+    elsewhere = ipaddress.ip_address("192.0.2.66").packed
+    for _ in range(20):                      # from the MASTER's own address and from a stranger
+        sim.command("b", "unreadable", a_address, "auth", forged)
+        sim.command("b", "unreadable", elsewhere, "auth", forged)
+        sim.run(0.05)
+    assert sim.masters() == ["a"]
+    sim.crash("a")
+    for _ in range(20):
+        sim.command("b", "unreadable", elsewhere, "auth", forged)
+        sim.run(0.05)
+    assert sim.masters() == ["b"]
+    assert [v.address for v in sim.nodes["b"].election.view(sim.now).misconfigured] == [elsewhere]
+    assert not sim.nodes["b"].election.view(sim.now).misconfigured[0].blocking

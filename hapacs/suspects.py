@@ -1,0 +1,156 @@
+"""Peers that are alive but misconfigured: evidence that must keep a node from taking the VIPs.
+
+A node that drops every heartbeat it hears (wrong key, another cluster.id)
+believes it is alone and would take the VIPs while the real MASTER holds
+them: two holders. A node whose name another host also uses ignores that
+host's heartbeats as its own, with the same result. So datagrams that fail
+authentication or carry another cluster id, coming from an address in
+cluster.peers (or, with multicast, failing authentication), and valid
+heartbeats that carry this node's own name from another address, are kept
+here as evidence of a living peer. Pure.
+
+How the evidence is weighed, and why an attacker gains nothing by it:
+
+* A "suspect" ranks by what its heartbeats claim (priority, address),
+  unverified. This node does not become MASTER while a suspect claims to
+  be MASTER or ranks above it; a lower-ranked suspect does not stop it.
+  Two misconfigured nodes thus still elect one: each blocks the other only
+  if the other ranks higher or is already MASTER.
+* Unauthenticated evidence counts only until this node has heard one valid
+  heartbeat (then it knows its key works and who its peers are), and never
+  from an address whose valid heartbeats it has heard. Forged or replayed
+  garbage injected after the cluster has run correctly therefore neither
+  moves a VIP nor stops a real failover; it is still shown in status.
+* A duplicate name is authenticated (the other host has our key), so it
+  always counts: of two nodes with one name only the higher-ranked may
+  hold the VIPs, and a MASTER that hears a higher-ranked MASTER of its name
+  steps down.
+* Evidence expires like a peer: after dead_after + 1 of the longer of the
+  two advertisement intervals without a datagram.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import timing
+from .effects import Announce, Effect, Misconfigured, Reason, Why
+from .model import SuspectView
+from .peertable import split_brain_winner
+from .model import Peer
+from .states import State
+from .wire import Advert
+
+if TYPE_CHECKING:
+    from .election import Election
+
+CAUSES = {
+    "auth": "its heartbeats fail authentication: another key in cluster.auth_key_file",
+    "cluster": "its heartbeats carry another cluster.id",
+    "name": "it uses this node's name: node.name must be unique",
+}
+
+
+@dataclass
+class Suspect:
+    address: bytes
+    cause: str
+    claimed: Advert
+    last_seen: float
+
+    @property
+    def shown(self) -> str:
+        return str(ipaddress.ip_address(self.address))
+
+    @property
+    def claims(self) -> str:
+        return f"{self.claimed.node} {self.claimed.state.name} priority {self.claimed.priority}"
+
+    @property
+    def claims_master(self) -> bool:
+        return self.claimed.state == State.MASTER and self.claimed.priority > 0
+
+
+class Suspects:
+    def __init__(self) -> None:
+        self._by_address: dict[bytes, Suspect] = {}
+        self.validated: set[bytes] = set()   # addresses of peers heard with valid heartbeats
+        self.synced = False                  # this node has heard a valid heartbeat since start
+
+    def valid(self, address: bytes) -> None:
+        self.validated.add(address)
+        self.synced = True
+
+    # --- evidence in -------------------------------------------------------------------
+
+    def unreadable(self, owner: Election, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+        """A datagram from a peer's address that failed authentication ("auth") or carries
+        another cluster id ("cluster"), with what it claims (unverified)."""
+        if address in self.validated or address == owner.p.address:
+            return []   # a known peer's address: forged or replayed, never evidence
+        return self._heard(address, cause, claimed, now)
+
+    def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
+        """A valid heartbeat with this node's own name from another address."""
+        effects = self._heard(address, "name", advert, now)
+        suspect = self._by_address[address]
+        if owner.state == State.MASTER and suspect.claims_master:
+            mine = (owner.maintenance, owner.master_term, owner.advertised_priority(), owner.p.address)
+            theirs = Peer(advert.node, address, advert.state, advert.priority, advert.flags, advert.term,
+                          advert.advert_interval_s, now, advert.target, advert.vip_digest)
+            wins, why = split_brain_winner(mine, theirs)
+            text = f"the host at {suspect.shown} also calls itself {advert.node} and is MASTER"
+            if not wins:
+                return effects + owner.enter(State.BACKUP, Reason(Why.SPLIT_BRAIN, f"{text} ({why})"), now)
+            if effects:
+                effects.append(Announce(f"{text}; this node stays MASTER ({why})"))
+        return effects
+
+    def _heard(self, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+        known = self._by_address.get(address)
+        self._by_address[address] = Suspect(address, cause, claimed, now)
+        if known is not None and known.cause == cause:
+            return []
+        suspect = self._by_address[address]
+        return [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} ({suspect.claims}) "
+                              f"cannot be understood: {CAUSES[cause]}")]
+
+    # --- weighing --------------------------------------------------------------------------
+
+    def blocking(self, key: tuple[int, bytes]) -> str | None:
+        """Why the evidence keeps this node from becoming MASTER, or None."""
+        for suspect in self._by_address.values():
+            if self._blocks(suspect, key):
+                why = "claims to be MASTER" if suspect.claims_master else "ranks above this node"
+                return (f"a misconfigured peer at {suspect.shown} ({suspect.claims}) {why}: "
+                        f"{CAUSES[suspect.cause]}")
+        return None
+
+    def _blocks(self, suspect: Suspect, key: tuple[int, bytes]) -> bool:
+        if suspect.cause != "name" and self.synced:
+            return False
+        return suspect.claims_master or (suspect.claimed.priority, suspect.address) > key
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def expire(self, now: float, dead_after: int, interval_s: float) -> list[Effect]:
+        gone = [s for s in self._by_address.values() if now >= self._silent_at(s, dead_after, interval_s)]
+        for suspect in gone:
+            del self._by_address[suspect.address]
+        return [Misconfigured(s.shown, s.cause, f"the misconfigured peer at {s.shown} fell silent", gone=True)
+                for s in gone]
+
+    def next_deadline(self, dead_after: int, interval_s: float) -> float | None:
+        return min((self._silent_at(s, dead_after, interval_s) for s in self._by_address.values()), default=None)
+
+    @staticmethod
+    def _silent_at(suspect: Suspect, dead_after: int, interval_s: float) -> float:
+        return suspect.last_seen + timing.peer_timeout_s(dead_after,
+                                                         max(interval_s, suspect.claimed.advert_interval_s))
+
+    def views(self, key: tuple[int, bytes], now: float) -> tuple[SuspectView, ...]:
+        return tuple(SuspectView(s.address, s.cause, s.claims, now - s.last_seen, self._blocks(s, key),
+                                 CAUSES[s.cause])
+                     for s in sorted(self._by_address.values(), key=lambda s: s.address))
