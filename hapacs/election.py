@@ -472,15 +472,13 @@ class Election:
 
     def view(self, now: float) -> ElectionView:
         handover = self.handoffs.handover
+        known = self.master == self.p.name or self.live_master() is not None
         return ElectionView(
             state=self.state, since_s=now - self.since, priority=self.p.priority,
-            effective_priority=self.priority, master=self.master if self._master_known() else None,
+            effective_priority=self.priority, master=self.master if known else None,
             maintenance=self.maintenance, sticky=self.sticky,
             term=self.master_term if self.state == State.MASTER else self.max_term,
             faults=tuple(self.faults.values()), holds=tuple(self.holds.values()), peers=self.peers.views(now),
             handover_target=handover.target if handover else None,
             alone=self.state == State.MASTER and self.peers.none_up(),
             misconfigured=self.suspects.views((self.priority, self.p.address), now))
-
-    def _master_known(self) -> bool:
-        return self.master == self.p.name or self.live_master() is not None
