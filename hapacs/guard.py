@@ -96,6 +96,11 @@ class SplitBrainGuard:
             elif (text is None) == ("quorum" in owner.holds):
                 effects += owner.set_hold("quorum", text, now)
         heard = self.hears(up, now)
+        if heard == "heard" and self.awaiting_witness:
+            # It asked a witness because it heard nobody, and now hears a peer: the election goes on
+            # without the witness (its Master_Down_Timer stopped when it asked; re-arm it).
+            self.awaiting_witness = False
+            owner.listen_again(now)
         if heard == "heard" and "isolated" in owner.faults:
             effects += owner.set_fault("isolated", None, now, "a peer is heard again")
         elif heard == "alone":

@@ -809,3 +809,20 @@ def test_garbage_injected_after_the_cluster_ran_neither_moves_a_vip_nor_stops_a_
     assert sim.masters() == ["b"]
     assert [v.address for v in sim.nodes["b"].election.view(sim.now).misconfigured] == [elsewhere]
     assert not sim.nodes["b"].election.view(sim.now).misconfigured[0].blocking
+
+
+def test_a_node_waiting_for_its_witness_that_then_hears_a_peer_goes_on_electing():
+    # a starts alone, its Master_Down_Timer fires, it asks the witness (slow to answer); b starts
+    # meanwhile. a hears b: the election must go on, and the better a become MASTER, not stay in
+    # INIT until b gives up waiting for it and takes the VIPs (found under load in CI).
+    sim = SimCluster()
+    a = sim.add("a", 150, "192.0.2.11", witness=True, start=False)
+    a.witness_delay_s = 0.5
+    sim.apply(a, a.election.start(sim.now))
+    sim.run(0.35)
+    assert any("a witness must confirm" in e.why for e in sim.effects_of("a", ProbeWitness))
+    sim.add("b", 100, "192.0.2.12", witness=True)
+    sim.run_until(lambda: sim.masters() == ["a"], 1.5, "a master")
+    sim.run(2.0)
+    assert sim.masters() == ["a"]
+    assert not any(t.new == State.MASTER for _, t in sim.nodes["b"].transitions)
