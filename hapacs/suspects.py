@@ -114,8 +114,10 @@ class Suspects:
         if known is not None and known.cause == cause:
             return []
         suspect = self._by_address[address]
+        # A peer with this node's name is understood well enough; the others are not.
+        what = "is misconfigured" if cause == "name" else "cannot be understood"
         return [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} ({suspect.claims}) "
-                              f"cannot be understood: {CAUSES[cause]}")]
+                              f"{what}: {CAUSES[cause]}")]
 
     # --- weighing --------------------------------------------------------------------------
 

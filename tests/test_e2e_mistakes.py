@@ -198,7 +198,8 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips(lab, b_priority):
             assert [(m["address"], m["cause"]) for m in misconfigured(cluster, "a")] == [("192.0.2.12", "name")]
             assert cluster.status("b")["counters"]["became_master"] == 0
             errors = log_lines(cluster, "b", "ERROR", "192.0.2.11")
-            assert errors and "node.name must be unique" in errors[0], errors
+            assert errors and "is misconfigured: it uses this node's name: node.name must be unique" in errors[0], \
+                errors
             assert "name must be unique" in cluster.cli("a", "status").stdout
         finally:
             print(cluster.logs())

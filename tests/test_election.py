@@ -762,6 +762,8 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips():
     assert sim.masters() == ["a"]
     assert all(len(holders) <= 1 for _, holders in sim.holder_history)
     assert misconfigured(sim, "twin")[0].cause == "name"
+    assert misconfigured(sim, "twin")[0].text == ("a living peer at 192.0.2.11 (a INIT priority 150) is "
+                                                  "misconfigured: it uses this node's name: node.name must be unique")
     assert sim.nodes["twin"].election.view(sim.now).misconfigured[0].blocking
 
 
