@@ -432,16 +432,7 @@ def notifications(kind: str, fields: Mapping[str, object], status: Status,
         return found
 
     if kind == "misconfigured":
-        if fields["cause"] not in MISCONFIGURED_CAUSE:
-            raise ValueError(f"unknown misconfiguration cause {fields['cause']!r}")
-        kind_of_address, raw, _ = inet_address(str(fields["address"]))
-        return [Notification(o.hapacsMisconfiguredPeer, (
-            node,
-            _scalar(o.hapacsMisconfiguredAddressType, integer(kind_of_address)),
-            _scalar(o.hapacsMisconfiguredAddress, octets(raw)),
-            _scalar(o.hapacsMisconfiguredCause, integer(MISCONFIGURED_CAUSE[fields["cause"]])),
-            _scalar(o.hapacsMisconfiguredMessage, text(fields["message"], 255)),
-        ))]
+        return [_misconfigured(node, fields)]
 
     if kind in ("check_down", "check_up"):
         index = _position((c.name for c in status.checks), fields["check"])
@@ -457,3 +448,16 @@ def notifications(kind: str, fields: Mapping[str, object], status: Status,
         return [Notification(o.hapacsPeerLost, (node, peer))]
     return [Notification(o.hapacsSplitBrain, (
         node, peer, _scalar(o.hapacsSplitBrainWinner, text(fields["winner"], 64))))]
+
+
+def _misconfigured(node: tuple[Oid, Value], fields: Mapping[str, object]) -> Notification:
+    if fields["cause"] not in MISCONFIGURED_CAUSE:
+        raise ValueError(f"unknown misconfiguration cause {fields['cause']!r}")
+    kind_of_address, raw, _ = inet_address(str(fields["address"]))
+    return Notification(o.hapacsMisconfiguredPeer, (
+        node,
+        _scalar(o.hapacsMisconfiguredAddressType, integer(kind_of_address)),
+        _scalar(o.hapacsMisconfiguredAddress, octets(raw)),
+        _scalar(o.hapacsMisconfiguredCause, integer(MISCONFIGURED_CAUSE[fields["cause"]])),
+        _scalar(o.hapacsMisconfiguredMessage, text(fields["message"], 255)),
+    ))
