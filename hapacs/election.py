@@ -311,7 +311,7 @@ class Election:
             effects += self.set_fault("vips", None, now, "retrying the VIPs")
         gone = self.suspects.expire(now, self.p.dead_after, self.p.advert_interval_s)
         if gone:
-            self._listen_again(now)
+            self.listen_again(now)
             effects += gone
         effects += self.handoffs.on_timer(now)
         if self.state in (State.INIT, State.BACKUP):
@@ -366,10 +366,10 @@ class Election:
         else:
             self.holds[source] = text
         if held and not self.holds:
-            self._listen_again(now)
+            self.listen_again(now)
         return []
 
-    def _listen_again(self, now: float) -> None:
+    def listen_again(self, now: float) -> None:
         """A gate opened (a hold, a suspect gone): a BACKUP that listened all along and was kept
         from taking over takes over after the skew only when no MASTER is alive."""
         if self.state in (State.INIT, State.BACKUP) and not self.watch.timer.armed:

@@ -40,7 +40,7 @@ from .effects import Announce, Effect, Misconfigured, Reason, Why
 from .model import SuspectView
 from .peertable import split_brain_winner
 from .model import Peer
-from .states import State
+from .states import Flags, State
 from .wire import Advert
 
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ class Suspect:
     def claims_master(self) -> bool:
         return self.claimed.state == State.MASTER and self.claimed.priority > 0
 
+    @property
+    def may_take_over(self) -> bool:
+        """It claims to be a node that would become MASTER (as model.Peer's candidate or coming):
+        one in FAULT or maintenance never does, so waiting for it would leave the VIPs unheld."""
+        return (self.claimed.state in (State.INIT, State.BACKUP) and self.claimed.priority > 0
+                and Flags.MAINTENANCE not in self.claimed.flags)
+
 
 class Suspects:
     def __init__(self) -> None:
@@ -90,11 +97,11 @@ class Suspects:
         another cluster id ("cluster"), with what it claims (unverified)."""
         if address in self.validated or address == owner.p.address:
             return []   # a known peer's address: forged or replayed, never evidence
-        return self._heard(address, cause, claimed, now)
+        return self._heard(owner, address, cause, claimed, now)
 
     def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A valid heartbeat with this node's own name from another address."""
-        effects = self._heard(address, "name", advert, now)
+        effects = self._heard(owner, address, "name", advert, now)
         suspect = self._by_address[address]
         if owner.state == State.MASTER and suspect.claims_master:
             mine = (owner.maintenance, owner.master_term, owner.advertised_priority(), owner.p.address)
@@ -108,9 +115,15 @@ class Suspects:
                 effects.append(Announce(f"{text}; this node stays MASTER ({why})"))
         return effects
 
-    def _heard(self, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+    def _heard(self, owner: Election, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+        key = (owner.priority, owner.p.address)
         known = self._by_address.get(address)
+        blocked = known is not None and self._blocks(known, key)
         self._by_address[address] = Suspect(address, cause, claimed, now)
+        if blocked and self.blocking(key) is None:
+            # Its new claim (FAULT, maintenance, stepped down) no longer keeps this node from
+            # taking over: listen again, as when a suspect falls silent.
+            owner.listen_again(now)
         if known is not None and known.cause == cause:
             return []
         suspect = self._by_address[address]
@@ -133,7 +146,7 @@ class Suspects:
     def _blocks(self, suspect: Suspect, key: tuple[int, bytes]) -> bool:
         if suspect.cause != "name" and self.synced:
             return False
-        return suspect.claims_master or (suspect.claimed.priority, suspect.address) > key
+        return suspect.claims_master or (suspect.may_take_over and (suspect.claimed.priority, suspect.address) > key)
 
     # --- time ---------------------------------------------------------------------------------
 

@@ -752,6 +752,20 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
     assert [e for e in sim.effects_of("b", Misconfigured) if e.gone]
 
 
+def test_a_misconfigured_peer_that_will_not_take_over_does_not_block():
+    # a's PACS fails: a is in FAULT, holds no VIP and will not take them while it is, so b,
+    # which cannot read a, must not wait for it while nobody serves.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
+    sim.run(2.0)
+    assert sim.masters() == ["a"]
+    sim.command("a", "set_fault", "check:pacs", "check pacs down")
+    sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes over from an unfit a")
+    assert not sim.nodes["b"].election.view(sim.now).misconfigured[0].blocking
+
+
 def test_two_nodes_with_one_name_never_both_hold_the_vips():
     sim = SimCluster()
     sim.add("a", 150, "192.0.2.11", start=False)
