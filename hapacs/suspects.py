@@ -46,6 +46,13 @@ from .wire import Advert
 if TYPE_CHECKING:
     from .election import Election
 
+# Noise must not flood the log (an ERROR and an SNMP notification per report): at most this
+# many addresses are followed at once, and an address is reported for one cause at most once
+# per REPORT_AGAIN_S, however often it comes and goes. More is a flood, counted in drops only.
+MAX_SUSPECTS = 16
+MAX_REPORTED = 64
+REPORT_AGAIN_S = 60.0
+
 CAUSES = {
     "auth": "its heartbeats fail authentication: another key in cluster.auth_key_file",
     "cluster": "its heartbeats carry another cluster.id",
@@ -59,6 +66,7 @@ class Suspect:
     cause: str
     claimed: Advert
     last_seen: float
+    reported: bool = False   # its coming was logged: its going is too
 
     @property
     def shown(self) -> str:
@@ -85,6 +93,7 @@ class Suspects:
         self._by_address: dict[bytes, Suspect] = {}
         self.validated: set[bytes] = set()   # addresses of peers heard with valid heartbeats
         self.synced = False                  # this node has heard a valid heartbeat since start
+        self._reported: dict[tuple[bytes, str], float] = {}   # (address, cause): when last reported
 
     def valid(self, address: bytes) -> None:
         self.validated.add(address)
@@ -118,19 +127,33 @@ class Suspects:
     def _heard(self, owner: Election, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
         key = (owner.priority, owner.p.address)
         known = self._by_address.get(address)
+        if known is None and len(self._by_address) >= MAX_SUSPECTS:
+            return []
         blocked = known is not None and self._blocks(known, key)
-        self._by_address[address] = Suspect(address, cause, claimed, now)
+        same = known is not None and known.cause == cause
+        suspect = self._by_address[address] = Suspect(address, cause, claimed, now, same and known.reported)
         if blocked and self.blocking(key) is None:
             # Its new claim (FAULT, maintenance, stepped down) no longer keeps this node from
             # taking over: listen again, as when a suspect falls silent.
             owner.listen_again(now)
-        if known is not None and known.cause == cause:
+        if same or not self._may_report(address, cause, now):
             return []
-        suspect = self._by_address[address]
+        suspect.reported = True
         # A peer with this node's name is understood well enough; the others are not.
         what = "is misconfigured" if cause == "name" else "cannot be understood"
         return [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} ({suspect.claims}) "
                               f"{what}: {CAUSES[cause]}")]
+
+    def _may_report(self, address: bytes, cause: str, now: float) -> bool:
+        last = self._reported.get((address, cause))
+        if last is not None and now - last < REPORT_AGAIN_S:
+            return False
+        if len(self._reported) >= MAX_REPORTED:
+            self._reported = {k: at for k, at in self._reported.items() if now - at < REPORT_AGAIN_S}
+            if len(self._reported) >= MAX_REPORTED:
+                return False
+        self._reported[(address, cause)] = now
+        return True
 
     # --- weighing --------------------------------------------------------------------------
 
@@ -155,7 +178,7 @@ class Suspects:
         for suspect in gone:
             del self._by_address[suspect.address]
         return [Misconfigured(s.shown, s.cause, f"the misconfigured peer at {s.shown} fell silent", gone=True)
-                for s in gone]
+                for s in gone if s.reported]
 
     def next_deadline(self, dead_after: int, interval_s: float) -> float | None:
         return min((self._silent_at(s, dead_after, interval_s) for s in self._by_address.values()), default=None)

@@ -24,13 +24,16 @@ import time
 
 import pytest
 
+from hapacs.states import State
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
 
 from .e2e import VIP, one_holder, settle
 from .fixtures import lab_fixture
+from .test_e2e_hostile import A, B, CLUSTER_ID, SpoofingSender, forged
+from .test_e2e_snmp import SNMP, require_net_snmp, start_trapd, traps
 
-lab = lab_fixture("mc")
+lab = lab_fixture("mc", before=require_net_snmp)
 
 SAMPLE_INTERVAL_S = 0.05
 COLD_STARTS = 10                 # with checks on each node; and as many more without checks
@@ -131,7 +134,8 @@ def test_a_node_that_cannot_read_its_peer_never_takes_the_vips(lab, cause, b_pri
     cluster.add("a", 150 if b_priority < 150 else 100)
     wrong = ({"auth_key_file": write_key(os.path.join(cluster.dir, "other.key"))} if cause == "auth"
              else {"id": cluster.cluster_id + 1})
-    cluster.add("b", b_priority, cluster=wrong)
+    cluster.add("b", b_priority, cluster=wrong, snmp=SNMP)     # the NMS (snmptrapd) is the workstation
+    _, trap_log = start_trapd(lab)
     with HolderSampler(lab) as sampler:
         try:
             mark = join_running_master(lab, cluster, sampler)
@@ -155,6 +159,10 @@ def test_a_node_that_cannot_read_its_peer_never_takes_the_vips(lab, cause, b_pri
             assert log_lines(cluster, "a", "ERROR", "192.0.2.12")
             table = cluster.cli("b", "status").stdout
             assert "MISCONFIGURED PEER 192.0.2.11" in table and "will not become MASTER" in table, table
+            notified = lab.wait_for(lambda: [t for t in traps(trap_log) if "hapacsMisconfiguredPeer" in t], 5,
+                                    what="hapacsMisconfiguredPeer at the NMS")
+            assert len(notified) == 1 and f"hapacsMisconfiguredCause.0 = INTEGER: {cause}(" in notified[0] \
+                and "C0 00 02 0B" in notified[0], notified
         finally:
             print(cluster.logs())
 
@@ -175,6 +183,66 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
             lab.wait_for(lambda: one_holder(lab) == "b", 5, what="b holds the VIP")
             assert not misconfigured(cluster, "b")
             assert log_lines(cluster, "b", "INFO", "fell silent")
+            sampler.check()
+        finally:
+            print(cluster.logs())
+
+
+# --- the other side: an attacker is not a misconfigured peer ------------------------------------------
+
+class ForgingLoop:
+    """Forged MASTER heartbeats (wrong key, and another cluster id) as if from a, sent to b every
+    20 ms from the workstation, in a background thread; bounded: at most 500 datagrams, 10 s."""
+
+    def __init__(self, lab):
+        self.sender = SpoofingSender(lab.ns("ws"))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forger", daemon=True)
+
+    def __enter__(self) -> ForgingLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sender.close()
+
+    def _run(self) -> None:
+        master = dict(state=State.MASTER, priority=254, term=2**32 - 1)
+        deadline = time.monotonic() + 10.0
+        for seq in range(1, 501):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            other_cluster = {"cluster_id": CLUSTER_ID + 1} if seq % 2 else {}
+            self.sender.send_all(A, B, [forged("pacs-a", seq=seq, **master, **other_cluster)])
+            self._stop.wait(0.02)
+
+
+def test_forged_heartbeats_after_the_cluster_ran_neither_move_a_vip_nor_stop_a_failover(lab):
+    cluster = AgentCluster(lab)
+    cluster.add("a", 150)
+    cluster.add("b", 100)
+    with HolderSampler(lab) as sampler:
+        try:
+            cluster.start_all()
+            settle(lab, cluster, "a")
+            lab.wait_for(lambda: cluster.status("b")["master"] == "pacs-a", 5, what="b heard a")
+            with ForgingLoop(lab) as forger:
+                lab.wait_for(lambda: (cluster.status("b") or {"drops": {"auth": 0}})["drops"]["auth"] > 10, 5,
+                             what="b drops forged datagrams")
+                assert cluster.masters() == ["a"] and one_holder(lab) == "a"
+                # The MASTER's host dies (its addresses go with it) while the forging goes on.
+                cluster.kill("a", signal.SIGKILL)
+                lab.exec("a", ["ip", "addr", "flush", "dev", lab.node("a").ifname, "to", f"{VIP}/32"])
+                lab.wait_for(lambda: cluster.state("b") == "MASTER", 5, what="b takes over despite the forger")
+                lab.wait_for(lambda: one_holder(lab) == "b", 5, what="b holds the VIP")
+                assert forger.sender.sent > 0
+            status = cluster.status("b")
+            assert status["drops"]["auth"] > 10 and status["drops"]["cluster"] > 10, status["drops"]
+            # Forged datagrams from a peer b has understood are never evidence of a misconfigured peer.
+            assert status["misconfigured"] == []
+            assert not log_lines(cluster, "b", "ERROR", "")
             sampler.check()
         finally:
             print(cluster.logs())

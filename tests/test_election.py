@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hapacs import timing, wire
+from hapacs import suspects, timing, wire
 from hapacs.effects import (
     Announce, CommandDone, CommandPending, HandoverDone, Misconfigured, Notice, ProbeWitness, SendAdvert,
     Stopped, Transition, Why,
@@ -764,6 +764,27 @@ def test_a_misconfigured_peer_that_will_not_take_over_does_not_block():
     sim.command("a", "set_fault", "check:pacs", "check pacs down")
     sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes over from an unfit a")
     assert not sim.nodes["b"].election.view(sim.now).misconfigured[0].blocking
+
+
+def test_noise_that_looks_like_a_misconfigured_peer_never_floods_the_log():
+    # Before b has heard a valid heartbeat, datagrams it cannot read are evidence; an attacker
+    # who alternates causes, comes and goes, or uses many addresses still gets a few lines only.
+    sim = SimCluster()
+    sim.add("b", 100, "192.0.2.12")
+    forged = wire.Advert(CLUSTER, "x", State.MASTER, 254, Flags.PREEMPT, 100, 1, 1, 1, DIGEST)
+    a_address = ipaddress.ip_address("192.0.2.11").packed
+    for round_number in range(100):             # 100 bursts, each followed by silence: 2 min
+        for step in range(4):
+            sim.command("b", "unreadable", a_address, ("auth", "cluster")[step % 2], forged)
+            sim.run(0.02)
+        sim.run(1.0)                             # long enough to fall silent
+    for number in range(200):                    # many addresses at once (multicast: any sender)
+        sim.command("b", "unreadable", bytes([198, 51, 100, number]), "auth", forged)
+    reports = misconfigured(sim, "b")
+    assert len(reports) <= 2 * 3 + suspects.MAX_SUSPECTS, len(reports)
+    assert len(sim.nodes["b"].election.view(sim.now).misconfigured) <= suspects.MAX_SUSPECTS
+    gone = [e for e in sim.effects_of("b", Misconfigured) if e.gone]
+    assert len(gone) <= len(reports)
 
 
 def test_two_nodes_with_one_name_never_both_hold_the_vips():
