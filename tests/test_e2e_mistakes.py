@@ -101,7 +101,7 @@ def write_key(path: str) -> str:
 
 def misconfigured(cluster, host) -> list[dict]:
     status = cluster.status(host)
-    return status["misconfigured"] if status else []
+    return status.get("misconfigured", []) if status else []
 
 
 def log_lines(cluster, host, level: str, text: str) -> list[str]:
@@ -140,9 +140,9 @@ def test_a_node_that_cannot_read_its_peer_never_takes_the_vips(lab, cause, b_pri
         try:
             mark = join_running_master(lab, cluster, sampler)
             # b hears a living MASTER it cannot read: it says so and stays off the VIPs.
-            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports a misconfigured peer")
             watch_b_decide(lab, cluster)
             sampler.check(mark)
+            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports a misconfigured peer")
             assert [(m["address"], m["cause"], m["blocking"]) for m in found] == [("192.0.2.11", cause, True)]
             assert "pacs-a MASTER" in found[0]["claims"], found
             assert one_holder(lab) == "a" and cluster.state("b") == "BACKUP"
@@ -258,9 +258,9 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips(lab, b_priority):
     with HolderSampler(lab) as sampler:
         try:
             mark = join_running_master(lab, cluster, sampler)
-            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports its twin")
             watch_b_decide(lab, cluster)
             sampler.check(mark)
+            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports its twin")
             assert [(m["address"], m["cause"], m["blocking"]) for m in found] == [("192.0.2.11", "name", True)]
             assert one_holder(lab) == "a" and cluster.state("b") == "BACKUP"
             assert [(m["address"], m["cause"]) for m in misconfigured(cluster, "a")] == [("192.0.2.12", "name")]
