@@ -111,8 +111,8 @@ class Suspects:
     def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A valid heartbeat with this node's own name from another address."""
         effects = self._heard(owner, address, "name", advert, now)
-        suspect = self._by_address[address]
-        if owner.state == State.MASTER and suspect.claims_master:
+        suspect = self._by_address.get(address)      # None when too many are followed already
+        if suspect is not None and owner.state == State.MASTER and suspect.claims_master:
             mine = (owner.maintenance, owner.master_term, owner.advertised_priority(), owner.p.address)
             theirs = Peer(advert.node, address, advert.state, advert.priority, advert.flags, advert.term,
                           advert.advert_interval_s, now, advert.target, advert.vip_digest)

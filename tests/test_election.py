@@ -780,6 +780,8 @@ def test_noise_that_looks_like_a_misconfigured_peer_never_floods_the_log():
         sim.run(1.0)                             # long enough to fall silent
     for number in range(200):                    # many addresses at once (multicast: any sender)
         sim.command("b", "unreadable", bytes([198, 51, 100, number]), "auth", forged)
+    twin = wire.Advert(CLUSTER, "b", State.MASTER, 200, Flags.PREEMPT, 100, 1, 1, 1, DIGEST)
+    sim.command("b", "receive", twin, bytes([198, 51, 100, 250]))   # one more, when full: no crash
     reports = misconfigured(sim, "b")
     assert len(reports) <= 2 * 3 + suspects.MAX_SUSPECTS, len(reports)
     assert len(sim.nodes["b"].election.view(sim.now).misconfigured) <= suspects.MAX_SUSPECTS
