@@ -20,13 +20,18 @@ How the evidence is weighed, and why an attacker gains nothing by it:
   heartbeat (then it knows its key works and who its peers are), and never
   from an address whose valid heartbeats it has heard. Forged or replayed
   garbage injected after the cluster has run correctly therefore neither
-  moves a VIP nor stops a real failover; it is still shown in status.
+  moves a VIP nor stops a real failover; from a known peer's address it is
+  only counted in drops, from another address shown in status, not blocking.
+* A suspect that claims FAULT or maintenance does not block either: it will
+  never take the VIPs, and waiting for it would leave them unheld.
 * A duplicate name is authenticated (the other host has our key), so it
   always counts: of two nodes with one name only the higher-ranked may
   hold the VIPs, and a MASTER that hears a higher-ranked MASTER of its name
   steps down.
 * Evidence expires like a peer: after dead_after + 1 of the longer of the
   two advertisement intervals without a datagram.
+* Noise never floods the log: at most MAX_SUSPECTS addresses are followed,
+  and each (address, cause) is reported at most once per REPORT_AGAIN_S.
 """
 
 from __future__ import annotations
