@@ -122,6 +122,13 @@ def _node(page: _Page, status: Status) -> None:
     gauge("hapacs_vip_held", "1 when this node holds the VIP now.",
           labels=[(v.address, v.interface, _flag(v.held)) for v in status.vips],
           label_names=("address", "interface"))
+    # One series per living peer this node cannot understand (another key, another cluster id, or
+    # its own node name); none while there is none. blocking="true": it keeps this node from
+    # becoming MASTER.
+    gauge("hapacs_misconfigured_peers",
+          "1 for each living peer this node cannot understand, by address and cause (auth, cluster, name).",
+          labels=[(m.address, m.cause, "true" if m.blocking else "false", 1.0) for m in status.misconfigured],
+          label_names=("address", "cause", "blocking"))
     gauge("hapacs_timer_lateness_seconds",
           "Largest lateness of the agent's timer (heartbeats ride on it) over about the last minute.",
           status.timer_late_ms_minute / 1000)

@@ -14,6 +14,7 @@ rule is there and nowhere else:
 | this node is FAULT | CRITICAL |
 | no MASTER heard (neither this node nor any peer is MASTER) | CRITICAL |
 | two or more MASTERs heard (split brain) | CRITICAL |
+| a misconfigured peer heard (another key, another cluster.id, this node's name) | CRITICAL |
 | a check with weight 0 down while this node is MASTER (possible only in maintenance) | CRITICAL |
 | any other check down (a BACKUP's, or one with a negative weight on the MASTER) | WARNING |
 | maintenance on | WARNING |
@@ -80,6 +81,12 @@ def _judge(status: dict) -> Verdict:
         problems.append((CRITICAL, "no MASTER heard"))
     elif len(masters) > 1:
         problems.append((CRITICAL, f"{len(masters)} MASTERs heard: {', '.join(masters)} (split brain)"))
+    # A living peer this node cannot understand: one of the two may hold the VIPs wrongly, or
+    # will never take over. (An older agent's status has no "misconfigured": none.)
+    misconfigured = _field(status, "misconfigured", list) if "misconfigured" in status else []
+    for peer in map(_misconfigured, misconfigured):
+        problems.append((CRITICAL, f"misconfigured peer {peer.address} ({peer.cause}: {peer.message})"
+                         + ("; this node will not become MASTER while it hears it" if peer.blocking else "")))
     for check in checks:
         if check.ok is not False or (state == "FAULT" and check.weight == 0):
             continue   # up, pending, or already named in the FAULT's reasons
@@ -153,6 +160,20 @@ class _Check:
     latency_ms: float | None
     weight: int
     message: str
+
+
+@dataclass(frozen=True)
+class _Misconfigured:
+    address: str
+    cause: str             # auth, cluster or name
+    blocking: bool         # it keeps this node from becoming MASTER
+    message: str
+
+
+def _misconfigured(entry: object) -> _Misconfigured:
+    where = "misconfigured peer "
+    return _Misconfigured(_field(entry, "address", str, where), _field(entry, "cause", str, where),
+                          _field(entry, "blocking", bool, where), _field(entry, "message", str, where))
 
 
 def _peer(peer: object) -> _Peer:

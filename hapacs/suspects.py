@@ -20,13 +20,18 @@ How the evidence is weighed, and why an attacker gains nothing by it:
   heartbeat (then it knows its key works and who its peers are), and never
   from an address whose valid heartbeats it has heard. Forged or replayed
   garbage injected after the cluster has run correctly therefore neither
-  moves a VIP nor stops a real failover; it is still shown in status.
+  moves a VIP nor stops a real failover; from a known peer's address it is
+  only counted in drops, from another address shown in status, not blocking.
+* A suspect that claims FAULT or maintenance does not block either: it will
+  never take the VIPs, and waiting for it would leave them unheld.
 * A duplicate name is authenticated (the other host has our key), so it
   always counts: of two nodes with one name only the higher-ranked may
   hold the VIPs, and a MASTER that hears a higher-ranked MASTER of its name
   steps down.
 * Evidence expires like a peer: after dead_after + 1 of the longer of the
   two advertisement intervals without a datagram.
+* Noise never floods the log: at most MAX_SUSPECTS addresses are followed,
+  and each (address, cause) is reported at most once per REPORT_AGAIN_S.
 """
 
 from __future__ import annotations
@@ -40,11 +45,18 @@ from .effects import Announce, Effect, Misconfigured, Reason, Why
 from .model import SuspectView
 from .peertable import split_brain_winner
 from .model import Peer
-from .states import State
+from .states import Flags, State
 from .wire import Advert
 
 if TYPE_CHECKING:
     from .election import Election
+
+# Noise must not flood the log (an ERROR and an SNMP notification per report): at most this
+# many addresses are followed at once, and an address is reported for one cause at most once
+# per REPORT_AGAIN_S, however often it comes and goes. More is a flood, counted in drops only.
+MAX_SUSPECTS = 16
+MAX_REPORTED = 64
+REPORT_AGAIN_S = 60.0
 
 CAUSES = {
     "auth": "its heartbeats fail authentication: another key in cluster.auth_key_file",
@@ -59,6 +71,7 @@ class Suspect:
     cause: str
     claimed: Advert
     last_seen: float
+    reported: bool = False   # its coming was logged: its going is too
 
     @property
     def shown(self) -> str:
@@ -72,12 +85,20 @@ class Suspect:
     def claims_master(self) -> bool:
         return self.claimed.state == State.MASTER and self.claimed.priority > 0
 
+    @property
+    def may_take_over(self) -> bool:
+        """It claims to be a node that would become MASTER (as model.Peer's candidate or coming):
+        one in FAULT or maintenance never does, so waiting for it would leave the VIPs unheld."""
+        return (self.claimed.state in (State.INIT, State.BACKUP) and self.claimed.priority > 0
+                and Flags.MAINTENANCE not in self.claimed.flags)
+
 
 class Suspects:
     def __init__(self) -> None:
         self._by_address: dict[bytes, Suspect] = {}
         self.validated: set[bytes] = set()   # addresses of peers heard with valid heartbeats
         self.synced = False                  # this node has heard a valid heartbeat since start
+        self._reported: dict[tuple[bytes, str], float] = {}   # (address, cause): when last reported
 
     def valid(self, address: bytes) -> None:
         self.validated.add(address)
@@ -90,13 +111,13 @@ class Suspects:
         another cluster id ("cluster"), with what it claims (unverified)."""
         if address in self.validated or address == owner.p.address:
             return []   # a known peer's address: forged or replayed, never evidence
-        return self._heard(address, cause, claimed, now)
+        return self._heard(owner, address, cause, claimed, now)
 
     def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A valid heartbeat with this node's own name from another address."""
-        effects = self._heard(address, "name", advert, now)
-        suspect = self._by_address[address]
-        if owner.state == State.MASTER and suspect.claims_master:
+        effects = self._heard(owner, address, "name", advert, now)
+        suspect = self._by_address.get(address)      # None when too many are followed already
+        if suspect is not None and owner.state == State.MASTER and suspect.claims_master:
             mine = (owner.maintenance, owner.master_term, owner.advertised_priority(), owner.p.address)
             theirs = Peer(advert.node, address, advert.state, advert.priority, advert.flags, advert.term,
                           advert.advert_interval_s, now, advert.target, advert.vip_digest)
@@ -108,14 +129,36 @@ class Suspects:
                 effects.append(Announce(f"{text}; this node stays MASTER ({why})"))
         return effects
 
-    def _heard(self, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+    def _heard(self, owner: Election, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+        key = (owner.priority, owner.p.address)
         known = self._by_address.get(address)
-        self._by_address[address] = Suspect(address, cause, claimed, now)
-        if known is not None and known.cause == cause:
+        if known is None and len(self._by_address) >= MAX_SUSPECTS:
             return []
-        suspect = self._by_address[address]
+        blocked = known is not None and self._blocks(known, key)
+        same = known is not None and known.cause == cause
+        suspect = self._by_address[address] = Suspect(address, cause, claimed, now, same and known.reported)
+        if blocked and self.blocking(key) is None:
+            # Its new claim (FAULT, maintenance, stepped down) no longer keeps this node from
+            # taking over: listen again, as when a suspect falls silent.
+            owner.listen_again(now)
+        if same or not self._may_report(address, cause, now):
+            return []
+        suspect.reported = True
+        # A peer with this node's name is understood well enough; the others are not.
+        what = "is misconfigured" if cause == "name" else "cannot be understood"
         return [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} ({suspect.claims}) "
-                              f"cannot be understood: {CAUSES[cause]}")]
+                              f"{what}: {CAUSES[cause]}")]
+
+    def _may_report(self, address: bytes, cause: str, now: float) -> bool:
+        last = self._reported.get((address, cause))
+        if last is not None and now - last < REPORT_AGAIN_S:
+            return False
+        if len(self._reported) >= MAX_REPORTED:
+            self._reported = {k: at for k, at in self._reported.items() if now - at < REPORT_AGAIN_S}
+            if len(self._reported) >= MAX_REPORTED:
+                return False
+        self._reported[(address, cause)] = now
+        return True
 
     # --- weighing --------------------------------------------------------------------------
 
@@ -131,7 +174,7 @@ class Suspects:
     def _blocks(self, suspect: Suspect, key: tuple[int, bytes]) -> bool:
         if suspect.cause != "name" and self.synced:
             return False
-        return suspect.claims_master or (suspect.claimed.priority, suspect.address) > key
+        return suspect.claims_master or (suspect.may_take_over and (suspect.claimed.priority, suspect.address) > key)
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -140,7 +183,7 @@ class Suspects:
         for suspect in gone:
             del self._by_address[suspect.address]
         return [Misconfigured(s.shown, s.cause, f"the misconfigured peer at {s.shown} fell silent", gone=True)
-                for s in gone]
+                for s in gone if s.reported]
 
     def next_deadline(self, dead_after: int, interval_s: float) -> float | None:
         return min((self._silent_at(s, dead_after, interval_s) for s in self._by_address.values()), default=None)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hapacs import timing, wire
+from hapacs import suspects, timing, wire
 from hapacs.effects import (
     Announce, CommandDone, CommandPending, HandoverDone, Misconfigured, Notice, ProbeWitness, SendAdvert,
     Stopped, Transition, Why,
@@ -767,6 +767,43 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
     assert [e for e in sim.effects_of("b", Misconfigured) if e.gone]
 
 
+def test_a_misconfigured_peer_that_will_not_take_over_does_not_block():
+    # a's PACS fails: a is in FAULT, holds no VIP and will not take them while it is, so b,
+    # which cannot read a, must not wait for it while nobody serves.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
+    sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
+    sim.run(2.0)
+    assert sim.masters() == ["a"]
+    sim.command("a", "set_fault", "check:pacs", "check pacs down")
+    sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes over from an unfit a")
+    assert not sim.nodes["b"].election.view(sim.now).misconfigured[0].blocking
+
+
+def test_noise_that_looks_like_a_misconfigured_peer_never_floods_the_log():
+    # Before b has heard a valid heartbeat, datagrams it cannot read are evidence; an attacker
+    # who alternates causes, comes and goes, or uses many addresses still gets a few lines only.
+    sim = SimCluster()
+    sim.add("b", 100, "192.0.2.12")
+    forged = wire.Advert(CLUSTER, "x", State.MASTER, 254, Flags.PREEMPT, 100, 1, 1, 1, DIGEST)
+    a_address = ipaddress.ip_address("192.0.2.11").packed
+    for round_number in range(100):             # 100 bursts, each followed by silence: 2 min
+        for step in range(4):
+            sim.command("b", "unreadable", a_address, ("auth", "cluster")[step % 2], forged)
+            sim.run(0.02)
+        sim.run(1.0)                             # long enough to fall silent
+    for number in range(200):                    # many addresses at once (multicast: any sender)
+        sim.command("b", "unreadable", bytes([198, 51, 100, number]), "auth", forged)
+    twin = wire.Advert(CLUSTER, "b", State.MASTER, 200, Flags.PREEMPT, 100, 1, 1, 1, DIGEST)
+    sim.command("b", "receive", twin, bytes([198, 51, 100, 250]))   # one more, when full: no crash
+    reports = misconfigured(sim, "b")
+    assert len(reports) <= 2 * 3 + suspects.MAX_SUSPECTS, len(reports)
+    assert len(sim.nodes["b"].election.view(sim.now).misconfigured) <= suspects.MAX_SUSPECTS
+    gone = [e for e in sim.effects_of("b", Misconfigured) if e.gone]
+    assert len(gone) <= len(reports)
+
+
 def test_two_nodes_with_one_name_never_both_hold_the_vips():
     sim = SimCluster()
     sim.add("a", 150, "192.0.2.11", start=False)
@@ -777,6 +814,8 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips():
     assert sim.masters() == ["a"]
     assert all(len(holders) <= 1 for _, holders in sim.holder_history)
     assert misconfigured(sim, "twin")[0].cause == "name"
+    assert misconfigured(sim, "twin")[0].text == ("a living peer at 192.0.2.11 (a INIT priority 150) is "
+                                                  "misconfigured: it uses this node's name: node.name must be unique")
     assert sim.nodes["twin"].election.view(sim.now).misconfigured[0].blocking
 
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hapacs import config as cfg
 from hapacs import metrics
 from hapacs.reload import restart_needed
-from hapacs.status import Counters
+from hapacs.status import Counters, MisconfiguredPeer
 
 from .snmp_helpers import make_status
 from .test_config import GOOD, check_config, write
@@ -141,6 +141,19 @@ def test_page_renders_the_status_snapshot():
         assert name.startswith("hapacs_") and ("node", "pacs-a") in items and ("cluster_id", "51") in items
 
 
+MISCONFIGURED = MisconfiguredPeer("192.0.2.13", "auth", "pacs-c MASTER priority 200", 0.1, True,
+                                  "its heartbeats fail authentication: another key in cluster.auth_key_file")
+
+
+def test_misconfigured_peers_are_a_series_each_and_none_without():
+    named = MisconfiguredPeer("192.0.2.12", "name", "pacs-a BACKUP priority 100", 0.2, False,
+                              "it uses this node's name: node.name must be unique")
+    page = samples(metrics.render(make_status(misconfigured=(MISCONFIGURED, named))))
+    assert value(page, "hapacs_misconfigured_peers", address="192.0.2.13", cause="auth", blocking="true") == 1.0
+    assert value(page, "hapacs_misconfigured_peers", address="192.0.2.12", cause="name", blocking="false") == 1.0
+    assert not [n for n, _ in samples(metrics.render(make_status())) if n == "hapacs_misconfigured_peers"]
+
+
 def test_page_follows_states_and_peers():
     status = make_status(state="FAULT", master="pacs-b", master_address="192.0.2.12",
                          peers=(dataclasses.replace(make_status().peers[0], state="LOST", last_seen_s=4.0),),
@@ -170,17 +183,18 @@ def test_promtool_check_metrics_is_clean_on_a_page(tmp_path):
 def test_shipped_rules_pass_promtool_check_and_their_unit_tests():
     checked = subprocess.run([promtool(), "check", "rules", "hapacs-rules.yml"], cwd=RULES, capture_output=True,
                              text=True, timeout=60)
-    assert checked.returncode == 0 and "SUCCESS: 9 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 10 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([promtool(), "test", "rules", "hapacs-rules.test.yml"], cwd=RULES,
                             capture_output=True, text=True, timeout=60)
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     rules = (RULES / "hapacs-rules.yml").read_text()
     tests = (RULES / "hapacs-rules.test.yml").read_text()
     for alert in ("HapacsNoMaster", "HapacsTwoMasters", "HapacsNodeFault", "HapacsCheckDown", "HapacsPeerLost",
-                  "HapacsMasterWithoutVip", "HapacsForgedHeartbeats", "HapacsAgentDown", "HapacsTimersLate"):
+                  "HapacsMasterWithoutVip", "HapacsForgedHeartbeats", "HapacsAgentDown", "HapacsTimersLate",
+                  "HapacsMisconfiguredPeer"):
         assert f"alert: {alert}" in rules and f"alertname: {alert}" in tests, alert
     # Every metric the rules use is one the agent serves.
-    served = {name for name, _ in samples(metrics.render(make_status()))}
+    served = {name for name, _ in samples(metrics.render(make_status(misconfigured=(MISCONFIGURED,))))}
     used = set(re.findall(r"\b(hapacs_[a-z_]+)", rules))
     assert used and used <= served, used - served
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hapacs.nagios import CRITICAL, OK, UNKNOWN, WARNING, Verdict, judge, main
-from hapacs.status import CheckStatus, PeerStatus
+from hapacs.status import CheckStatus, MisconfiguredPeer, PeerStatus
 
 from .snmp_helpers import ROOT, make_status
 
@@ -126,6 +126,31 @@ def test_a_lost_peer_or_none_heard_is_a_warning():
     assert (alone.code, alone.text) == (WARNING, "pacs-a MASTER: no peer heard: no standby")
 
 
+WRONG_KEY_MASTER = MisconfiguredPeer("192.0.2.12", "auth", "pacs-b MASTER priority 100", 0.1, True,
+                                     "its heartbeats fail authentication: another key in cluster.auth_key_file")
+
+
+def test_a_misconfigured_peer_is_critical_on_both_nodes():
+    # The node kept from becoming MASTER (it would never take over) ...
+    blocked = judge(status(state="BACKUP", master=None, peers=(), misconfigured=(WRONG_KEY_MASTER,)))
+    assert blocked.code == CRITICAL
+    assert blocked.text == ("pacs-a BACKUP: no MASTER heard; misconfigured peer 192.0.2.12 "
+                            "(auth: its heartbeats fail authentication: another key in cluster.auth_key_file); "
+                            "this node will not become MASTER while it hears it; no peer heard: no standby")
+    # ... and the MASTER that hears it (a node with its name, or one that cannot back it up).
+    twin = replace(WRONG_KEY_MASTER, cause="name", blocking=False, claims="pacs-a BACKUP priority 100",
+                   message="it uses this node's name: node.name must be unique")
+    serving = judge(status(misconfigured=(twin,)))
+    assert (serving.code, serving.text) == (CRITICAL, "pacs-a MASTER: misconfigured peer 192.0.2.12 "
+                                            "(name: it uses this node's name: node.name must be unique)")
+
+
+def test_a_status_without_misconfigured_is_read_as_none():
+    older = status()
+    del older["misconfigured"]       # an agent from before the field
+    assert judge(older).code == OK
+
+
 def test_the_worst_wins_and_every_problem_is_named_worst_first():
     verdict = judge(status(state="BACKUP", master=None, maintenance=True, checks=(UP, DISK_DOWN),
                            peers=(LOST_B, replace(BACKUP_B, name="pacs-c"))))
@@ -159,6 +184,9 @@ def test_labels_are_quoted_and_the_line_stays_one_line():
     (lambda s: s["checks"][0].update(ok=1), "check 'ok' is 1, not true, false or null"),
     (lambda s: s["checks"][0].update(latency_ms=float("nan")), "check 'latency_ms' is nan, not a number"),
     (lambda s: s.update(maintenance="no"), "'maintenance' is 'no', not bool"),
+    (lambda s: s.update(misconfigured={}), "'misconfigured' is {}, not list"),
+    (lambda s: s.update(misconfigured=[{"address": "192.0.2.12", "cause": "auth", "message": "m"}]),
+     "no misconfigured peer 'blocking'"),
 ])
 def test_a_malformed_status_is_unknown(change, message):
     broken = status()

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import pytest
 
+from hapacs.effects import Misconfigured
 from hapacs.snmp import oids
 from hapacs.snmp.agent import SnmpBindError
 from hapacs.snmp.render import OBJECT_TYPES
@@ -367,6 +368,30 @@ def test_notifications_reach_snmptrapd_as_v2c_traps_and_v3_informs(trap_receiver
         assert any("hapacsSplitBrainWinner.0 = STRING: pacs-a" in line for line in received)
 
 
+def test_a_misconfigured_peer_reaches_snmptrapd_once_and_not_when_it_falls_silent(trap_receiver, tmp_path):
+    harness = AgentHarness(snmp_config(traps=[trap_target(trap_receiver, "2c")]), str(tmp_path / "state")).start()
+    text = ("a living peer at 192.0.2.12 (pacs-b BACKUP priority 100) cannot be understood: "
+            "its heartbeats fail authentication: another key in cluster.auth_key_file")
+    try:
+        # The effects the core gives; the SNMP adapter listens to them as the agent wires it.
+        harness.in_loop(harness.agent.observe, Misconfigured("192.0.2.12", "auth", text))
+        harness.in_loop(harness.agent.observe, Misconfigured("192.0.2.12", "auth", "fell silent", gone=True))
+        harness.in_loop(harness.agent.notify, "peer_lost", peer="pacs-b")    # a marker sent after both
+        assert harness.call(harness.agent.flush(10))
+        lines = wait_for(lambda: len(trap_receiver.lines()) >= 2 and trap_receiver.lines(), 5,
+                         "2 notifications at snmptrapd")
+        assert [(r.sent, r.failed) for r in harness.agent.receivers] == [(2, 0)]
+    finally:
+        harness.close()
+    found = [line for line in lines if "OID: HAPACS-MIB::hapacsMisconfiguredPeer" in line]
+    assert len(found) == 1, lines
+    assert "HAPACS-MIB::hapacsMisconfiguredAddressType.0 = INTEGER: ipv4(1)" in found[0]
+    assert "HAPACS-MIB::hapacsMisconfiguredAddress.0 = Hex-STRING: C0 00 02 0C" in found[0]
+    assert "HAPACS-MIB::hapacsMisconfiguredCause.0 = INTEGER: auth(1)" in found[0]
+    assert f"HAPACS-MIB::hapacsMisconfiguredMessage.0 = STRING: {text}" in found[0]
+    assert "HAPACS-MIB::hapacsNodeName.0 = STRING: pacs-a" in found[0]
+
+
 def test_an_unanswered_inform_is_logged_and_the_agent_keeps_answering(tmp_path, caplog, env):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:      # receives, never answers
         silent.bind(("127.0.0.1", 0))
@@ -392,6 +417,7 @@ import asyncio, logging, socket
 from tests.snmp_helpers import COMMUNITY, make_status, raw_v2c_get, response_request_id, snmp_config
 from hapacs.config import SnmpTrapTarget
 from hapacs.snmp.agent import SnmpAgent
+from hapacs.effects import Misconfigured
 from hapacs.snmp import oids
 
 async def main():

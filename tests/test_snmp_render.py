@@ -164,6 +164,24 @@ def test_check_and_peer_notifications_use_the_row_index():
     assert dict(brain.varbinds)[oids.hapacsPeerName + (1,)].value == b"pacs-b"
 
 
+def test_misconfigured_peer_notification_carries_address_cause_and_message():
+    found, = r.notifications("misconfigured", {"address": "192.0.2.12", "cause": "cluster",
+                                               "message": "another cluster.id"}, make_status(), if_index)
+    assert found.trap_oid == oids.hapacsMisconfiguredPeer
+    values = {oid: v.value for oid, v in found.varbinds}
+    assert values[oids.hapacsMisconfiguredAddressType + (0,)] == 1                 # ipv4(1)
+    assert values[oids.hapacsMisconfiguredAddress + (0,)] == bytes([192, 0, 2, 12])
+    assert values[oids.hapacsMisconfiguredCause + (0,)] == 2                       # cluster(2)
+    assert values[oids.hapacsMisconfiguredMessage + (0,)] == b"another cluster.id"
+    six, = r.notifications("misconfigured", {"address": "2001:db8::12", "cause": "name", "message": "m"},
+                           make_status(), if_index)
+    assert dict(six.varbinds)[oids.hapacsMisconfiguredAddressType + (0,)].value == 2   # ipv6(2)
+    assert not r.is_object_type(oids.hapacsMisconfiguredCause + (0,))              # accessible-for-notify
+    with pytest.raises(ValueError, match="unknown misconfiguration cause"):
+        r.notifications("misconfigured", {"address": "192.0.2.12", "cause": "typo", "message": "m"},
+                        make_status(), if_index)
+
+
 def test_bad_notifications_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="unknown notification kind"):
         r.notifications("reboot", {}, make_status(), if_index)

@@ -26,7 +26,7 @@ from pysnmp.entity.rfc3413 import cmdrsp, context
 from pysnmp.smi import error
 
 from ..config import SnmpConfig, SnmpUser
-from ..effects import PeerChange, SplitBrain, Transition
+from ..effects import Misconfigured, PeerChange, SplitBrain, Transition
 from ..logs import RateLimited
 from ..status import Status
 from . import oids
@@ -194,12 +194,15 @@ class SnmpAgent:
             self.notify("peer_lost", peer=effect.name)
         elif isinstance(effect, SplitBrain):
             self.notify("split_brain", peer=effect.peer, winner=effect.winner)
+        elif isinstance(effect, Misconfigured) and not effect.gone:
+            self.notify("misconfigured", address=effect.address, cause=effect.cause, message=effect.text)
 
     def notify(self, kind: str, **fields) -> None:
         """Queue the notification(s) for an event and return at once; never raises.
 
         state_change(old, new, reason, code=None), check_down(check, message),
-        check_up(check, message), peer_lost(peer), split_brain(peer, winner).
+        check_up(check, message), peer_lost(peer), split_brain(peer, winner),
+        misconfigured(address, cause, message).
         A state_change to MASTER also sends vrrpv3NewMaster.
         """
         if self._notifier is None:

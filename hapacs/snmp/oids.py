@@ -84,13 +84,20 @@ hapacsVipPrefixLength = hapacsVipEntry + (4,)
 hapacsVipInterface = hapacsVipEntry + (5,)
 hapacsVipHeld = hapacsVipEntry + (6,)
 
-hapacsSplitBrainWinner = hapacsObjects + (6, 1)     # accessible-for-notify
+# accessible-for-notify: values that only travel in notifications
+hapacsNotifyObjects = hapacsObjects + (6,)
+hapacsSplitBrainWinner = hapacsNotifyObjects + (1,)
+hapacsMisconfiguredAddressType = hapacsNotifyObjects + (2,)
+hapacsMisconfiguredAddress = hapacsNotifyObjects + (3,)
+hapacsMisconfiguredCause = hapacsNotifyObjects + (4,)
+hapacsMisconfiguredMessage = hapacsNotifyObjects + (5,)
 
 hapacsStateChange = hapacsNotifications + (1,)
 hapacsCheckDown = hapacsNotifications + (2,)
 hapacsCheckUp = hapacsNotifications + (3,)
 hapacsPeerLost = hapacsNotifications + (4,)
 hapacsSplitBrain = hapacsNotifications + (5,)
+hapacsMisconfiguredPeer = hapacsNotifications + (6,)
 
 # --- VRRPV3-MIB (RFC 6527) ----------------------------------------------------
 vrrpv3MIB: Oid = (1, 3, 6, 1, 2, 1, 207)

@@ -317,9 +317,9 @@ def _leaf_objects() -> frozenset[Oid]:
     named = set(o.named("hapacs").values()) | set(o.named("vrrpv3").values()) \
         | set(o.named("sys").values()) | set(o.named("snmpEngine").values())
     leaves = {oid for oid in named if not any(other[:len(oid)] == oid and other != oid for other in named)}
-    not_readable = {o.hapacsAgent, o.hapacsSplitBrainWinner}
-    return frozenset(oid for oid in leaves - not_readable
+    return frozenset(oid for oid in leaves - {o.hapacsAgent}
                      if oid[:len(o.hapacsNotifications)] != o.hapacsNotifications
+                     and oid[:len(o.hapacsNotifyObjects)] != o.hapacsNotifyObjects   # accessible-for-notify
                      and oid[:len(o.vrrpv3MIB) + 1] != o.vrrpv3MIB + (0,))
 
 
@@ -380,7 +380,11 @@ KINDS = {
     "check_up": ("check", "message"),
     "peer_lost": ("peer",),
     "split_brain": ("peer", "winner"),
+    "misconfigured": ("address", "cause", "message"),
 }
+
+# hapacsMisconfiguredCause, from the cause names of hapacs.suspects.
+MISCONFIGURED_CAUSE = {"auth": 1, "cluster": 2, "name": 3}
 
 
 def _position(names: Iterable[str], wanted: str) -> int:
@@ -400,6 +404,7 @@ def notifications(kind: str, fields: Mapping[str, object], status: Status,
     check_down / check_up(check, message)  -> hapacsCheckDown / hapacsCheckUp
     peer_lost(peer)                        -> hapacsPeerLost
     split_brain(peer, winner)              -> hapacsSplitBrain
+    misconfigured(address, cause, message) -> hapacsMisconfiguredPeer (cause: auth, cluster or name)
     """
     if kind not in KINDS:
         raise ValueError(f"unknown notification kind {kind!r} (known: {', '.join(KINDS)})")
@@ -426,6 +431,9 @@ def notifications(kind: str, fields: Mapping[str, object], status: Status,
                 )))
         return found
 
+    if kind == "misconfigured":
+        return [_misconfigured(node, fields)]
+
     if kind in ("check_down", "check_up"):
         index = _position((c.name for c in status.checks), fields["check"])
         return [Notification(o.hapacsCheckDown if kind == "check_down" else o.hapacsCheckUp, (
@@ -440,3 +448,16 @@ def notifications(kind: str, fields: Mapping[str, object], status: Status,
         return [Notification(o.hapacsPeerLost, (node, peer))]
     return [Notification(o.hapacsSplitBrain, (
         node, peer, _scalar(o.hapacsSplitBrainWinner, text(fields["winner"], 64))))]
+
+
+def _misconfigured(node: tuple[Oid, Value], fields: Mapping[str, object]) -> Notification:
+    if fields["cause"] not in MISCONFIGURED_CAUSE:
+        raise ValueError(f"unknown misconfiguration cause {fields['cause']!r}")
+    kind_of_address, raw, _ = inet_address(str(fields["address"]))
+    return Notification(o.hapacsMisconfiguredPeer, (
+        node,
+        _scalar(o.hapacsMisconfiguredAddressType, integer(kind_of_address)),
+        _scalar(o.hapacsMisconfiguredAddress, octets(raw)),
+        _scalar(o.hapacsMisconfiguredCause, integer(MISCONFIGURED_CAUSE[fields["cause"]])),
+        _scalar(o.hapacsMisconfiguredMessage, text(fields["message"], 255)),
+    ))
