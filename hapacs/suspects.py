@@ -111,7 +111,17 @@ class Suspects:
         another cluster id ("cluster"), with what it claims (unverified)."""
         if address in self.validated or address == owner.p.address:
             return []   # a known peer's address: forged or replayed, never evidence
-        return self._heard(owner, address, cause, claimed, now)
+        effects = self._heard(owner, address, cause, claimed, now)
+        suspect = self._by_address.get(address)
+        if (suspect is not None and owner.state == State.MASTER and not self.synced and suspect.claims_master
+                and (claimed.priority, address) > (owner.priority, owner.p.address)):
+            # Two MASTERs that cannot read each other (a network cut healed between a node with a
+            # wrong key and the others): the lower-ranked one steps down, as a split brain would.
+            # A node that ever heard a valid heartbeat never does: forged garbage moves nothing.
+            text = (f"a misconfigured peer at {suspect.shown} ({suspect.claims}) is also MASTER and ranks "
+                    f"above this node: {CAUSES[cause]}")
+            effects += owner.enter(State.BACKUP, Reason(Why.SPLIT_BRAIN, text), now)
+        return effects
 
     def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A valid heartbeat with this node's own name from another address."""

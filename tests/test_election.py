@@ -865,3 +865,18 @@ def test_a_node_waiting_for_its_witness_that_then_hears_a_peer_goes_on_electing(
     sim.run(2.0)
     assert sim.masters() == ["a"]
     assert not any(t.new == State.MASTER for _, t in sim.nodes["b"].transitions)
+
+
+def test_two_masters_that_cannot_read_each_other_leave_one_when_a_cut_heals():
+    # a (150) and b (100, another key) are cut apart: each hears nobody and is MASTER, as any
+    # partition without a witness. When the cut heals they still cannot read each other; the
+    # lower-ranked one steps down on the evidence, so one holder remains.
+    sim = SimCluster()
+    sim.add("a", 150, "192.0.2.11")
+    sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 3.0, "both MASTER while cut")
+    sim.heal()
+    sim.run_until(lambda: sim.masters() == ["a"], 1.0, "b steps down once it hears a again")
+    sim.run(3.0)
+    assert sim.masters() == ["a"] and sim.holders() == ("a",)
