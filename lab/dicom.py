@@ -15,7 +15,7 @@ import math
 import subprocess
 from pathlib import Path
 
-from lab.netns import NETNS_DIR, in_namespace, wait_for
+from lab.netns import in_namespace, netns_exec, wait_for
 
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
@@ -30,7 +30,7 @@ def _listening(pid: int, namespace: str, port: int) -> bool:
     """True once `pid`, inside `namespace`, sees a TCP socket listening on `port`.
 
     /proc/PID/net shows the sockets of PID's namespace. Right after spawn the
-    pid may still be nsenter in the root namespace, so the namespace is
+    pid may still be `ip netns exec` in the root namespace, so the namespace is
     checked first: a root-namespace listener must not count.
     """
     if not in_namespace(pid, namespace):
@@ -157,7 +157,7 @@ def _dcmtk_network_options(called_ae, timeout):
 
 def _run_in(ns, argv, timeout):
     # Three dcmtk timeouts can add up; the margin only guards against a hang.
-    return subprocess.run(["nsenter", f"--net={NETNS_DIR}/{ns}", "--", *argv],
+    return subprocess.run([*netns_exec(ns), *argv],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=3 * math.ceil(timeout) + 5)
 

@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NETNS_DIR = "/run/netns"
+# `ip netns exec NS` bind-mounts every file of ETC_NETNS/NS over /etc for the program it runs:
+# each lab namespace gets a resolv.conf pointing at 127.0.0.1, so name lookups (DICOM servers
+# look up their peers' names) stay inside the namespace and answer at once.
+ETC_NETNS = "/etc/netns"
+RESOLV_CONF = "nameserver 127.0.0.1\n"
 PREFIX_MAX_LEN = 6  # keeps "{prefix}{host}0" within IFNAMSIZ-1 = 15 characters
 IFNAME_MAX_LEN = 15
 SWITCH, WORKSTATION = "sw", "ws"
@@ -156,8 +161,8 @@ def list_namespaces() -> list[str]:
 def in_namespace(pid: int, namespace: str) -> bool:
     """True if process `pid` is (already) inside the named network namespace.
 
-    A process started through nsenter is in the root namespace for its first
-    moments, until nsenter's setns().
+    A process started through `ip netns exec` is in the root namespace for its first
+    moments, until its setns().
     """
     try:
         return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"{NETNS_DIR}/{namespace}").st_ino
@@ -191,6 +196,17 @@ def unique_prefix(tag: str = "t") -> str:
         if not any(name.startswith(prefix) for name in in_use):
             return prefix
     raise RuntimeError(f"no free lab prefix for tag {tag!r}: run cleanup_stale")
+
+
+def netns_exec(namespace: str) -> list[str]:
+    """The command prefix that runs a program inside `namespace`. `ip netns exec` execs the
+    program without forking (so a Popen's pid is the program's own) and gives it the
+    namespace's /etc/netns files (its resolv.conf)."""
+    return ["ip", "netns", "exec", namespace]
+
+
+def _forget_etc(namespace: str) -> None:
+    shutil.rmtree(os.path.join(ETC_NETNS, namespace), ignore_errors=True)
 
 
 def _run(argv, check=True, timeout=10.0, input=None, namespace="root"):
@@ -237,6 +253,7 @@ def cleanup_stale(prefix: str) -> list[str]:
         if name.startswith(prefix):
             _kill_everything_in(name)
             _run(["ip", "netns", "del", name])
+            _forget_etc(name)
             removed.append(name)
     return removed
 
@@ -324,6 +341,9 @@ class Lab:
     def _add_namespace(self, name, sysctls):
         _run(["ip", "netns", "add", name])
         self._namespaces.append(name)
+        os.makedirs(os.path.join(ETC_NETNS, name), exist_ok=True)
+        with open(os.path.join(ETC_NETNS, name, "resolv.conf"), "w") as handle:
+            handle.write(RESOLV_CONF)
         self.exec(name, ["ip", "link", "set", "lo", "up"])
         self.exec(name, ["sysctl", "-q", "-w", *sysctls])
 
@@ -368,9 +388,7 @@ class Lab:
 
     def _enter(self, ns_or_host):
         namespace = self.ns(ns_or_host)
-        # nsenter execs the program without forking, so a Popen's pid is the
-        # program's own pid (`ip netns exec` would leave a different one).
-        return namespace, ["nsenter", f"--net={NETNS_DIR}/{namespace}", "--"]
+        return namespace, netns_exec(namespace)
 
     def exec(self, ns_or_host, argv, check=True, timeout=10.0, input=None) -> subprocess.CompletedProcess:
         """Run a short command inside a namespace and return it (text output captured)."""
@@ -499,6 +517,7 @@ class Lab:
                     print(f"lab {self.prefix}: killed processes left in {namespace}: {strays}",
                           file=sys.stderr)
                 _run(["ip", "netns", "del", namespace])
+                _forget_etc(namespace)
             except (OSError, subprocess.SubprocessError) as error:
                 problems.append(f"{namespace}: {error}")
         shutil.rmtree(self.tmpdir, ignore_errors=True)

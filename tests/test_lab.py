@@ -74,6 +74,21 @@ def test_lab_lives_only_in_its_own_namespaces(net):
     assert not any(info.get("tentative") for info in shown[0]["addr_info"]), "IPv6 DAD still on"
 
 
+def test_every_namespace_resolves_names_on_its_own_loopback_and_leaves_no_file_behind():
+    require_root()
+    with Lab(unique_prefix("t")) as built:
+        namespaces = [built.ns(name) for name in ("a", "b", "ws")]
+        for namespace in namespaces:
+            resolv = built.exec(namespace, ["cat", "/etc/resolv.conf"]).stdout
+            assert resolv.split() == ["nameserver", "127.0.0.1"], (namespace, resolv)
+            assert os.path.isdir(os.path.join(lab.netns.ETC_NETNS, namespace))
+        process = built.spawn("a", ["sleep", "30"])
+        # The pid is the program's own: `ip netns exec` becomes it (exec, no fork).
+        built.wait_for(lambda: open(f"/proc/{process.pid}/comm").read().strip() == "sleep", 2,
+                       what="ip netns exec became sleep")
+    assert not [n for n in namespaces if os.path.exists(os.path.join(lab.netns.ETC_NETNS, n))]
+
+
 def test_hosts_and_workstation_reach_each_other_over_ipv4_and_ipv6(net):
     nodes = net.nodes
     for source in nodes:
