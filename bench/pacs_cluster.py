@@ -19,11 +19,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lab import Lab, unique_prefix                                       # noqa: E402
-from lab.dicom import start_storescp                                     # noqa: E402
-from lab.pacs import (PACS_AET, WORKSTATION_AET, WORKSTATION_STORE_PORT,  # noqa: E402
-                      scu, start_orthanc_cluster, stop_orthanc_cluster)
-from lab.postgres import start_postgres                                  # noqa: E402
+from lab import Lab, unique_prefix  # noqa: E402
+from lab.dicom import start_storescp  # noqa: E402
+from lab.pacs import (  # noqa: E402
+    PACS_AET,
+    WORKSTATION_AET,
+    WORKSTATION_STORE_PORT,
+    scu,
+    start_orthanc_cluster,
+    stop_orthanc_cluster,
+)
+from lab.postgres import start_postgres  # noqa: E402
 
 MEMBER_NAMES = ("a", "b", "c")
 

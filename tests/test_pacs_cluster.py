@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from lab.dicom import start_storescp
-from lab.pacs import (PACS_AET, WORKSTATION_AET, WORKSTATION_STORE_PORT, crash_member, require_pacs_tools,
-                      scu, start_orthanc_cluster, stop_orthanc_cluster)
+from lab.pacs import (
+    PACS_AET,
+    WORKSTATION_AET,
+    WORKSTATION_STORE_PORT,
+    crash_member,
+    require_pacs_tools,
+    scu,
+    start_orthanc_cluster,
+    stop_orthanc_cluster,
+)
 from lab.postgres import start_postgres, stop_postgres
 
 from .fixtures import lab_fixture
