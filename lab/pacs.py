@@ -129,6 +129,7 @@ def start_orthanc_cluster(lab, hosts, database: Postgres, aet=PACS_AET, dicom_po
     destination (start a storescp there with lab.dicom.start_storescp).
     Returns once every member answers a C-ECHO and its REST API; a member that
     dies or is not ready within start_timeout_s fails the start with its log.
+    The lab's teardown kills the members, then stops the database.
     """
     require_pacs_tools()
     hosts = list(hosts)
@@ -141,6 +142,9 @@ def start_orthanc_cluster(lab, hosts, database: Postgres, aet=PACS_AET, dicom_po
     storage = Path(lab.mkdtemp("pacs-storage"))
     cluster = PacsCluster(aet=aet, dicom_port=dicom_port, http_port=http_port, storage=storage,
                           database=database)
+    # Runs before the database's own at_close: members go first, by SIGKILL
+    # (Orthanc needs ~4.5 s on SIGTERM, more than the lab's grace).
+    lab.at_close(lambda: stop_orthanc_cluster(lab, cluster))
     # The first member creates the schema; the rest start together once it serves.
     for batch in (hosts[:1], hosts[1:]):
         for host in batch:

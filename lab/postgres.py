@@ -6,9 +6,9 @@ through any other). The lab starts its own PostgreSQL for that, in a fresh
 data directory under the lab's tmpdir, listening on one lab host's address.
 
 What it must never do: touch the system cluster (/var/lib/postgresql,
-pg_ctlcluster) or systemd. The server is started with lab.spawn, so the lab's
-teardown stops it by pid even when a test fails; stop_postgres shuts it down
-faster and cleanly first.
+pg_ctlcluster) or systemd. The server is started with lab.spawn and stopped
+by pid at the lab's teardown, even when a test fails, with a fast shutdown
+(stop_postgres) before the lab's generic SIGTERM.
 
 Every server starts from a copy of one initdb made per process (initdb is
 slow on a loaded machine); the template is removed when the process exits.
@@ -22,6 +22,7 @@ server's Unix socket only; the server is throwaway (fsync off).
 import atexit
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -132,6 +133,8 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
     if initdb fails or the server dies, AssertionError if it is not ready
     within start_timeout_s; the server is stopped in both cases.
     """
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+        raise ValueError(f"database name {database!r}: use a-z, 0-9 and _, starting with a letter or _")
     require_postgres_tools()
     node = lab.node(ns)
     postgres_uid = pwd.getpwnam(PG_USER).pw_uid
@@ -158,6 +161,10 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
                                           for word in ("-c", f"{key}={value}")]
     with open(log, "ab") as log_file:
         process = lab.spawn(node.ns, _as_postgres(argv), stdout=log_file, stderr=subprocess.STDOUT)
+    # The lab's generic SIGTERM is a "smart" shutdown that waits for clients;
+    # after its grace the postmaster would be SIGKILLed and its orphaned
+    # backends left as zombies where pid 1 does not reap them.
+    lab.at_close(lambda: stop_postgres(lab, process))
 
     def accepting():
         if process.poll() is not None:
@@ -170,9 +177,12 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
         created = _psql(str(directory), port, f'CREATE DATABASE "{database}" STRATEGY FILE_COPY')
         if created.returncode != 0:
             raise RuntimeError(f"CREATE DATABASE {database} failed: {created.stderr.strip()}")
-    except (AssertionError, RuntimeError) as error:
+    except AssertionError as error:  # not ready in time: the log says why
         stop_postgres(lab, process)
-        raise type(error)(f"{error}\n{_log_tail(log)}") from None
+        raise AssertionError(f"{error}\n{_log_tail(log)}") from None
+    except RuntimeError:  # it died (the message has the log) or CREATE DATABASE failed
+        stop_postgres(lab, process)
+        raise
     return Postgres(process=process, host=node.ipv4, port=port, database=database,
                     socket_dir=str(directory), directory=directory)
 

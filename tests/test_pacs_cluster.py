@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab, unique_prefix
 from lab.dicom import start_storescp
 from lab.pacs import (
     PACS_AET,
@@ -21,9 +22,8 @@ from lab.pacs import (
     require_pacs_tools,
     scu,
     start_orthanc_cluster,
-    stop_orthanc_cluster,
 )
-from lab.postgres import start_postgres, stop_postgres
+from lab.postgres import start_postgres
 
 from .fixtures import lab_fixture
 
@@ -33,12 +33,8 @@ DICOM_PORT = 104
 
 @pytest.fixture
 def pacs(lab):
-    database = start_postgres(lab, "db")
-    cluster = start_orthanc_cluster(lab, ["a", "b"], database, dicom_port=DICOM_PORT)
-    try:
-        yield cluster
-    finally:
-        stop_orthanc_cluster(lab, cluster)
+    """Two members on one database; the lab's teardown kills them, then stops the database."""
+    return start_orthanc_cluster(lab, ["a", "b"], start_postgres(lab, "db"), dicom_port=DICOM_PORT)
 
 
 def received(directory: Path) -> set[str]:
@@ -79,10 +75,27 @@ def test_members_share_studies_and_survive_a_crashed_member(lab, pacs):
 
 
 def test_postgres_start_failure_names_the_cause(lab):
-    first = start_postgres(lab, "db")
-    try:
-        with pytest.raises(RuntimeError) as failure:
-            start_postgres(lab, "db", database="second")  # same address and port
-        assert "exited" in str(failure.value) and "Address already in use" in str(failure.value)
-    finally:
-        stop_postgres(lab, first)
+    start_postgres(lab, "db")
+    with pytest.raises(RuntimeError) as failure:
+        start_postgres(lab, "db", database="second")  # same address and port
+    assert "exited" in str(failure.value) and "Address already in use" in str(failure.value)
+
+
+def _process_tree(pid) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {pid}.union(*(_process_tree(int(child)) for child in children))
+
+
+@pytest.mark.netns  # its own Lab, to look after the teardown
+def test_teardown_stops_the_database_and_its_backends_with_clients_connected():
+    # The lab's generic SIGTERM would make PostgreSQL wait for its clients, be
+    # SIGKILLed, and leave its backends as zombies (pid 1 here reaps none).
+    with Lab(unique_prefix("pg"), hosts=("a", "db")) as built:
+        database = start_postgres(built, "db")
+        cluster = start_orthanc_cluster(built, ["a"], database)
+        postgres = _process_tree(database.process.pid)
+        assert len(postgres) > 3, f"postmaster with workers and Orthanc's backend: {postgres}"
+        members = {process.pid for process in cluster.members.values()}
+    left = {pid for pid in postgres | members if Path(f"/proc/{pid}").exists()}
+    assert not left, f"processes (or zombies) left after teardown: {left}"
+    assert database.process.returncode == 0, "fast shutdown, not SIGKILL"
