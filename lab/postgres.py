@@ -163,7 +163,7 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
         process = lab.spawn(node.ns, _as_postgres(argv), stdout=log_file, stderr=subprocess.STDOUT)
     # The lab's generic SIGTERM is a "smart" shutdown that waits for clients;
     # after its grace the postmaster would be SIGKILLed and its orphaned
-    # backends left as zombies where pid 1 does not reap them.
+    # backends left as zombies until pid 1 reaps them (seconds here).
     lab.at_close(lambda: stop_postgres(lab, process))
 
     def accepting():

@@ -89,7 +89,7 @@ def _process_tree(pid) -> set[int]:
 @pytest.mark.netns  # its own Lab, to look after the teardown
 def test_teardown_stops_the_database_and_its_backends_with_clients_connected():
     # The lab's generic SIGTERM would make PostgreSQL wait for its clients, be
-    # SIGKILLed, and leave its backends as zombies (pid 1 here reaps none).
+    # SIGKILLed, and leave its backends as zombies (pid 1 here reaps them only seconds later).
     with Lab(unique_prefix("pg"), hosts=("a", "db")) as built:
         database = start_postgres(built, "db")
         cluster = start_orthanc_cluster(built, ["a"], database)
