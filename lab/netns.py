@@ -316,6 +316,7 @@ class Lab:
                             if workstation else None)
         self._namespaces = []  # created so far, for teardown
         self._processes = []  # spawned so far, for teardown
+        self._close_callbacks = []  # at_close(), run first at teardown, newest first
         self._partitioned = set()
         self._partition_ready = False
         self._closed = False
@@ -498,6 +499,15 @@ class Lab:
 
     # ---- teardown ---------------------------------------------------------
 
+    def at_close(self, callback):
+        """Run `callback()` first at close(), before the generic SIGTERM to every process.
+
+        For servers that need their own way down, e.g. a database whose
+        SIGTERM waits for its clients. Callbacks run newest first; one that
+        raises is reported with the other teardown problems.
+        """
+        self._close_callbacks.append(callback)
+
     def close(self):
         """Stop every spawned process, delete every namespace and the tmpdir.
 
@@ -508,8 +518,13 @@ class Lab:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self._stop_all()
         problems = []
+        for callback in reversed(self._close_callbacks):
+            try:
+                callback()
+            except Exception as error:  # teardown goes on; the error is reported below
+                problems.append(f"close callback {callback!r}: {error}")
+        self._stop_all()
         for namespace in reversed(self._namespaces):
             try:
                 strays = _kill_everything_in(namespace)
