@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from . import keys as keyfile, timing
+from . import balanceconfig, keys as keyfile, timing
 from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
@@ -180,6 +180,7 @@ class Config:
     control: ControlConfig
     handover: HandoverConfig
     metrics: MetricsConfig | None = None
+    balance: balanceconfig.BalanceConfig | None = None   # load balancing (hapacs.balanceconfig)
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
@@ -236,10 +237,11 @@ def _build(ctx: Context) -> Config | None:
     control = _control(ctx, top.section("control"))
     handover = _handover(top.section("handover"))
     metrics = _metrics(top.section("metrics"))
+    balance = balanceconfig.read(ctx, top.section("balance"), vips, checks) if "balance" in top else None
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance)
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:

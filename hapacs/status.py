@@ -109,6 +109,8 @@ class Status:
     # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
     bad_requests: dict[str, int] = field(default_factory=dict)
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
+    # Load balancing (balance: configured): hapacs.balancer.Balancer.snapshot, already JSON-shaped.
+    balance: dict | None = None
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -145,6 +147,7 @@ class Status:
             "misconfigured": [{"address": m.address, "cause": m.cause, "claims": m.claims,
                                "last_seen_s": round(m.last_seen_s, 3), "blocking": m.blocking,
                                "message": m.message} for m in self.misconfigured],
+            **({"balance": self.balance} if self.balance is not None else {}),
         }
 
 
