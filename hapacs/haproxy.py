@@ -136,7 +136,7 @@ def render(balance: BalanceConfig, members: tuple[Member, ...], state_dir: str) 
                 f"check inter {interval_ms} fastinter 200 downinter 1000 fall 2 rise 2 "
                 f"observe layer4 error-limit 3 on-error mark-down "
                 f"agent-check agent-addr {member.address} agent-port {balance.agent_port} "
-                f"agent-inter {AGENT_INTER_MS} agent-send {service.name}\\n")
+                f"agent-inter {AGENT_INTER_MS} agent-send \"{service.name}\\n\"")
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +199,7 @@ class HAProxy:
         with open(candidate, "w", encoding="utf-8") as handle:
             handle.write(text)
         checked = await asyncio.create_subprocess_exec(
-            self.binary, "-c", "-q", "-f", candidate, stdin=asyncio.subprocess.DEVNULL,
+            self.binary, "-c", "-f", candidate, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         output, _ = await checked.communicate()
         if checked.returncode != 0:
