@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .agentcheck import AgentCheckServer
-from .haproxy import HAProxy, HAProxyError, Member, backend_name, render
+from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
 from .hostsetup import StartupError
 from .model import ElectionView
 from .states import State
@@ -131,8 +131,8 @@ class Balancer:
             code = await self.haproxy.wait()
             if self._stopping:
                 return
-            log.error("balance: HAProxy exited with %s: %s", code, self.haproxy.log_tail(3))
-            self._fault(f"HAProxy exited with {code}")
+            log.error("balance: HAProxy exited (%s): %s", exit_text(code), self.haproxy.log_tail(3))
+            self._fault(f"HAProxy exited ({exit_text(code)})")
             while not self.haproxy.running:
                 await asyncio.sleep(RESTART_DELAY_S)
                 try:

@@ -184,10 +184,12 @@ class Config:
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
-        """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports."""
+        """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports and
+        the balanced services' ports (their associations end at this node's HAProxy, on the VIP)."""
         if self.handover.drain_ports:
             return self.handover.drain_ports
-        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES}))
+        balanced = {s.port for s in self.balance.services} if self.balance else set()
+        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES} | balanced))
 
     @property
     def interfaces(self) -> tuple[str, ...]:

@@ -18,10 +18,12 @@ files, runs HAProxy and reads its statistics.
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import ctypes
 import io
 import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ HAPROXY = "haproxy"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 STATS_TIMEOUT_S = 2.0
+LOG_LINES_KEPT = 20
 AGENT_INTER_MS = 500
 RETRIES = 2
 WEIGHT = 100          # the agent's NN% answers are relative to it: with HAProxy's default of 1, 50% is 0
@@ -109,13 +112,13 @@ def render(balance: BalanceConfig, members: tuple[Member, ...], state_dir: str) 
         "# Written by hapacs from its balance: section; edits here are overwritten.",
         "global",
         f"    stats socket {stats_socket(state_dir)} mode 600 level admin",
-        "    log stderr format short local0 info",
+        # Server state changes and alerts (notice and up), into the agent's log; not every association.
+        "    log stderr format raw local0 notice",
         "    maxconn 4096",
         "",
         "defaults",
         "    mode tcp",
         "    log global",
-        "    option tcplog",
         "    timeout connect 2s",
         f"    timeout client {CLIENT_TIMEOUT}",
         f"    timeout server {CLIENT_TIMEOUT}",
@@ -156,6 +159,10 @@ def _die_with_parent() -> None:
         pass
 
 
+def exit_text(code: int | None) -> str:
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
 @dataclass(frozen=True)
 class ServerStat:
     backend: str
@@ -184,10 +191,12 @@ class HAProxy:
         self.dir = directory(state_dir)
         self.config_path = os.path.join(self.dir, "haproxy.cfg")
         self.pid_path = os.path.join(self.dir, "haproxy.pid")
-        self.log_path = os.path.join(self.dir, "haproxy.log")
         self.socket_path = stats_socket(state_dir)
         self.binary = binary
         self.process: asyncio.subprocess.Process | None = None
+        self.log = logging.getLogger("hapacs.haproxy")
+        self.recent: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
+        self._reader: asyncio.Task | None = None
 
     async def check(self, text: str) -> None:
         """Write `text` as the configuration, after `haproxy -c` accepts it; raise HAProxyError if not."""
@@ -212,18 +221,18 @@ class HAProxy:
         """Check and write the configuration, start HAProxy, wait until its stats socket answers."""
         await self.check(text)
         self.kill_stale()
-        log = open(self.log_path, "ab")
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                self.binary, "-W", "-db", "-f", self.config_path, "-p", self.pid_path,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
-        finally:
-            log.close()
+        self.process = await asyncio.create_subprocess_exec(
+            self.binary, "-W", "-db", "-f", self.config_path, "-p", self.pid_path,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent)
+        self._reader = asyncio.get_running_loop().create_task(self._read_log(self.process.stdout))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
         while loop.time() < deadline:
             if self.process.returncode is not None:
-                raise HAProxyError(f"HAProxy exited at start with {self.process.returncode}: {self.log_tail()}")
+                await asyncio.wait({self._reader}, timeout=1.0)   # its last words, unless a worker holds the pipe
+                raise HAProxyError(f"HAProxy exited at start ({exit_text(self.process.returncode)}): "
+                                   f"{self.log_tail()}")
             try:
                 await self.command("show info")
                 return
@@ -246,6 +255,20 @@ class HAProxy:
     async def wait(self) -> int:
         return await self.process.wait()
 
+    async def _read_log(self, stream: asyncio.StreamReader) -> None:
+        """HAProxy's messages, one per line, into the agent's log; the last few kept for errors."""
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue      # an overlong line: dropped
+            if not line:
+                return
+            text = line.decode(errors="replace").strip()
+            if text:
+                self.recent.append(text)
+                self.log.info("%s", text)
+
     async def stop(self) -> None:
         if not self.running:
             return
@@ -255,6 +278,8 @@ class HAProxy:
         except asyncio.TimeoutError:
             os.kill(self.process.pid, signal.SIGKILL)
             await self.process.wait()
+        if self._reader is not None:
+            self._reader.cancel()
 
     def kill_stale(self) -> None:
         """An HAProxy left by an agent that was killed would keep the VIP's port and the socket."""
@@ -269,11 +294,7 @@ class HAProxy:
             os.kill(pid, signal.SIGTERM)
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return " | ".join(line.strip() for line in handle.read().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return " | ".join(list(self.recent)[-lines:]) or "(nothing in its log)"
 
     async def command(self, text: str) -> str:
         """One runtime API command over the stats socket; its answer."""

@@ -170,6 +170,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _balance_lines(balance: dict | None) -> list[str]:
+    if not balance:
+        return []
+    rows = [[f"{s['name']} {s['address']}:{s['port']}" + (" (here)" if s["active"] else ""), m["name"], m["address"],
+             m["state"], str(m["associations"]), str(m["total"])] for s in balance["services"] for m in s["members"]]
+    drain = "  [drain on: this node's PACS takes no new association]" if balance.get("drain") else ""
+    return ["", f"balancing ({balance['mode']}): " + ("this node serves" if balance["active"] else
+                                                     "standby, HAProxy ready") + drain,
+            *_table(["SERVICE", "MEMBER", "ADDRESS", "STATE", "OPEN", "TOTAL"], rows)]
+
+
 def render_table(status: Status, history: int = 5) -> str:
     """What an operator reads at a glance: who is MASTER, what is wrong, what changed."""
     flags = []
@@ -212,6 +223,7 @@ def render_table(status: Status, history: int = 5) -> str:
                         [[c.name, c.type, {None: "pending", True: "up", False: "DOWN"}[c.ok],
                           "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms",
                           _age(c.since_s), c.message] for c in status.checks])
+    lines += _balance_lines(status.balance)
     recent = status.transitions[-history:]
     if recent:
         lines.append("")

@@ -78,6 +78,10 @@ def _parent(proc: Path) -> int | None:
         return None
 
 
+def haproxy_pid(cluster, host: str) -> int:
+    return int(Path(cluster.dir, f"{host}-state", "haproxy", "haproxy.pid").read_text().split()[0])
+
+
 def holder_lines(path: str) -> list[str]:
     with open(path) as handle:
         return handle.read().splitlines()
@@ -135,6 +139,24 @@ def test_associations_spread_drain_and_a_dead_member(lab):
         total_b = members(cluster, "a")["pacs-b"]["total"]
         assert all(echoes(lab, 4))
         assert members(cluster, "a")["pacs-b"]["total"] == total_b
+
+        # pacs-b's PACS back (its node left FAULT); then HAProxy dies on the MASTER: pacs-a goes to
+        # FAULT, pacs-b's HAProxy serves the VIP; pacs-a's agent starts HAProxy again and leaves FAULT.
+        start_storescp(lab, lab.ns("b"), port=PACS_PORT, aet="PACS", fork=True)
+        lab.wait_for(lambda: cluster.state("b") == "BACKUP" and states(cluster, "a")["pacs-b"] == "up", 10,
+                     what="pacs-b healthy again")
+        os.kill(haproxy_pid(cluster, "a"), signal.SIGKILL)
+        settle(lab, cluster, "b", timeout=10)
+        assert any("HAProxy exited" in t["reason"] for t in cluster.transitions("a"))
+        lab.wait_for(lambda: states(cluster, "b") == {"pacs-a": "up", "pacs-b": "up"}, 10,
+                     what="pacs-b's HAProxy sees both PACS up")
+        assert all(echoes(lab, 3))
+        lab.wait_for(lambda: cluster.state("a") in ("BACKUP", "MASTER"), 10, what="pacs-a out of FAULT")
+
+        # The agent killed outright: its HAProxy does not outlive it.
+        orphan = haproxy_pid(cluster, "b")
+        cluster.kill("b", signal.SIGKILL)
+        lab.wait_for(lambda: not Path(f"/proc/{orphan}").exists(), 5, what="pacs-b's HAProxy gone with its agent")
     finally:
         print(cluster.logs())
 
