@@ -148,9 +148,8 @@ class Balancer:
     async def _poll(self) -> None:
         while True:
             try:
-                if self.haproxy.running:
-                    self.stats = {(s.backend, s.server): (s.status, s.current, s.total)
-                                  for s in await self.haproxy.stats()}
+                self.stats = {(s.backend, s.server): (s.status, s.current, s.total)
+                              for s in await self.haproxy.stats()} if self.haproxy.running else {}
             except (OSError, ValueError, KeyError) as err:
                 log.debug("balance: no statistics from HAProxy: %s", err)
             await asyncio.sleep(STATS_PERIOD_S)

@@ -288,3 +288,35 @@ def test_the_status_table_shows_the_balance_and_drain_is_refused_where_nothing_b
     reply = Commands(agent)._drain(True)
     assert reply == {"ok": False, "message": "refused: this node does not balance (no balance: section in "
                      "/etc/hapacs/hapacs.yaml)"}
+
+
+def test_a_reload_gives_haproxy_the_new_members_and_keeps_its_process(tmp_path):
+    assert shutil.which("haproxy"), "install HAProxy (Debian: apt install haproxy)"
+    front, target, agent_port = free_port(), free_port(), free_port()
+    service = ServiceConfig("dicom", ipaddress.ip_address("127.0.0.1"), front, target, "leastconn", None)
+    balance = BalanceConfig("proxy", "snat", (), (service,), agent_port, 1.0)
+    one = (haproxy.Member("127.0.0.1", "pacs-a", ipaddress.ip_address("127.0.0.1")),)
+    two = one + (haproxy.Member("127.0.0.2", "pacs-b", ipaddress.ip_address("127.0.0.2")),)
+
+    async def scenario():
+        proxy = haproxy.HAProxy(str(tmp_path))
+        await proxy.start(haproxy.render(balance, one, str(tmp_path)))
+        pid = proxy.process.pid
+        try:
+            before = [s.server for s in await proxy.stats()]
+            await proxy.reload(haproxy.render(balance, two, str(tmp_path)))
+            for _ in range(100):     # 10 s at most for the new worker
+                try:
+                    after = [s.server for s in await proxy.stats()]
+                except OSError:
+                    after = []
+                if len(after) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            with pytest.raises(haproxy.HAProxyError):
+                await proxy.reload("global\n    no-such-keyword\n")     # refused: the running one stays
+            still = [s.server for s in await proxy.stats()]
+            return before, after, still, proxy.process.pid == pid and proxy.running
+        finally:
+            await proxy.stop()
+    assert asyncio.run(scenario()) == (["127.0.0.1"], ["127.0.0.1", "127.0.0.2"], ["127.0.0.1", "127.0.0.2"], True)
