@@ -35,10 +35,15 @@ RESTART_DELAY_S = 2.0
 FAULT_SOURCE = "haproxy"
 
 
-def agent_answer(view: ElectionView, health: str | None, health_ok: bool | None, drain_on: bool) -> str:
-    """The agent-check line for one service (hapacs.agentcheck lists the words). Pure."""
-    if view.state == State.FAULT:
-        return "down #FAULT: " + _plain("; ".join(view.faults) or "unhealthy")
+def agent_answer(view: ElectionView, health: str | None, health_ok: bool | None, drain_on: bool,
+                 own_fault: str | None = None) -> str:
+    """The agent-check line for one service (hapacs.agentcheck lists the words). Pure.
+
+    `own_fault`: the FAULT this node is in because its own HAProxy is gone; its PACS is
+    not the worse for it, and the other nodes' HAProxy may go on sending it associations."""
+    faults = [text for text in view.faults if text != own_fault]
+    if view.state == State.FAULT and (faults or not view.faults):
+        return "down #FAULT: " + _plain("; ".join(faults) or "unhealthy")
     if health_ok is False:
         return f"down #check {health} is down"
     if drain_on:
@@ -85,6 +90,7 @@ class Balancer:
         self.drain_on = False
         self.stats: dict[tuple[str, str], tuple[str, int, int]] = {}
         self._stopping = False
+        self._fault_text: str | None = None     # the FAULT this node is in because HAProxy is gone
 
     async def start(self) -> None:
         try:
@@ -143,6 +149,7 @@ class Balancer:
             self._fault(None)
 
     def _fault(self, text: str | None) -> None:
+        self._fault_text = text
         self.agent.feed(lambda now: self.agent.core.set_fault(FAULT_SOURCE, text, now, "HAProxy runs again"))
 
     async def _poll(self) -> None:
@@ -165,7 +172,7 @@ class Balancer:
         health_ok = None
         if service.health is not None and agent.checks is not None:
             health_ok = next((c.ok for c in agent.checks.snapshot(now) if c.name == service.health), None)
-        return agent_answer(agent.core.view(now), service.health, health_ok, self.drain_on)
+        return agent_answer(agent.core.view(now), service.health, health_ok, self.drain_on, self._fault_text)
 
     def set_drain(self, on: bool) -> str:
         before, self.drain_on = self.drain_on, on

@@ -112,13 +112,10 @@ def render(balance: BalanceConfig, members: tuple[Member, ...], state_dir: str) 
         "# Written by hapacs from its balance: section; edits here are overwritten.",
         "global",
         f"    stats socket {stats_socket(state_dir)} mode 600 level admin",
-        # Server state changes and alerts (notice and up), into the agent's log; not every association.
-        "    log stderr format raw local0 notice",
         "    maxconn 4096",
         "",
         "defaults",
         "    mode tcp",
-        "    log global",
         "    timeout connect 2s",
         f"    timeout client {CLIENT_TIMEOUT}",
         f"    timeout server {CLIENT_TIMEOUT}",
@@ -256,7 +253,8 @@ class HAProxy:
         return await self.process.wait()
 
     async def _read_log(self, stream: asyncio.StreamReader) -> None:
-        """HAProxy's messages, one per line, into the agent's log; the last few kept for errors."""
+        """HAProxy's warnings and alerts on stderr (members up and down, what stops it; no traffic log),
+        one per line, into the agent's log; the last few kept for errors."""
         while True:
             try:
                 line = await stream.readline()

@@ -200,6 +200,13 @@ def test_the_agent_answers(election, health_ok, drain_on, expected):
     assert agent_answer(election, "pacs-dicom", health_ok, drain_on) == expected
 
 
+def test_a_fault_of_this_node_s_own_haproxy_does_not_take_its_pacs_out():
+    own = "HAProxy exited (killed by signal 9)"
+    assert agent_answer(view(state=State.FAULT, faults=(own,)), "pacs-dicom", True, False, own) == "up ready"
+    both = view(state=State.FAULT, faults=(own, "link eth0 down (lowerlayerdown)"))
+    assert agent_answer(both, "pacs-dicom", True, False, own) == "down #FAULT: link eth0 down (lowerlayerdown)"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
