@@ -177,3 +177,31 @@ def test_an_agent_whose_haproxy_cannot_start_does_not_start_and_claims_no_vip(la
     assert "cannot start: balance: HAProxy" in log, log
     assert lab.holders(VIP) == []
     lab.stop(squatter)
+
+
+def test_reload_reloads_haproxy_in_place_and_agent_port_needs_a_restart(lab):
+    start_storescp(lab, lab.ns("a"), port=PACS_PORT, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, checks={"a": CHECK})
+    cluster.add("a", 150, balance=balance_config())
+    cluster.start_all()
+    try:
+        settle(lab, cluster, "a", timeout=15)
+        lab.wait_for(lambda: states(cluster, "a") == {"pacs-a": "up"}, 10, what="pacs-a up in HAProxy")
+        pid = haproxy_pid(cluster, "a")
+        cluster.specs["a"].extra["balance"]["services"][0]["schedule"] = "roundrobin"
+        cluster.write("a")
+        reloaded = cluster.cli("a", "reload")
+        assert reloaded.returncode == 0 and "balance changed (HAProxy reloaded)" in reloaded.stdout, reloaded.stderr
+        cfg = Path(cluster.dir, "a-state", "haproxy", "haproxy.cfg").read_text()
+        assert "balance roundrobin" in cfg and haproxy_pid(cluster, "a") == pid
+        lab.wait_for(lambda: states(cluster, "a") == {"pacs-a": "up"}, 10, what="the new worker serving")
+        assert all(echoes(lab, 2))
+
+        cluster.specs["a"].extra["balance"]["agent_port"] = 5500
+        cluster.write("a")
+        refused = cluster.cli("a", "reload")
+        assert refused.returncode == 1 and "changing balance.agent_port needs a restart" in refused.stderr
+        drain = cluster.cli("a", "drain", "maybe")
+        assert drain.returncode == 2 and "invalid choice: 'maybe'" in drain.stderr
+    finally:
+        print(cluster.logs())
