@@ -50,8 +50,8 @@ class BalanceConfig:
     check_interval_s: float             # HAProxy's own DICOM check of each member
 
 
-def read(ctx: Context, sec: Section, vips, checks) -> BalanceConfig | None:
-    """The balance section, or None (with the problems recorded in ctx)."""
+def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | None:
+    """The balance section, or None (with the problems recorded in ctx); `peers`: cluster.peers."""
     mode = sec.take("mode", choice(*MODES), default="proxy")
     client = sec.take("client_address", choice(*CLIENT_ADDRESSES), default="snat")
     members = sec.take("members", list_of(_member), default=())
@@ -65,6 +65,9 @@ def read(ctx: Context, sec: Section, vips, checks) -> BalanceConfig | None:
     if client == "transparent":
         sec.problem("client_address", "transparent is not yet supported by this release; use snat (the PACS "
                     "sees the balancing node's address: allow the nodes' addresses in the PACS)")
+    if members == () and peers == ():     # None: cluster: is invalid, reported there
+        sec.problem("members", "with multicast heartbeats (no cluster.peers) the members cannot be known in "
+                    "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]")
     if members is not INVALID:
         _unique(sec, "members", [str(m.address) for m in members], "address")
         _unique(sec, "members", [m.name for m in members if m.name], "name")

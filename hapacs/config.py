@@ -239,7 +239,8 @@ def _build(ctx: Context) -> Config | None:
     control = _control(ctx, top.section("control"))
     handover = _handover(top.section("handover"))
     metrics = _metrics(top.section("metrics"))
-    balance = balanceconfig.read(ctx, top.section("balance"), vips, checks) if "balance" in top else None
+    balance = balanceconfig.read(ctx, top.section("balance"), vips, checks,
+                                 cluster.peers if cluster else None) if "balance" in top else None
     top.done()
     if ctx.problems:
         return None

@@ -107,6 +107,18 @@ def test_every_bad_balance_key_is_a_config_error_with_file_line_and_key(tmp_path
     assert message in found[0], found
 
 
+def test_with_multicast_heartbeats_the_members_must_be_listed(tmp_path, key):
+    path = tmp_path / "multicast.yaml"
+    path.write_text(BASE.format(key=key, balance=SERVICE).replace("  peers: [192.0.2.12]\n", ""))
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(str(path))
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:10: balance.members: with multicast heartbeats (no cluster.peers) the members cannot be known in "
+        "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]"]
+    path.write_text(path.read_text().replace("  services:", "  members: [{address: 192.0.2.11}]\n  services:"))
+    assert cfg.load(str(path)).balance.members[0].name is None
+
+
 def test_reload_reloads_haproxy_for_a_changed_service_and_needs_a_restart_for_agent_port(tmp_path, key):
     old = load(tmp_path, key)
     changed = load(tmp_path, key, SERVICE.replace("health: pacs-dicom", "schedule: source"))

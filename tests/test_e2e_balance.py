@@ -35,8 +35,8 @@ def _need_haproxy():
 lab = lab_fixture("lb", before=_need_haproxy)
 
 
-def balance_config(check_interval: float = 0.2) -> dict:
-    return {"services": [{"name": "dicom", "address": VIP, "port": 104, "target_port": PACS_PORT,
+def balance_config(check_interval: float = 0.2, **extra) -> dict:
+    return {**extra, "services": [{"name": "dicom", "address": VIP, "port": 104, "target_port": PACS_PORT,
                           "schedule": "leastconn", "health": "pacs-dicom"}],
             "check_interval": check_interval}
 
@@ -166,7 +166,7 @@ def test_an_agent_whose_haproxy_cannot_start_does_not_start_and_claims_no_vip(la
     """Port 104 of the VIP taken by another program: HAProxy refuses to bind, the agent stops."""
     start_storescp(lab, lab.ns("a"), port=PACS_PORT, aet="PACS", fork=True)
     cluster = AgentCluster(lab, checks={"a": CHECK})
-    cluster.add("a", 150, balance=balance_config())
+    cluster.add("a", 150, balance=balance_config(members=[{"address": "192.0.2.11"}]))
     squatter = lab.spawn("a", [sys.executable, "-c", "import socket, time; s = socket.socket(); "
                                "s.setsockopt(socket.SOL_IP, 19, 1); s.bind(('192.0.2.100', 104)); s.listen(); "
                                "time.sleep(60)"])   # 19: IP_TRANSPARENT, to bind an address not (yet) here
@@ -182,7 +182,7 @@ def test_an_agent_whose_haproxy_cannot_start_does_not_start_and_claims_no_vip(la
 def test_reload_reloads_haproxy_in_place_and_agent_port_needs_a_restart(lab):
     start_storescp(lab, lab.ns("a"), port=PACS_PORT, aet="PACS", fork=True)
     cluster = AgentCluster(lab, checks={"a": CHECK})
-    cluster.add("a", 150, balance=balance_config())
+    cluster.add("a", 150, balance=balance_config(members=[{"address": "192.0.2.11"}]))
     cluster.start_all()
     try:
         settle(lab, cluster, "a", timeout=15)
