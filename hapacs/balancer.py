@@ -117,6 +117,17 @@ class Balancer:
     def _render(self) -> str:
         return render(self.config.balance, self.members, self.config.node.state_dir)
 
+    async def refuses(self, new: Config) -> str | None:
+        """Why HAProxy would refuse the configuration written from `new` (a reload asks first)."""
+        if new.balance is None or new.balance == self.config.balance:
+            return None
+        try:
+            await self.haproxy.check(render(new.balance, members_of(new, self.agent.own_address),
+                                            new.node.state_dir), install=False)
+        except (HAProxyError, OSError) as err:
+            return f"balance: {err}"
+        return None
+
     async def reconfigure(self, new: Config) -> None:
         """A reload: a changed balance section reloads HAProxy (open associations stay)."""
         old, self.config = self.config, new

@@ -134,6 +134,9 @@ class Commands:
         if fixed:
             return {"ok": False, "message": "refused, the agent runs on unchanged: changing "
                     f"{', '.join(fixed)} needs a restart (systemctl restart hapacs)"}
+        refused = await agent.balancer.refuses(new) if agent.balancer is not None else None
+        if refused:
+            return {"ok": False, "message": f"refused, the agent runs on unchanged: {refused}"}
         new_links = {}
         for name in new.interfaces:
             if name not in agent.links:

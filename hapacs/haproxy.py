@@ -195,8 +195,9 @@ class HAProxy:
         self.recent: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
         self._reader: asyncio.Task | None = None
 
-    async def check(self, text: str) -> None:
-        """Write `text` as the configuration, after `haproxy -c` accepts it; raise HAProxyError if not."""
+    async def check(self, text: str, install: bool = True) -> None:
+        """Write `text` as the configuration (with `install`), after `haproxy -c` accepts it;
+        raise HAProxyError if not. Without `install` the running configuration stays as it is."""
         if shutil.which(self.binary) is None:
             raise HAProxyError(f"{self.binary} is not installed (balance: needs HAProxy 2.6 or newer; "
                                "Debian: apt install haproxy)")
@@ -212,7 +213,10 @@ class HAProxy:
             lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
             raise HAProxyError(f"HAProxy refuses the configuration written from balance: ({candidate}): "
                                + " | ".join(lines[-5:]))
-        os.replace(candidate, self.config_path)
+        if install:
+            os.replace(candidate, self.config_path)
+        else:
+            os.unlink(candidate)
 
     async def start(self, text: str) -> None:
         """Check and write the configuration, start HAProxy, wait until its stats socket answers."""

@@ -163,7 +163,13 @@ def test_the_written_configuration_is_accepted_by_haproxy(tmp_path, key):
     assert f"stats socket {tmp_path}/state/haproxy/admin.sock mode 600 level admin" in text
     proxy = haproxy.HAProxy(str(tmp_path / "state"))
     asyncio.run(proxy.check(text))
-    assert (tmp_path / "state" / "haproxy" / "haproxy.cfg").read_text() == text
+    installed = tmp_path / "state" / "haproxy" / "haproxy.cfg"
+    assert installed.read_text() == text
+    # A reload asks first (install=False): accepted or not, the running configuration stays.
+    asyncio.run(proxy.check(text.replace("balance leastconn", "balance source"), install=False))
+    with pytest.raises(haproxy.HAProxyError, match="haproxy.cfg.new"):     # kept there to be read
+        asyncio.run(proxy.check(text + "    no-such-keyword\n", install=False))
+    assert installed.read_text() == text
 
 
 def test_a_configuration_haproxy_refuses_is_an_error_naming_the_reason(tmp_path):
