@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Callable
 
-from . import __version__, hostcheck, timing, wire
+from . import __version__, balancer, hostcheck, timing, wire
 from .announce import Announcer
 from .book import StatusBook
 from .bootid import next_boot_id
@@ -67,6 +67,7 @@ class Agent:
         self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
         self.metrics = None           # hapacs.metrics.MetricsServer, imported only when configured
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
+        self.balancer: balancer.Balancer | None = None   # HAProxy and its agent-check, with balance:
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
@@ -128,6 +129,7 @@ class Agent:
             self._start_checks()
         self._start_witness()
         await self._open_sockets()
+        self.balancer = await balancer.start(self)
         if config.snmp is not None:
             await self._start_snmp()
         if config.metrics is not None:
@@ -276,7 +278,7 @@ class Agent:
                 pass
         if self.transport is not None:
             self.transport.close()
-        for server in (self.control, self.snmp, self.metrics):
+        for server in (self.control, self.snmp, self.metrics, self.balancer):
             if server is not None:
                 await server.stop()
         self.announcer.close()
@@ -399,7 +401,7 @@ class Agent:
             vips=self.vips.statuses(), checks=self.checks.snapshot(now) if self.checks else (),
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
             uptime_s=now - self.started_at, version=__version__, pid=os.getpid(), now=now,
-            bad_requests=self._bad_requests())
+            bad_requests=self._bad_requests(), balance=self.balancer.snapshot() if self.balancer else None)
 
     def _bad_requests(self) -> dict[str, int]:
         """Requests that could not be read, by where they came in (heartbeats: `drops`)."""
@@ -411,11 +413,7 @@ class Agent:
     # --- reload ---------------------------------------------------------------------------------
 
     def _on_sighup(self) -> None:
-        self.start_task(self._reload_from_signal(), "reload")
-
-    async def _reload_from_signal(self) -> None:
-        reply = await self.commands.reload()
-        (log.info if reply["ok"] else log.error)("SIGHUP: %s", reply["message"])
+        self.start_task(self.commands.reload_from_signal(), "reload")
 
     async def reload(self, asked_path: str | None = None) -> dict:
         return await self.commands.reload(asked_path)
@@ -438,6 +436,8 @@ class Agent:
             self.drainer = Drainer([v.address.ip for v in new.vips], new.drain_ports,
                                    new.handover.hold_new_connections)
         self.feed(lambda now: self.core.reconfigure(election_params(new, self.own_address), now))
+        if self.balancer is not None:
+            await self.balancer.reconfigure(new)
         if old.checks != new.checks:
             if self.checks is not None:
                 await self.checks.stop()

@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                               f"(default {timing.DEFAULT_DRAIN_TIMEOUT_S:g})")
     maintenance = control("maintenance", "freeze this node: no automatic transition while on")
     maintenance.add_argument("mode", choices=("on", "off"))
+    drain = control("drain", "load balancing: this node's PACS takes no new association from the balancer "
+                    "(on), open ones finish; or takes them again (off)")
+    drain.add_argument("mode", choices=("on", "off"))
     reload = control("reload", "re-read the configuration file the agent was started with; an invalid one "
                      "is refused and the agent runs on")
     # -c given to reload must name the file the agent reads (it is refused otherwise);
@@ -136,7 +139,7 @@ def _control(args) -> int:
         message["config"] = os.path.realpath(args.config)
     if args.config is None:
         args.config = DEFAULT_PATH
-    if args.command == "maintenance":
+    if args.command in ("maintenance", "drain"):
         message["on"] = args.mode == "on"
     elif args.command == "release":
         if not 0 <= args.drain_timeout <= timing.MAX_DRAIN_TIMEOUT_S:

@@ -1,5 +1,5 @@
-"""The operator's commands from the control socket: status, maintenance, takeover, release,
-reload. Each is answered from what the core decides, never from a wait guessed here.
+"""The operator's commands from the control socket: status, maintenance, drain, takeover,
+release, reload. Each is answered from what the core decides, never from a wait guessed here.
 
 A command that takes time (takeover, release) gets a CommandPending effect
 with the core's deadline, which the client is told at once, then the final
@@ -50,6 +50,8 @@ class Commands:
             return {"ok": True, "status": status.to_json(), "table": render_table(status)}
         if command == "reload":
             return await self.reload(request.get("config"))
+        if command == "drain":
+            return self._drain(request["on"])
         before = agent.state_name()
         try:
             if command == "maintenance":
@@ -89,12 +91,25 @@ class Commands:
             raise CommandRefused(answer.text)
         return answer
 
+    def _drain(self, on: bool) -> dict:
+        """`hapacs drain on|off`: this node's PACS takes no new association from the balancer."""
+        balancer = self.agent.balancer
+        if balancer is None:
+            return {"ok": False, "message": "refused: this node does not balance (no balance: section in "
+                    f"{self.agent.config.path})"}
+        return {"ok": True, "message": balancer.set_drain(on)}
+
     def _drain_text(self) -> str:
         drain = self.agent.book.last_drain
         if drain is None or not drain.open_at_start:
             return "no DICOM association was open"
         return (f"{drain.open_at_start} DICOM association(s) were open; waited {drain.waited_s:.1f} s, "
                 + (f"cut {drain.cut}" if drain.cut else "none cut"))
+
+    async def reload_from_signal(self) -> None:
+        """SIGHUP: reload, and say in the log what came of it."""
+        reply = await self.reload()
+        (log.info if reply["ok"] else log.error)("SIGHUP: %s", reply["message"])
 
     async def reload(self, asked_path: str | None = None) -> dict:
         """Re-read the configuration; apply it whole, or refuse it whole and run on unchanged.
@@ -119,6 +134,9 @@ class Commands:
         if fixed:
             return {"ok": False, "message": "refused, the agent runs on unchanged: changing "
                     f"{', '.join(fixed)} needs a restart (systemctl restart hapacs)"}
+        refused = await agent.balancer.refuses(new) if agent.balancer is not None else None
+        if refused:
+            return {"ok": False, "message": f"refused, the agent runs on unchanged: {refused}"}
         new_links = {}
         for name in new.interfaces:
             if name not in agent.links:

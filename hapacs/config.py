@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from . import keys as keyfile, timing
+from . import balanceconfig, keys as keyfile, timing
 from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
@@ -180,13 +180,16 @@ class Config:
     control: ControlConfig
     handover: HandoverConfig
     metrics: MetricsConfig | None = None
+    balance: balanceconfig.BalanceConfig | None = None   # load balancing (hapacs.balanceconfig)
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
-        """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports."""
+        """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports and
+        the balanced services' ports (their associations end at this node's HAProxy, on the VIP)."""
         if self.handover.drain_ports:
             return self.handover.drain_ports
-        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES}))
+        balanced = {s.port for s in self.balance.services} if self.balance else set()
+        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES} | balanced))
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -236,10 +239,12 @@ def _build(ctx: Context) -> Config | None:
     control = _control(ctx, top.section("control"))
     handover = _handover(top.section("handover"))
     metrics = _metrics(top.section("metrics"))
+    balance = balanceconfig.read(ctx, top.section("balance"), vips, checks,
+                                 cluster.peers if cluster else None) if "balance" in top else None
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance)
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:

@@ -1,6 +1,6 @@
 """The control socket: a Unix stream socket, one JSON request and one JSON reply.
 
-Request:  {"command": "status" | "takeover" | "release" | "maintenance" | "reload", ...}\\n
+Request:  {"command": "status" | "takeover" | "release" | "maintenance" | "drain" | "reload", ...}\\n
 Reply:    {"ok": true|false, "message": "...", ...}\\n
 
 With "progress": true in the request, a command that takes time (takeover,
@@ -36,7 +36,7 @@ MAX_NESTING = 4              # a request is one flat object; the json module rec
 DISCARD_MAX_BYTES = 16 << 20  # how much of an oversized request is read (and dropped) before replying
 REQUEST_TIMEOUT_S = 5.0
 BAD_REQUEST_LOG_PERIOD_S = 10.0
-COMMANDS = ("status", "takeover", "release", "maintenance", "reload")
+COMMANDS = ("status", "takeover", "release", "maintenance", "drain", "reload")
 
 Progress = Callable[[float], Awaitable[None]]
 Handler = Callable[[dict, Progress], Awaitable[dict]]
@@ -117,8 +117,8 @@ def validate(request: object) -> str | None:
     command = request.get("command")
     if command not in COMMANDS:
         return f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}"
-    if command == "maintenance" and request.get("on") not in (True, False):
-        return "maintenance needs \"on\": true or false"
+    if command in ("maintenance", "drain") and request.get("on") not in (True, False):
+        return f"{command} needs \"on\": true or false"
     if command == "reload" and "config" in request:
         path = request["config"]
         if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:

@@ -137,6 +137,9 @@ def problems(config: Config, facts: HostFacts, lines: "Lines") -> list[Problem]:
             _executable(check.command[0], f"checks[{index}].command", problem)
     if config.notify.command:
         _executable(config.notify.command[0], "notify.command", problem)
+    if config.balance is not None and shutil.which("haproxy") is None:
+        problem("balance.mode", "proxy needs HAProxy, which is not installed on this host (Debian: apt install "
+                "haproxy; hapacs starts it itself, leave the haproxy service disabled)")
     return sorted(found, key=lambda p: p.line)
 
 

@@ -17,6 +17,8 @@ _FIXED = (
     ("control", lambda c: c.control),
     ("snmp", lambda c: c.snmp),
     ("metrics.listen", lambda c: c.metrics),
+    ("balance (added or removed)", lambda c: c.balance is None),
+    ("balance.agent_port", lambda c: c.balance.agent_port if c.balance else None),
 )
 
 
@@ -55,4 +57,6 @@ def describe(old: Config, new: Config) -> list[str]:
         changes.append("notify changed")
     if old.handover != new.handover:
         changes.append("handover changed")
+    if old.balance != new.balance:
+        changes.append("balance changed (HAProxy reloaded)")
     return changes

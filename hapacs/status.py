@@ -109,6 +109,8 @@ class Status:
     # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
     bad_requests: dict[str, int] = field(default_factory=dict)
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
+    # Load balancing (balance: configured): hapacs.balancer.Balancer.snapshot, already JSON-shaped.
+    balance: dict | None = None
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -145,6 +147,7 @@ class Status:
             "misconfigured": [{"address": m.address, "cause": m.cause, "claims": m.claims,
                                "last_seen_s": round(m.last_seen_s, 3), "blocking": m.blocking,
                                "message": m.message} for m in self.misconfigured],
+            **({"balance": self.balance} if self.balance is not None else {}),
         }
 
 
@@ -165,6 +168,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return lines
+
+
+def _balance_lines(balance: dict | None) -> list[str]:
+    if not balance:
+        return []
+    rows = [[f"{s['name']} {s['address']}:{s['port']}" + (" (here)" if s["active"] else ""), m["name"], m["address"],
+             m["state"], str(m["associations"]), str(m["total"])] for s in balance["services"] for m in s["members"]]
+    drain = "  [drain on: this node's PACS takes no new association]" if balance.get("drain") else ""
+    return ["", f"balancing ({balance['mode']}): " + ("this node serves" if balance["active"] else
+                                                     "standby, HAProxy ready") + drain,
+            *_table(["SERVICE", "MEMBER", "ADDRESS", "STATE", "OPEN", "TOTAL"], rows)]
 
 
 def render_table(status: Status, history: int = 5) -> str:
@@ -209,6 +223,7 @@ def render_table(status: Status, history: int = 5) -> str:
                         [[c.name, c.type, {None: "pending", True: "up", False: "DOWN"}[c.ok],
                           "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms",
                           _age(c.since_s), c.message] for c in status.checks])
+    lines += _balance_lines(status.balance)
     recent = status.transitions[-history:]
     if recent:
         lines.append("")

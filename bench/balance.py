@@ -1,0 +1,116 @@
+"""Load-balancing figures (balance: mode proxy, HAProxy on both nodes, forking storescp members).
+
+1. spread: N associations held open through the VIP; how they lie on the two PACS.
+2. killed: pacs-b's PACS (listener and children) is killed while the workstation runs
+   C-ECHOes through the VIP back to back; per trial, the time until pacs-a's status
+   shows pacs-b down, and how many of the C-ECHOes in the 3 s after the kill failed.
+3. drain: `hapacs drain on` on pacs-b; the time until pacs-a's status shows it draining
+   (the status reads HAProxy every 0.5 s: the figure includes up to that much).
+
+Run as root: .venv/bin/python bench/balance.py [--trials 5] [--held 32] [--check-interval 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lab import Lab, unique_prefix              # noqa: E402
+from lab.cluster import AgentCluster            # noqa: E402
+from lab.dicom import echo, start_storescp      # noqa: E402
+
+VIP = "192.0.2.100"
+PORT = 11112
+HOLDER = str(Path(__file__).resolve().parent.parent / "lab" / "holdassociations.py")
+
+
+def member_states(cluster) -> dict[str, tuple[str, int]]:
+    status = cluster.status("a") or {}
+    services = status.get("balance", {}).get("services", [])
+    return {m["name"]: (m["state"], m["associations"]) for m in services[0]["members"]} if services else {}
+
+
+def kill_with_children(lab, process) -> None:
+    children = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == process.pid:
+                children.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    lab.kill(process, signal.SIGKILL)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run(trials: int, held: int, check_interval: float) -> dict:
+    check = [{"name": "pacs-dicom", "type": "dicom-echo", "port": PORT, "called_ae": "PACS",
+              "interval": 0.5, "timeout": 1.0, "fall": 2, "rise": 2}]
+    balance = {"check_interval": check_interval, "services": [
+        {"name": "dicom", "address": VIP, "port": 104, "target_port": PORT, "health": "pacs-dicom"}]}
+    results: dict = {"check_interval_s": check_interval, "held": held}
+    with Lab(unique_prefix("lb")) as lab:
+        scp = {h: start_storescp(lab, lab.ns(h), port=PORT, aet="PACS", fork=True) for h in "ab"}
+        cluster = AgentCluster(lab, checks={"a": check, "b": check})
+        for host, priority in (("a", 150), ("b", 100)):
+            cluster.add(host, priority, balance=balance)
+        cluster.start_all()
+        lab.wait_for(lambda: member_states(cluster).get("pacs-b", ("",))[0] == "up"
+                     and cluster.state("a") == "MASTER", 30, what="cluster balancing")
+        out = Path(lab.mkdtemp("holder")) / "out"
+        with open(out, "w") as handle:
+            holder = lab.spawn("ws", [sys.executable, HOLDER, VIP, "104", str(held)], stdout=handle, stderr=handle)
+        lab.wait_for(lambda: f"established {held} of {held}" in out.read_text(), 60, what="held")
+        lab.wait_for(lambda: sum(n for _, n in member_states(cluster).values()) == held, 5, what="counted")
+        results["spread"] = {name: n for name, (_, n) in member_states(cluster).items()}
+        lab.stop(holder)
+        kills, failures, drains = [], [], []
+        for _ in range(trials):
+            started = time.monotonic()
+            assert cluster.cli("b", "drain", "on").returncode == 0
+            lab.wait_for(lambda: member_states(cluster)["pacs-b"][0] == "drain", 10, interval=0.01, what="drain")
+            drains.append(time.monotonic() - started)
+            assert cluster.cli("b", "drain", "off").returncode == 0
+            lab.wait_for(lambda: member_states(cluster)["pacs-b"][0] == "up", 10, what="undrained")
+            kill_with_children(lab, scp["b"])
+            killed = time.monotonic()
+            down_at, failed, sent = None, 0, 0
+            while time.monotonic() - killed < 3.0:
+                sent += 1
+                failed += not echo(lab.ns("ws"), VIP, 104, called_ae="PACS", timeout=2.0)
+                if down_at is None and member_states(cluster)["pacs-b"][0] == "down":
+                    down_at = time.monotonic() - killed
+            kills.append(down_at)
+            failures.append((failed, sent))
+            scp["b"] = start_storescp(lab, lab.ns("b"), port=PORT, aet="PACS", fork=True)
+            lab.wait_for(lambda: member_states(cluster)["pacs-b"][0] == "up", 20, what="pacs-b back")
+        results["out_of_rotation_s"] = [None if k is None else round(k, 2) for k in kills]
+        measured = [k for k in kills if k is not None]
+        results["out_of_rotation_median_s"] = round(statistics.median(measured), 2) if measured else None
+        results["failed_of_sent_in_3_s_after_kill"] = failures
+        results["drain_visible_s"] = [round(d, 2) for d in drains]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--held", type=int, default=32)
+    parser.add_argument("--check-interval", type=float, default=2.0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.trials, args.held, args.check_interval), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The `balance:` section: every healthy PACS serves, the VIP holder balances.
+
+Read like the rest of the configuration (hapacs.config): every problem is
+reported at once as `FILE:LINE: balance.services[0].address: ...`. What
+this release supports is mode `proxy` (HAProxy on every node, serving
+where the VIP is) with `client_address: snat`; the other values are
+refused here with a clear message rather than half-working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .checktypes import DICOM_CHECK_TYPES
+from .fields import INVALID, Context, Section, choice, ip_address, list_of, name_text, number, port
+
+MODES = ("proxy", "direct")
+CLIENT_ADDRESSES = ("snat", "transparent")
+SCHEDULES = ("leastconn", "source", "roundrobin")
+DEFAULT_AGENT_PORT = 5406
+DEFAULT_CHECK_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    name: str | None                 # None: named after the node heard at this address
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address   # one of the VIPs
+    port: int                        # what workstations connect to
+    target_port: int                 # the PACS port on every member
+    schedule: str
+    health: str | None               # a check of checks:, by which each member reports itself
+    called_ae: str | None = None     # from the health check, when it is a DICOM one
+    calling_ae: str = "HAPACS"
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    mode: str
+    client_address: str
+    members: tuple[MemberConfig, ...]   # empty: this node and every peer, at their cluster addresses
+    services: tuple[ServiceConfig, ...]
+    agent_port: int                     # where each node's agent answers HAProxy's agent-check
+    check_interval_s: float             # HAProxy's own DICOM check of each member
+
+
+def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | None:
+    """The balance section, or None (with the problems recorded in ctx); `peers`: cluster.peers."""
+    mode = sec.take("mode", choice(*MODES), default="proxy")
+    client = sec.take("client_address", choice(*CLIENT_ADDRESSES), default="snat")
+    members = sec.take("members", list_of(_member), default=())
+    checks_by_name = {c.name: c for c in checks}
+    services = sec.take("services", list_of(_service_reader(vips, checks_by_name), min_items=1))
+    agent_port = sec.take("agent_port", port, default=DEFAULT_AGENT_PORT)
+    interval = sec.take("check_interval", number(0.1, 60.0), default=DEFAULT_CHECK_INTERVAL_S)
+    sec.done()
+    if mode == "direct":
+        sec.problem("mode", "direct is not yet supported by this release; use mode: proxy (HAProxy)")
+    if client == "transparent":
+        sec.problem("client_address", "transparent is not yet supported by this release; use snat (the PACS "
+                    "sees the balancing node's address: allow the nodes' addresses in the PACS)")
+    if members == () and peers == ():     # None: cluster: is invalid, reported there
+        sec.problem("members", "with multicast heartbeats (no cluster.peers) the members cannot be known in "
+                    "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]")
+    if members is not INVALID:
+        _unique(sec, "members", [str(m.address) for m in members], "address")
+        _unique(sec, "members", [m.name for m in members if m.name], "name")
+    if services is not INVALID:
+        _unique(sec, "services", [s.name for s in services], "name")
+        _unique(sec, "services", [f"{s.address} port {s.port}" for s in services], "address and port")
+        if agent_port is not INVALID and any(s.port == agent_port for s in services):
+            sec.problem("agent_port", f"{agent_port} is also a service port; give the agent-check its own port")
+    if INVALID in (mode, client, members, services, agent_port, interval):
+        return None
+    return BalanceConfig(mode, client, tuple(members), tuple(services), agent_port, interval)
+
+
+def _unique(sec: Section, key: str, values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            sec.problem(key, f"{value} is given twice; each entry needs its own {what}",
+                        line=sec.item_line(key, index))
+        seen.add(value)
+
+
+def _member(ctx: Context, located, path: str):
+    sec = Section(ctx, located, path)
+    name = sec.take("name", name_text, default=None)
+    address = sec.take("address", ip_address)
+    sec.done()
+    if INVALID in (name, address):
+        return INVALID
+    return MemberConfig(name, address)
+
+
+def _service_reader(vips, checks_by_name):
+    vip_addresses = {v.address.ip for v in vips}
+
+    def one(ctx: Context, located, path: str):
+        sec = Section(ctx, located, path)
+        name = sec.take("name", name_text)
+        address = sec.take("address", ip_address)
+        front = sec.take("port", port, default=104)
+        target = sec.take("target_port", port, default=front if front is not INVALID else 104)
+        schedule = sec.take("schedule", choice(*SCHEDULES), default="leastconn")
+        health = sec.take("health", name_text, default=None)
+        sec.done()
+        if address is not INVALID and vip_addresses and address not in vip_addresses:
+            listed = ", ".join(str(a) for a in sorted(vip_addresses, key=str))
+            sec.problem("address", f"{address} is not one of the VIPs ({listed}); a service is served on a VIP")
+            address = INVALID
+        check = checks_by_name.get(health) if health not in (None, INVALID) else None
+        if health not in (None, INVALID) and check is None:
+            known = ", ".join(checks_by_name) or "none configured"
+            sec.problem("health", f"no check named {health!r} in checks: (known: {known})")
+            health = INVALID
+        if INVALID in (name, address, front, target, schedule, health):
+            return INVALID
+        dicom = check is not None and check.type in DICOM_CHECK_TYPES
+        return ServiceConfig(name, address, front, target, schedule, health,
+                             check.called_ae if dicom else None, check.calling_ae if dicom else "HAPACS")
+    return one
+
