@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.dicom import NODELAY_ENV, ORTHANC, _wait_until_serving, echo, orthanc_config
-from lab.netns import NETNS_DIR
+from lab.netns import netns_exec
 from lab.postgres import PG_USER, Postgres, require_postgres_tools, stop_postgres
 
 POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
@@ -185,7 +185,7 @@ def scu(lab, ns, host, port, called_ae, operation, *options, timeout_s=5.0) -> d
     argv = [sys.executable, "-m", "lab.pacsclient", host, str(port), called_ae, operation,
             "--timeout", str(timeout_s), *map(str, options)]
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    completed = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{lab.ns(ns)}", "--", *argv],
+    completed = subprocess.run([*netns_exec(lab.ns(ns)), *argv],
                                cwd=str(REPO_ROOT), env={**os.environ, "PYTHONPATH": pythonpath},
                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                timeout=6 * timeout_s + 20)  # connect, ACSE, DIMSE waits plus start-up
