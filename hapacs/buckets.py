@@ -91,3 +91,27 @@ def counts(mapping: dict[int, str | None]) -> dict[str, int]:
         if member is not None:
             found[member] = found.get(member, 0) + 1
     return found
+
+
+def split(mapping: dict[int, str | None], members: Iterable[str], own: str) -> tuple[tuple[int, ...],
+                                                                                    tuple[tuple[int, str], ...]]:
+    """What node `own` does with each bucket: (served here, (bucket, member) sent on).
+
+    Every node (not only the VIP holder) loads these rules, so a packet a balancer forwarded, or
+    one that reached the old VIP holder through a stale ARP cache, is forwarded again by the
+    node it reached. No packet can circle: a node sends a bucket on only to a member that comes
+    BEFORE itself in the bucket's preference list, and serves it itself otherwise, so along any
+    path the position strictly falls, even while two nodes disagree about who is alive.
+    Buckets no member can serve (None) are in neither list: this node's stack refuses them."""
+    ordered = order(members)
+    local: list[int] = []
+    forward: list[tuple[int, str]] = []
+    for bucket, member in sorted(mapping.items()):
+        if member is None:
+            continue
+        choices = preference(bucket, ordered)
+        if member == own or (own in choices and choices.index(member) > choices.index(own)):
+            local.append(bucket)
+        else:
+            forward.append((bucket, member))
+    return tuple(local), tuple(forward)

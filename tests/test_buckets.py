@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from hapacs.buckets import BUCKETS, assign, counts, order
+from hapacs.buckets import BUCKETS, assign, counts, order, split
 
 MEMBERS = ["192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14", "192.0.2.15"]
 
@@ -99,3 +99,40 @@ def test_a_drained_member_keeps_its_buckets_but_takes_none_of_a_dead_member():
     assert moved(before, after) == {k for k, m in before.items() if m == c}
     # when every living member is drained, a dead member's buckets still find one
     assert None not in assign([a, b, c], [a, b], drained=[a, b]).values()
+
+
+def test_a_node_serves_its_own_buckets_and_sends_the_others_on():
+    a, b, c = MEMBERS[:3]
+    mapping = assign([a, b, c], [a, b, c])
+    local, forward = split(mapping, [a, b, c], a)
+    assert set(local) == {k for k, m in mapping.items() if m == a}
+    assert dict(forward) == {k: m for k, m in mapping.items() if m != a}
+    # a node that is not a member (a pure balancer) serves nothing itself
+    local, forward = split(mapping, [a, b, c], "192.0.2.99")
+    assert local == () and dict(forward) == mapping
+
+
+def test_no_packet_circles_even_while_nodes_disagree_about_who_is_alive():
+    """Every pair of views of five members: following the forwards from any node, a bucket
+    reaches a node that serves it (or refuses it) within five hops."""
+    views = [alive for size in range(1, 6) for alive in itertools.combinations(MEMBERS, size)]
+    rng = random.Random(5)
+    for _ in range(400):
+        view_of = {m: rng.choice(views) for m in MEMBERS}     # each node's own opinion
+        plans = {m: split(assign(MEMBERS, view_of[m]), MEMBERS, m) for m in MEMBERS}
+        for bucket in range(BUCKETS):
+            node, hops = rng.choice(MEMBERS), 0
+            while True:
+                forward = dict(plans[node][1])
+                if bucket not in forward:
+                    break
+                node, hops = forward[bucket], hops + 1
+                assert hops <= len(MEMBERS), (bucket, view_of)
+
+
+def test_when_all_nodes_agree_a_forwarded_packet_is_served_where_it_lands():
+    alive = MEMBERS[:2] + MEMBERS[3:]
+    mapping = assign(MEMBERS, alive)
+    for node in alive:
+        for bucket, member in split(mapping, MEMBERS, node)[1]:
+            assert bucket in split(mapping, MEMBERS, member)[0]
