@@ -83,6 +83,11 @@ def test_every_direct_mode_mistake_is_a_config_error_with_its_line(tmp_path, key
     assert message in found[0], found
 
 
+def test_a_handover_does_not_wait_for_the_associations_that_carry_on_through_the_next_balancer(tmp_path, key):
+    assert load(tmp_path, key).drain_ports == ()
+    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_ports == (104,)   # the check's
+
+
 def test_changing_the_mode_needs_a_restart(tmp_path, key):
     direct = load(tmp_path, key)
     proxy_path = tmp_path / "proxy.yaml"
