@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from lab.cluster import AgentCluster
@@ -110,8 +111,10 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
 
         # The balancer moves (release): pacs-b holds the VIP with the same map; every held association
         # carries on, on both members.
+        started = time.monotonic()
         released = cluster.cli("a", "release")
         assert released.returncode == 0, released.stderr
+        print(f"release took {time.monotonic() - started:.2f} s: {released.stdout.strip()}")
         settle(lab, cluster, "b", timeout=10)
         lab.kill(holder, signal.SIGUSR1)
         lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(output), 10,
@@ -121,8 +124,10 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
         # pacs-a's PACS dies: its node goes to FAULT and its buckets move to pacs-b. New associations
         # succeed; pacs-b's held associations carry on (their buckets did not move).
         kill_with_children(lab, pacs["a"])
+        killed = time.monotonic()
         lab.wait_for(lambda: buckets(cluster, "b") == {"pacs-a": ("down", 0), "pacs-b": ("up", 64)}, 10,
                      what="pacs-a's buckets moved to pacs-b")
+        print(f"pacs-a's buckets moved {time.monotonic() - killed:.2f} s after its PACS was killed")
         assert all(echoes(lab, 8))
         lab.kill(holder, signal.SIGUSR1)
         lab.wait_for(lambda: f"echo {on_b} of {HELD}" in holder_lines(output), 10,
@@ -137,7 +142,7 @@ def test_an_agent_whose_nft_refuses_the_table_or_whose_host_is_no_member_does_no
     (fake / "nft").write_text("#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n")
     (fake / "nft").chmod(0o755)
     make_member(lab, "a")
-    cluster = AgentCluster(lab, checks={"a": CHECK})
+    cluster = AgentCluster(lab, checks={"a": CHECK, "b": CHECK})
     cluster.add("a", 150, balance={**BALANCE, "members": [{"address": "192.0.2.11"}]})
     proc = cluster.start("a", env={"PATH": f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin"})
     assert proc.wait(timeout=30) == 1
