@@ -12,7 +12,8 @@ its own address, never the VIP). The kernel applies the larger of the `all`
 and the interface's value. IPv6 needs nothing more: a node answers neighbour
 solicitations only for addresses of the interface asked.
 
-Used by hostcheck (run, reload and check-config agree). It only reads the
+A node that is not among the listed `members` only balances and needs none
+of this. Used by hostcheck (run, reload and check-config agree). It only reads the
 host (its addresses, /proc/sys); it never changes anything.
 """
 
@@ -43,6 +44,13 @@ def _sysctl(interface: str, name: str) -> int | None:
         return None
 
 
+def is_member(config, facts) -> bool:
+    """This node is a member: members are not listed (this node and its peers), or one of the
+    listed addresses is this host's own. A node that is not one only balances."""
+    members = config.balance.members
+    return not members or any(facts.permanent(m.address) is not None for m in members)
+
+
 def problems(config, facts, problem) -> None:
     """Report what keeps this node from being a direct-routing member (nothing in mode proxy)."""
     if not balanced_vips(config):
@@ -50,6 +58,8 @@ def problems(config, facts, problem) -> None:
     if shutil.which("nft") is None:
         problem("balance.mode", "direct needs the nft command, which is not installed on this host (Debian: "
                 "apt install nftables)")
+    if not is_member(config, facts):
+        return
     on_lo = {a.interface.ip for a in facts.addresses("lo") if a.interface.network.prefixlen in (32, 128)}
     interfaces = {v.address.ip: v.interface for v in config.vips}
     for index, service in enumerate(config.balance.services):

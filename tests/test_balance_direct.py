@@ -163,6 +163,13 @@ def test_a_member_needs_the_vip_on_lo_and_the_arp_sysctls(tmp_path, key, monkeyp
     assert missing == ("balance.services[0].address", "mode direct: 192.0.2.100 is not on lo on this host; every "
                        "member carries the VIP there: ip address add 192.0.2.100/32 dev lo (and in the host's "
                        "network configuration, so it stays after a reboot)")
+    # a node that is not among the listed members only balances: it needs none of it
+    listed = dataclasses.replace(config, balance=dataclasses.replace(config.balance, members=(
+        SimpleNamespace(address=ipaddress.ip_address("192.0.2.12")),)))
+    assert member_problems(listed, []) == []
+    listed = dataclasses.replace(listed, balance=dataclasses.replace(listed.balance, members=(
+        SimpleNamespace(address=ipaddress.ip_address("192.0.2.11")),)))
+    assert [key for key, _ in member_problems(listed, [])] == ["balance.services[0].address"]
     sysctls(monkeypatch, tmp_path / "sys", {**good, ("eth0", "arp_ignore"): 0, ("all", "arp_announce"): 1})
     found = [message for _, message in member_problems(config, ["192.0.2.100/32"])]
     assert found == [

@@ -1,10 +1,12 @@
 """Direct routing end to end: real agents loading the nftables netdev table, real dcmtk storescp
 members (forking, port 104, the VIP on lo), real associations from the workstation.
 
-Two nodes, both members: the MASTER (pacs-a) forwards the workstation's packets by the bucket
-map. The member sees the workstation's own address and answers it straight from its own card;
-the VIP moves to pacs-b (release) and every held association carries on through it; pacs-a's
-PACS dies and only its buckets move: new associations succeed, pacs-b's held ones carry on.
+Three nodes: pacs-c only balances (it is not among the members), pacs-a and pacs-b are the
+members. The MASTER forwards the workstation's packets by the bucket map. A member sees the
+workstation's own address and answers it straight from its own card. pacs-c dies (its link
+cut): pacs-a takes the VIP with the same map and every held association carries on; the VIP
+moves on to pacs-b (release), again without losing one; pacs-a's PACS dies and only its
+buckets move: new associations succeed, pacs-b's held ones carry on.
 An agent whose nft refuses the table, or whose host lacks the VIP on lo, does not start and
 claims no VIP."""
 
@@ -35,7 +37,8 @@ def _need_tools():
         assert shutil.which(tool), f"the direct-routing tests need {tool} (Debian: nftables, dcmtk)"
 
 
-lab = lab_fixture("ld", before=_need_tools)
+lab = lab_fixture("ld", before=_need_tools, hosts=("a", "b", "c"))
+MEMBERS = [{"name": "pacs-a", "address": "192.0.2.11"}, {"name": "pacs-b", "address": "192.0.2.12"}]
 
 
 def make_member(lab, host: str) -> None:
@@ -83,22 +86,23 @@ def echoes(lab, count: int) -> list[bool]:
 
 def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_dead_member(lab):
     pacs = {}
-    for host in "ab":
-        make_member(lab, host)
+    for host in "abc":      # pacs-c's PACS only keeps its health check up: it is no member
+        if host != "c":
+            make_member(lab, host)
         pacs[host] = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, checks={"a": CHECK, "b": CHECK})
-    for host, priority in (("a", 150), ("b", 100)):
-        cluster.add(host, priority, balance=BALANCE)
+    cluster = AgentCluster(lab, checks={host: CHECK for host in "abc"})
+    for host, priority in (("c", 200), ("a", 150), ("b", 100)):
+        cluster.add(host, priority, balance={**BALANCE, "members": MEMBERS})
     cluster.start_all()
     try:
-        settle(lab, cluster, "a", timeout=15)
+        settle(lab, cluster, "c", timeout=15)
         both_up = {"pacs-a": ("up", 32), "pacs-b": ("up", 32)}
-        for host in "ab":
+        for host in "abc":
             lab.wait_for(lambda: buckets(cluster, host) == both_up, 10, what=f"pacs-{host}'s map: 32 buckets each")
-        assert cluster.status("a")["balance"]["active"] is True and cluster.status("b")["balance"]["active"] is False
+        assert cluster.status("c")["balance"]["active"] is True and cluster.status("a")["balance"]["active"] is False
 
-        # Held associations through pacs-a spread over both PACS; pacs-b's see the workstation and
-        # answer it from pacs-b's own card (the workstation's ARP entry for the VIP is pacs-a's).
+        # Held associations through pacs-c spread over both PACS; pacs-b's see the workstation and
+        # answer it from pacs-b's own card (the workstation's ARP entry for the VIP is pacs-c's).
         count_replies(lab, "b")
         output = Path(lab.mkdtemp("holder")) / "out"
         with open(output, "w") as out:
@@ -109,15 +113,27 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
         assert on_a + on_b == HELD and on_a > 0 and on_b > 0, (on_a, on_b)
         assert replies_counted(lab) > 0
 
+        # The balancer dies (pacs-c's link cut): pacs-a takes the VIP with the same map, and every held
+        # association carries on.
+        lab.link_down("c")
+        settle_started = time.monotonic()
+        lab.wait_for(lambda: cluster.state("a") == "MASTER" and "a" in lab.holders(VIP), 10,
+                     what="pacs-a MASTER and holder of the VIP")
+        print(f"pacs-a took the VIP {time.monotonic() - settle_started:.2f} s after pacs-c's link was cut")
+        lab.kill(holder, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(output), 10,
+                     what="every held association answers C-ECHO through pacs-a")
+
         # The balancer moves (release): pacs-b holds the VIP with the same map; every held association
         # carries on, on both members.
         started = time.monotonic()
         released = cluster.cli("a", "release")
         assert released.returncode == 0, released.stderr
         print(f"release took {time.monotonic() - started:.2f} s: {released.stdout.strip()}")
-        settle(lab, cluster, "b", timeout=10)
+        lab.wait_for(lambda: cluster.state("b") == "MASTER" and "b" in lab.holders(VIP)
+                     and "a" not in lab.holders(VIP), 10, what="pacs-b MASTER and holder")
         lab.kill(holder, signal.SIGUSR1)
-        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(output), 10,
+        lab.wait_for(lambda: holder_lines(output).count(f"echo {HELD} of {HELD}") == 2, 10,
                      what="every held association answers C-ECHO through the new balancer")
         assert (workstation_sessions(lab, "a"), workstation_sessions(lab, "b")) == (on_a, on_b)
 
@@ -130,7 +146,7 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
         print(f"pacs-a's buckets moved {time.monotonic() - killed:.2f} s after its PACS was killed")
         assert all(echoes(lab, 8))
         lab.kill(holder, signal.SIGUSR1)
-        lab.wait_for(lambda: f"echo {on_b} of {HELD}" in holder_lines(output), 10,
+        lab.wait_for(lambda: holder_lines(output)[-1] == f"echo {on_b} of {HELD}", 10,
                      what="pacs-b's held associations still answer")
         lab.stop(holder)
     finally:
