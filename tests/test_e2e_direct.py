@@ -6,9 +6,9 @@ members. The MASTER forwards the workstation's packets by the bucket map. A memb
 workstation's own address and answers it straight from its own card. pacs-c dies (its link
 cut): pacs-a takes the VIP with the same map and every held association carries on; the VIP
 moves on to pacs-b (release), again without losing one; pacs-a's PACS dies and only its
-buckets move: new associations succeed, pacs-b's held ones carry on.
-An agent whose nft refuses the table, or whose host lacks the VIP on lo, does not start and
-claims no VIP."""
+buckets move: new associations succeed, pacs-b's held ones carry on; it comes back and takes
+back its own buckets, and pacs-b's held associations still carry on. An agent whose nft
+refuses the table, or whose host lacks the VIP on lo, does not start and claims no VIP."""
 
 from __future__ import annotations
 
@@ -148,6 +148,15 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
         lab.kill(holder, signal.SIGUSR1)
         lab.wait_for(lambda: holder_lines(output)[-1] == f"echo {on_b} of {HELD}", 10,
                      what="pacs-b's held associations still answer")
+
+        # pacs-a's PACS back: its node leaves FAULT and takes back exactly its own buckets; pacs-b's
+        # held associations carry on.
+        start_storescp(lab, lab.ns("a"), port=104, aet="PACS", fork=True)
+        lab.wait_for(lambda: buckets(cluster, "b") == both_up, 10, what="pacs-a's buckets back")
+        lab.kill(holder, signal.SIGUSR1)
+        lab.wait_for(lambda: holder_lines(output).count(f"echo {on_b} of {HELD}") == 2, 10,
+                     what="pacs-b's held associations still answer after pacs-a's return")
+        assert all(echoes(lab, 4))
         lab.stop(holder)
     finally:
         print(cluster.logs())
