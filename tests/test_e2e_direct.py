@@ -80,6 +80,11 @@ def replies_counted(lab) -> int:
     return sum(item["rule"]["expr"][-1]["counter"]["packets"] for item in listing["nftables"] if "rule" in item)
 
 
+def table(lab, host: str) -> str:
+    """The direct-routing table in the host's namespace, as nft prints it ("" when there is none)."""
+    return lab.exec(host, ["nft", "list", "table", "netdev", "hapacs_direct"], check=False).stdout
+
+
 def echoes(lab, count: int) -> list[bool]:
     return [echo(lab.ns("ws"), VIP, 104, called_ae="PACS", timeout=2.0) for _ in range(count)]
 
@@ -158,6 +163,19 @@ def test_direct_routing_keeps_the_workstation_s_address_survives_failover_and_a_
                      what="pacs-b's held associations still answer after pacs-a's return")
         assert all(echoes(lab, 4))
         lab.stop(holder)
+
+        # A reload adds a service: the tables gain it. A stopped agent leaves no table behind.
+        second = {"name": "dicom-2", "address": VIP, "port": 105, "health": "pacs-dicom"}
+        for host in "ab":
+            cluster.specs[host].extra["balance"] = {**BALANCE, "members": MEMBERS,
+                                                    "services": BALANCE["services"] + [second]}
+            cluster.write(host)
+            reloaded = cluster.cli(host, "reload")
+            assert reloaded.returncode == 0, reloaded.stderr + reloaded.stdout
+        for host in "ab":
+            lab.wait_for(lambda: "tcp dport 105" in table(lab, host), 5, what=f"pacs-{host}'s table with port 105")
+        cluster.kill("a", signal.SIGTERM)
+        assert table(lab, "a") == "" and "tcp dport 104" in table(lab, "b")
     finally:
         print(cluster.logs())
 
