@@ -3,8 +3,17 @@
 Read like the rest of the configuration (hapacs.config): every problem is
 reported at once as `FILE:LINE: balance.services[0].address: ...`. What
 this release supports is mode `proxy` (HAProxy on every node, serving
-where the VIP is) with `client_address: snat`; the other values are
-refused here with a clear message rather than half-working.
+where the VIP is) with `client_address: snat`, and mode `direct` (direct
+routing by the kernel, hapacs.nftdirect); the other values are refused here
+with a clear message rather than half-working.
+
+Direct mode has rules of its own: the packets reach the member unchanged,
+so `target_port` must equal `port`; the kernel spreads associations by a
+hash of the workstation's address and port, so `schedule` and
+`client_address` (the PACS always sees the workstation) are left out; and
+the balancer learns that a member's PACS is down only from that node's
+FAULT in its heartbeats, so each service names its `health` check, with
+`weight: 0` (a failing check puts the node in FAULT).
 """
 
 from __future__ import annotations
@@ -56,13 +65,14 @@ def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | Non
     client = sec.take("client_address", choice(*CLIENT_ADDRESSES), default="snat")
     members = sec.take("members", list_of(_member), default=())
     checks_by_name = {c.name: c for c in checks}
-    services = sec.take("services", list_of(_service_reader(vips, checks_by_name), min_items=1))
+    services = sec.take("services", list_of(_service_reader(vips, checks_by_name, mode), min_items=1))
     agent_port = sec.take("agent_port", port, default=DEFAULT_AGENT_PORT)
     interval = sec.take("check_interval", number(0.1, 60.0), default=DEFAULT_CHECK_INTERVAL_S)
     sec.done()
-    if mode == "direct":
-        sec.problem("mode", "direct is not yet supported by this release; use mode: proxy (HAProxy)")
-    if client == "transparent":
+    if mode == "direct" and "client_address" in sec:
+        sec.problem("client_address", "applies to mode proxy only; with direct routing the PACS always sees "
+                    "the workstation's own address: leave client_address out")
+    elif client == "transparent":
         sec.problem("client_address", "transparent is not yet supported by this release; use snat (the PACS "
                     "sees the balancing node's address: allow the nodes' addresses in the PACS)")
     if members == () and peers == ():     # None: cluster: is invalid, reported there
@@ -100,7 +110,30 @@ def _member(ctx: Context, located, path: str):
     return MemberConfig(name, address)
 
 
-def _service_reader(vips, checks_by_name):
+def _direct_rules(sec: Section, front, target, check) -> bool:
+    """Mode direct's rules for one service (see the module's docstring); False when one is broken."""
+    ok = True
+    if INVALID not in (front, target) and target != front:
+        sec.problem("target_port", f"{target} differs from port {front}: direct routing delivers the packets "
+                    "unchanged, so each member's PACS must listen on the service's own port (leave target_port "
+                    "out, or give it equal to port)")
+        ok = False
+    if "schedule" in sec:
+        sec.problem("schedule", "direct routing spreads associations by a hash of the workstation's address and "
+                    "port (no leastconn, source or roundrobin in the kernel): leave schedule out")
+        ok = False
+    if "health" not in sec:
+        sec.problem("health", "mode direct needs the check by which each member reports its PACS (a member's "
+                    "PACS is known down only through its node's FAULT), such as health: pacs-dicom")
+        ok = False
+    elif check is not None and check.weight != 0:
+        sec.problem("health", f"check {check.name!r} has weight {check.weight}: in mode direct it must have "
+                    "weight: 0, so that a failing PACS puts its node in FAULT and its buckets move")
+        ok = False
+    return ok
+
+
+def _service_reader(vips, checks_by_name, mode):
     vip_addresses = {v.address.ip for v in vips}
 
     def one(ctx: Context, located, path: str):
@@ -121,6 +154,8 @@ def _service_reader(vips, checks_by_name):
             known = ", ".join(checks_by_name) or "none configured"
             sec.problem("health", f"no check named {health!r} in checks: (known: {known})")
             health = INVALID
+        if mode == "direct" and not _direct_rules(sec, front, target, check):
+            return INVALID
         if INVALID in (name, address, front, target, schedule, health):
             return INVALID
         dicom = check is not None and check.type in DICOM_CHECK_TYPES

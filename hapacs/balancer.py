@@ -213,9 +213,14 @@ class Balancer:
 
 
 async def start(agent: Agent) -> Balancer | None:
-    """The balancer, started, when balance: is configured (StartupError if it cannot run)."""
+    """The balancer of balance.mode, started, when balance: is configured (StartupError if it
+    cannot run): HAProxy here, or the kernel's direct routing (hapacs.directbalancer)."""
     if agent.config.balance is None:
         return None
-    balancer = Balancer(agent)
+    if agent.config.balance.mode == "direct":
+        from .directbalancer import DirectBalancer    # imports this module: loaded only when used
+        balancer = DirectBalancer(agent)
+    else:
+        balancer = Balancer(agent)
     await balancer.start()
     return balancer

@@ -97,7 +97,10 @@ class Commands:
         if balancer is None:
             return {"ok": False, "message": "refused: this node does not balance (no balance: section in "
                     f"{self.agent.config.path})"}
-        return {"ok": True, "message": balancer.set_drain(on)}
+        try:
+            return {"ok": True, "message": balancer.set_drain(on)}
+        except CommandRefused as err:       # a balancer that has no drain says why
+            return {"ok": False, "message": f"refused: {err}"}
 
     def _drain_text(self) -> str:
         drain = self.agent.book.last_drain

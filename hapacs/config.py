@@ -185,11 +185,16 @@ class Config:
     @property
     def drain_ports(self) -> tuple[int, ...]:
         """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports and
-        the balanced services' ports (their associations end at this node's HAProxy, on the VIP)."""
+        the balanced services' ports (their associations end at this node's HAProxy, on the VIP).
+        With direct routing the services' ports are left out: those associations carry on through
+        the next VIP holder, which forwards them by the same bucket map."""
         if self.handover.drain_ports:
             return self.handover.drain_ports
         balanced = {s.port for s in self.balance.services} if self.balance else set()
-        return tuple(sorted({c.port for c in self.checks if c.type in DICOM_CHECK_TYPES} | balanced))
+        checked = {c.port for c in self.checks if c.type in DICOM_CHECK_TYPES}
+        if self.balance is not None and self.balance.mode == "direct":
+            return tuple(sorted(checked - balanced))
+        return tuple(sorted(checked | balanced))
 
     @property
     def interfaces(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 
+from . import directhost
 from .config import Config
 from .netlink import INFINITE_LIFETIME, Address, Netlink, NetlinkFailure
 from .yamlsource import Located, Problem
@@ -137,7 +138,8 @@ def problems(config: Config, facts: HostFacts, lines: "Lines") -> list[Problem]:
             _executable(check.command[0], f"checks[{index}].command", problem)
     if config.notify.command:
         _executable(config.notify.command[0], "notify.command", problem)
-    if config.balance is not None and shutil.which("haproxy") is None:
+    directhost.problems(config, facts, problem)
+    if config.balance is not None and config.balance.mode == "proxy" and shutil.which("haproxy") is None:
         problem("balance.mode", "proxy needs HAProxy, which is not installed on this host (Debian: apt install "
                 "haproxy; hapacs starts it itself, leave the haproxy service disabled)")
     return sorted(found, key=lambda p: p.line)
@@ -161,7 +163,7 @@ def _vips(config: Config, facts: HostFacts, problem) -> bool:
     for index, vip in enumerate(config.vips):
         ip = vip.address.ip
         owner = facts.permanent(ip)
-        if owner is not None:
+        if owner is not None and not directhost.on_loopback(config, ip, owner):
             collided = True
             problem(f"vips[{index}].address", f"{ip} is this host's own address (on {owner}, on this host); "
                     "a VIP must be an address no host owns: pick a free one in the workstations' subnet")

@@ -18,6 +18,7 @@ _FIXED = (
     ("snmp", lambda c: c.snmp),
     ("metrics.listen", lambda c: c.metrics),
     ("balance (added or removed)", lambda c: c.balance is None),
+    ("balance.mode", lambda c: c.balance.mode if c.balance else None),
     ("balance.agent_port", lambda c: c.balance.agent_port if c.balance else None),
 )
 

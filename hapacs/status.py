@@ -173,12 +173,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def _balance_lines(balance: dict | None) -> list[str]:
     if not balance:
         return []
+    direct = balance["mode"] == "direct"      # the kernel keeps no count; each member serves some buckets
     rows = [[f"{s['name']} {s['address']}:{s['port']}" + (" (here)" if s["active"] else ""), m["name"], m["address"],
-             m["state"], str(m["associations"]), str(m["total"])] for s in balance["services"] for m in s["members"]]
+             m["state"], *([str(m["buckets"])] if direct else [str(m["associations"]), str(m["total"])])]
+            for s in balance["services"] for m in s["members"]]
     drain = "  [drain on: this node's PACS takes no new association]" if balance.get("drain") else ""
     return ["", f"balancing ({balance['mode']}): " + ("this node serves" if balance["active"] else
-                                                     "standby, HAProxy ready") + drain,
-            *_table(["SERVICE", "MEMBER", "ADDRESS", "STATE", "OPEN", "TOTAL"], rows)]
+                                                     "standby, " + ("same bucket map loaded" if direct else
+                                                                    "HAProxy ready")) + drain,
+            *_table(["SERVICE", "MEMBER", "ADDRESS", "STATE", *(["BUCKETS"] if direct else ["OPEN", "TOTAL"])], rows)]
 
 
 def render_table(status: Status, history: int = 5) -> str:

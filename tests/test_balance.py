@@ -84,8 +84,8 @@ BROKEN = [
     (SERVICE.replace("port: 104", "port: 0"), 15, "balance.services[0].port", "0 is out of range; allowed: 1 to 65535"),
     (SERVICE + "      schedule: fastest\n", 18, "balance.services[0].schedule",
      "'fastest' is not allowed; use one of: leastconn, source, roundrobin"),
-    ("  mode: direct\n" + SERVICE, 12, "balance.mode", "direct is not yet supported by this release; use mode: "
-     "proxy (HAProxy)"),
+    ("  mode: direct\n" + SERVICE, 17, "balance.services[0].target_port", "11112 differs from port 104: direct "
+     "routing delivers the packets unchanged"),
     ("  client_address: transparent\n" + SERVICE, 12, "balance.client_address", "transparent is not yet supported"),
     ("  agent_port: 104\n" + SERVICE, 12, "balance.agent_port", "104 is also a service port"),
     ("  agnet_port: 5407\n" + SERVICE, 12, "balance.agnet_port", "unknown key (did you mean agent_port?)"),

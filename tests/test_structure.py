@@ -20,7 +20,8 @@ PACKAGE = ROOT / "hapacs"
 
 # The core: decisions and data, time as an argument, no I/O.
 PURE = ("wire", "election", "model", "effects", "states", "peertable", "masterwatch", "masterdown",
-        "handover", "guard", "suspects", "timing", "heartbeat", "checktypes", "status", "checks/health")
+        "handover", "guard", "suspects", "timing", "heartbeat", "checktypes", "status", "checks/health",
+        "buckets")
 # Standard modules a pure module may use: none of them touches a clock, a file or the network.
 PURE_STDLIB = {"__future__", "enum", "dataclasses", "typing", "hashlib", "hmac", "struct", "math",
                "collections", "itertools", "functools", "ipaddress", "re"}

@@ -1,0 +1,131 @@
+"""The nftables adapter of direct-routing balancing (`balance: mode: direct`).
+
+One netdev table, `hapacs_direct`, with one ingress chain per interface that
+carries a balanced VIP. For each service, packets to VIP:port are hashed
+(`jhash` of the client's address and port, BUCKETS buckets, a pinned seed)
+and each bucket is either accepted here (this node's own PACS serves it) or
+sent unchanged to a member's MAC address with `fwd ... device`: the member
+has the VIP on `lo`, answers the workstation directly (replies never pass
+through the balancer) and sees the workstation's own address. The kernel
+keeps no state per association, which is what lets associations held through
+one balancer carry on through the next: every node loads the same table
+from the same facts (hapacs.buckets), and the SEED below never changes.
+
+The table is written whole and loaded in one `nft -f -` transaction (the
+old table deleted and the new one created atomically), so a change of the
+map never leaves a moment without rules. Python's nftables bindings are not
+used: Debian ships them for the system Python only, not for a virtualenv.
+
+nft 1.0.6 details this relies on: `fwd ip to EXPR map {...} device "IF"`
+must name the device; an anonymous map or set may not be empty (a rule
+whose set would be empty is left out); a bucket in no map falls through to
+the chain's `accept` policy, that is to this node's own stack.
+
+What it must never do: decide anything. It renders what it is given and
+reports nft's answer word for word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import shutil
+from dataclasses import dataclass
+
+from .buckets import BUCKETS
+
+NFT = "nft"
+TABLE = "hapacs_direct"
+# Pinned: a balancer that takes over must hash every packet to the same bucket as the one before it.
+# Changing it in a new release moves live associations on the upgrade's first failover.
+SEED = 0x7
+NFT_TIMEOUT_S = 10.0
+
+
+class NftError(Exception):
+    """nft is missing, refuses the ruleset or does not answer; the message says which."""
+
+
+@dataclass(frozen=True)
+class ServiceRules:
+    """One balanced service as the kernel sees it on this node."""
+
+    name: str
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    device: str                              # where the VIP's packets arrive and where members are reached
+    local: tuple[int, ...]                   # buckets this node's own PACS serves
+    forward: tuple[tuple[int, str], ...]     # (bucket, member address) pairs sent on
+
+
+def _hash(family: str) -> str:
+    return f"jhash {family} saddr . tcp sport mod {BUCKETS} seed {SEED:#x}"
+
+
+def _rules(service: ServiceRules) -> list[str]:
+    family = "ip" if service.address.version == 4 else "ip6"
+    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    lines = [f"# service {service.name}"]
+    if service.local:
+        lines.append(f"{match} {_hash(family)} {{ {', '.join(str(b) for b in service.local)} }} accept")
+    if service.forward:
+        pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.forward)
+        lines.append(f'{match} fwd {family} to {_hash(family)} map {{ {pairs} }} device "{service.device}"')
+    return lines
+
+
+def render(services: list[ServiceRules]) -> str:
+    """The table, as `nft -f` reads it (without the lines that delete the old one)."""
+    devices = list(dict.fromkeys(s.device for s in services))
+    out = [f"table netdev {TABLE} {{"]
+    for index, device in enumerate(devices):
+        out += [f"\tchain ingress{index} {{",
+                f'\t\ttype filter hook ingress device "{device}" priority 0; policy accept;']
+        out += [f"\t\t{line}" for s in services if s.device == device for line in _rules(s)]
+        out.append("\t}")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _replace(text: str) -> str:
+    """Delete the old table and load the new one in one transaction (`table` first, so the
+    delete never fails on a host that has none yet)."""
+    return f"table netdev {TABLE}\ndelete table netdev {TABLE}\n{text}"
+
+
+async def _nft(args: list[str], text: str) -> str:
+    if shutil.which(NFT) is None:
+        raise NftError("nft is not installed on this host (Debian: apt install nftables); direct mode needs it")
+    process = await asyncio.create_subprocess_exec(
+        NFT, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(text.encode()), NFT_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise NftError(f"nft did not answer within {NFT_TIMEOUT_S:g} s") from None
+    if process.returncode != 0:
+        lines = [line for line in err.decode(errors="replace").splitlines() if "Error" in line]
+        raise NftError("nft refuses the ruleset: " + ("; ".join(lines) or f"exit {process.returncode}"))
+    return out.decode(errors="replace")
+
+
+async def check(services: list[ServiceRules]) -> None:
+    """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
+    await _nft(["-c", "-f", "-"], _replace(render(services)))
+
+
+async def apply(services: list[ServiceRules]) -> None:
+    """Load the table, replacing the one before in the same transaction."""
+    await _nft(["-f", "-"], _replace(render(services)))
+
+
+async def remove() -> None:
+    """Delete the table (and nothing else); no table is not an error."""
+    await _nft(["-f", "-"], _replace(""))
+
+
+async def listing() -> str:
+    """The table as nft prints it now (empty text when there is none)."""
+    return await _nft(["list", "ruleset", "netdev"], "")

@@ -1,0 +1,196 @@
+"""Direct routing without namespaces: the `mode: direct` rules of the balance section, who is
+alive for the bucket map, the table each node loads, what a member host needs (VIP on lo,
+ARP sysctls), the status table, and drain refused with its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from types import SimpleNamespace
+
+import pytest
+
+from hapacs import config as cfg, directhost
+from hapacs.balancer import members_of
+from hapacs.buckets import BUCKETS
+from hapacs.commands import Commands
+from hapacs.directbalancer import DirectBalancer, alive_members, service_rules
+from hapacs.hostcheck import HostFacts
+from hapacs.model import PeerView
+from hapacs.netlink import INFINITE_LIFETIME
+from hapacs.reload import restart_needed
+from hapacs.states import State
+from hapacs.status import _balance_lines
+
+BASE = """\
+node: {{name: pacs-a}}
+cluster:
+  interface: eth0
+  peers: [192.0.2.12, 192.0.2.13]
+  auth_key_file: {key}
+vips:
+  - address: 192.0.2.100/24
+checks:
+  - {{name: pacs-dicom, type: dicom-echo, port: 104, called_ae: PACS}}
+  - {{name: soft, type: tcp, host: 127.0.0.1, port: 104, weight: -50}}
+balance:
+  mode: direct
+{services}"""
+
+SERVICE = """\
+  services:
+    - name: dicom
+      address: 192.0.2.100
+      port: 104
+      health: pacs-dicom
+"""
+
+
+def load(tmp_path, key, services: str = SERVICE) -> cfg.Config:
+    path = tmp_path / "hapacs.yaml"
+    path.write_text(BASE.format(key=key, services=services))
+    return cfg.load(str(path))
+
+
+def test_a_direct_service_is_accepted_with_target_port_equal_to_port(tmp_path, key):
+    balance = load(tmp_path, key).balance
+    assert balance.mode == "direct" and balance.services[0].target_port == 104
+    assert load(tmp_path, key, SERVICE + "      target_port: 104\n").balance.services[0].target_port == 104
+
+
+BROKEN = [
+    (SERVICE + "      target_port: 11112\n", 18, "balance.services[0].target_port",
+     "11112 differs from port 104: direct routing delivers the packets unchanged, so each member's PACS must "
+     "listen on the service's own port"),
+    (SERVICE + "      schedule: leastconn\n", 18, "balance.services[0].schedule",
+     "direct routing spreads associations by a hash of the workstation's address and port"),
+    (SERVICE.replace("      health: pacs-dicom\n", ""), 14, "balance.services[0].health",
+     "mode direct needs the check by which each member reports its PACS"),
+    (SERVICE.replace("pacs-dicom", "soft"), 17, "balance.services[0].health",
+     "check 'soft' has weight -50: in mode direct it must have weight: 0"),
+    ("  client_address: snat\n" + SERVICE, 13, "balance.client_address",
+     "applies to mode proxy only; with direct routing the PACS always sees the workstation's own address"),
+]
+
+
+@pytest.mark.parametrize("services, line, key_path, message", BROKEN, ids=[b[2] + str(i) for i, b in enumerate(BROKEN)])
+def test_every_direct_mode_mistake_is_a_config_error_with_its_line(tmp_path, key, services, line, key_path, message):
+    with pytest.raises(cfg.ConfigError) as caught:
+        load(tmp_path, key, services)
+    found = [str(p) for p in caught.value.problems]
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{tmp_path}/hapacs.yaml:{line}: {key_path}: "), found
+    assert message in found[0], found
+
+
+def test_a_handover_does_not_wait_for_the_associations_that_carry_on_through_the_next_balancer(tmp_path, key):
+    assert load(tmp_path, key).drain_ports == ()
+    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_ports == (104,)   # the check's
+
+
+def test_changing_the_mode_needs_a_restart(tmp_path, key):
+    direct = load(tmp_path, key)
+    proxy_path = tmp_path / "proxy.yaml"
+    proxy_path.write_text((tmp_path / "hapacs.yaml").read_text().replace("mode: direct", "mode: proxy"))
+    assert "balance.mode" in restart_needed(direct, cfg.load(str(proxy_path)))
+
+
+def peer(address: str, state: State, up: bool = True) -> PeerView:
+    return PeerView("p" + address[-2:], ipaddress.ip_address(address).packed, state, 100, 0.1, up, False)
+
+
+def view(state: State, *peers: PeerView):
+    return SimpleNamespace(state=state, peers=peers)
+
+
+def test_a_member_is_alive_while_heard_and_backup_or_master():
+    peers = (peer("192.0.2.12", State.MASTER), peer("192.0.2.13", State.FAULT), peer("192.0.2.14", State.BACKUP,
+                                                                                       up=False))
+    assert alive_members(view(State.BACKUP, *peers), "192.0.2.11") == {"192.0.2.11", "192.0.2.12"}
+    assert alive_members(view(State.FAULT, *peers), "192.0.2.11") == {"192.0.2.12"}
+    assert alive_members(view(State.INIT), "192.0.2.11") == set()
+
+
+def test_every_node_loads_tables_that_agree(tmp_path, key):
+    config = load(tmp_path, key)
+    alive = {"192.0.2.11", "192.0.2.13"}           # 192.0.2.12 is dead
+    tables = {}
+    for own in ("192.0.2.11", "192.0.2.12", "192.0.2.13"):
+        # each node's own config lists the others as peers: this node and its peers are the three
+        peers = tuple(ipaddress.ip_address(a) for a in ("192.0.2.11", "192.0.2.12", "192.0.2.13") if a != own)
+        node_config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, peers=peers))
+        members = members_of(node_config, ipaddress.ip_address(own))
+        assert sorted(m.server for m in members) == ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+        (rules,) = service_rules(config, members, alive, own)
+        assert (rules.device, rules.port, str(rules.address)) == ("eth0", 104, "192.0.2.100")
+        tables[own] = rules
+    served = {own: set(r.local) for own, r in tables.items()}
+    # the living serve every bucket between them, each bucket once; a forward lands where it is served
+    assert served["192.0.2.11"] | served["192.0.2.13"] == set(range(BUCKETS))
+    assert not served["192.0.2.11"] & served["192.0.2.13"]
+    for own in alive:
+        assert all(bucket in served[member] for bucket, member in tables[own].forward)
+
+
+def facts(lo: list[str]) -> HostFacts:
+    def address(text):
+        return SimpleNamespace(interface=ipaddress.ip_interface(text), valid_lft=INFINITE_LIFETIME)
+    return HostFacts({"lo": tuple(address(a) for a in ["127.0.0.1/8", *lo]),
+                      "eth0": (address("192.0.2.11/24"),)})
+
+
+def sysctls(monkeypatch, tmp_path, values: dict[tuple[str, str], int]):
+    for (where, name), value in values.items():
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        (tmp_path / where / name).write_text(f"{value}\n")
+    monkeypatch.setattr(directhost, "SYSCTL", str(tmp_path) + "/{}/{}")
+
+
+def member_problems(config, lo) -> list[tuple[str, str]]:
+    found = []
+    directhost.problems(config, facts(lo), lambda key, message: found.append((key, message)))
+    return found
+
+
+def test_a_member_needs_the_vip_on_lo_and_the_arp_sysctls(tmp_path, key, monkeypatch):
+    config = load(tmp_path, key)
+    good = {("all", "arp_ignore"): 0, ("eth0", "arp_ignore"): 1, ("all", "arp_announce"): 2,
+            ("eth0", "arp_announce"): 0}
+    sysctls(monkeypatch, tmp_path / "sys", good)
+    assert member_problems(config, ["192.0.2.100/32"]) == []
+    assert directhost.on_loopback(config, ipaddress.ip_address("192.0.2.100"), "lo")
+    (missing,) = member_problems(config, [])
+    assert missing == ("balance.services[0].address", "mode direct: 192.0.2.100 is not on lo on this host; every "
+                       "member carries the VIP there: ip address add 192.0.2.100/32 dev lo (and in the host's "
+                       "network configuration, so it stays after a reboot)")
+    # a node that is not among the listed members only balances: it needs none of it
+    listed = dataclasses.replace(config, balance=dataclasses.replace(config.balance, members=(
+        SimpleNamespace(address=ipaddress.ip_address("192.0.2.12")),)))
+    assert member_problems(listed, []) == []
+    listed = dataclasses.replace(listed, balance=dataclasses.replace(listed.balance, members=(
+        SimpleNamespace(address=ipaddress.ip_address("192.0.2.11")),)))
+    assert [key for key, _ in member_problems(listed, [])] == ["balance.services[0].address"]
+    sysctls(monkeypatch, tmp_path / "sys", {**good, ("eth0", "arp_ignore"): 0, ("all", "arp_announce"): 1})
+    found = [message for _, message in member_problems(config, ["192.0.2.100/32"])]
+    assert found == [
+        "mode direct: net.ipv4.conf.eth0.arp_ignore is 0 on this host (the larger of all and eth0); a member must "
+        "have 1 or 2: sysctl -w net.ipv4.conf.eth0.arp_ignore=2 (and in /etc/sysctl.d)",
+        "mode direct: net.ipv4.conf.eth0.arp_announce is 1 on this host (the larger of all and eth0); a member "
+        "must have 2: sysctl -w net.ipv4.conf.eth0.arp_announce=2 (and in /etc/sysctl.d)"]
+
+
+def test_status_shows_buckets_and_drain_is_refused_with_its_reason():
+    balance = {"mode": "direct", "active": False, "drain": False, "services": [
+        {"name": "dicom", "address": "192.0.2.100", "port": 104, "active": False, "members": [
+            {"name": "pacs-a", "address": "192.0.2.11", "state": "up", "buckets": 64, "associations": None,
+             "total": None},
+            {"name": "pacs-b", "address": "192.0.2.12", "state": "down", "buckets": 0, "associations": None,
+             "total": None}]}]}
+    lines = _balance_lines(balance)
+    assert lines[1] == "balancing (direct): standby, same bucket map loaded"
+    assert lines[2].split() == ["SERVICE", "MEMBER", "ADDRESS", "STATE", "BUCKETS"]
+    assert lines[4].split() == ["dicom", "192.0.2.100:104", "pacs-b", "192.0.2.12", "down", "0"]
+    agent = SimpleNamespace(balancer=DirectBalancer.__new__(DirectBalancer))
+    reply = Commands(agent)._drain(True)
+    assert reply["ok"] is False and reply["message"].startswith(
+        "refused: mode direct has no graceful drain: the kernel keeps no state per association")

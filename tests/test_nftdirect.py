@@ -1,0 +1,78 @@
+"""The direct-routing nftables table (hapacs.nftdirect), checked by the real `nft -c`
+(the kernel parses and validates the batch, then nothing is committed)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+
+import pytest
+
+from hapacs import nftdirect
+from hapacs.buckets import BUCKETS, assign, split
+from hapacs.nftdirect import NftError, ServiceRules
+
+pytestmark = pytest.mark.root
+
+MEMBERS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+
+
+def need_root():
+    assert os.geteuid() == 0, "nft -c talks to the kernel: run these tests as root"
+
+
+def service(own: str = "192.0.2.11", alive=MEMBERS, device: str = "lo", address: str = "192.0.2.100",
+            members=MEMBERS, name: str = "dicom", port: int = 104) -> ServiceRules:
+    local, forward = split(assign(members, alive), members, own)
+    return ServiceRules(name, ipaddress.ip_address(address), port, device, local, forward)
+
+
+def hashed_rule(text: str, kind: str) -> str:
+    return next(line.strip() for line in text.splitlines() if kind in line)
+
+
+def test_the_table_accepts_own_buckets_and_forwards_the_others_by_the_pinned_hash():
+    text = nftdirect.render([service()])
+    assert text.startswith("table netdev hapacs_direct {\n")
+    assert 'type filter hook ingress device "lo" priority 0; policy accept;' in text
+    local = hashed_rule(text, "} accept")
+    assert local.startswith("ip daddr 192.0.2.100 tcp dport 104 jhash ip saddr . tcp sport mod 64 seed 0x7 {")
+    forward = hashed_rule(text, " fwd ")
+    assert forward.startswith("ip daddr 192.0.2.100 tcp dport 104 fwd ip to jhash ip saddr . tcp sport mod 64 "
+                              "seed 0x7 map {")
+    assert forward.endswith('} device "lo"')
+    served = {int(b) for b in re.findall(r"\d+", local.split("{")[1].split("}")[0])}
+    sent = dict(re.findall(r"(\d+) : ([\d.]+)", forward))
+    assert served | {int(b) for b in sent} == set(range(BUCKETS)) and not served & {int(b) for b in sent}
+    assert set(sent.values()) == {"192.0.2.12", "192.0.2.13"}
+
+
+def test_the_kernel_takes_the_table_for_ipv4_and_ipv6_and_every_mix_of_local_and_forwarded():
+    need_root()
+    cases = [
+        [service()],                                                   # some here, some sent on
+        [service(own="192.0.2.99")],                                   # a pure balancer: all sent on
+        [service(alive=["192.0.2.11"])],                               # alone: all here, no fwd rule
+        [service(alive=[])],                                           # nobody: no rule at all
+        [service(), service(name="dicom-tls", port=2762)],
+        [service(address="2001:db8::100", own="2001:db8::11",
+                 members=["2001:db8::11", "2001:db8::12"], alive=["2001:db8::11", "2001:db8::12"])],
+    ]
+    for services in cases:
+        asyncio.run(nftdirect.check(services))
+    assert " fwd " not in nftdirect.render(cases[2]) and "jhash" not in nftdirect.render(cases[3])
+    assert "fwd ip6 to jhash ip6 saddr . tcp sport" in nftdirect.render(cases[5])
+
+
+def test_a_ruleset_the_kernel_refuses_is_an_error_with_nft_s_words():
+    need_root()
+    with pytest.raises(NftError, match='nft refuses the ruleset: .*Interface does not exist'):
+        asyncio.run(nftdirect.check([service(device="ldnosuch0")]))
+
+
+def test_nft_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(nftdirect, "NFT", "no-nft-here")
+    with pytest.raises(NftError, match=r"nft is not installed on this host \(Debian: apt install nftables\)"):
+        asyncio.run(nftdirect.check([service()]))
