@@ -21,8 +21,8 @@ import asyncio
 import json
 import ssl
 import urllib.parse
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from hapacs import etcdwire as wire
 from hapacs.etcdwire import EtcdError, KeyValue, Lease, TakeResult, WatchMessage
@@ -228,7 +228,7 @@ class EtcdClient:
                     self.current = index
                     raise       # etcd itself answered: another member would say the same
                 continue
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 self.last_errors[endpoint.url] = EtcdError(
                     wire.UNREACHABLE, f"{endpoint.url}: no answer within {self.timeout_s:g} s")
                 continue
@@ -272,6 +272,9 @@ class EtcdClient:
         except (OSError, asyncio.IncompleteReadError) as error:
             _close(writer)
             raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}") from None
+        except BaseException:       # cancelled by the attempt's deadline: leave no socket open
+            _close(writer)
+            raise
         response = _Response(reader, status, headers)
         if status != 200 and not response.json:
             _close(writer)

@@ -75,7 +75,7 @@ def require_etcd_tools(tls: bool = False):
 
 
 def _openssl(*args, cwd: Path):
-    completed = subprocess.run([OPENSSL, *args], cwd=cwd, stdin=subprocess.DEVNULL,
+    completed = subprocess.run([OPENSSL, *args], check=False, cwd=cwd, stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=30)
     if completed.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {completed.stderr.strip()}")
