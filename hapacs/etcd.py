@@ -269,7 +269,16 @@ class EtcdClient:
         except EtcdError:
             _close(writer)
             raise
-        except (OSError, asyncio.IncompleteReadError) as error:
+        except (ConnectionResetError, asyncio.IncompleteReadError) as error:
+            _close(writer)
+            if endpoint.scheme == "https" and writer is not None:
+                # TLS 1.3: a server that refuses the client's certificate does so after the
+                # client's side of the handshake is done; the client sees the connection close.
+                raise EtcdError(wire.TLS, f"{endpoint.url}: TLS: the connection closed before an HTTP answer: "
+                                          "etcd may have refused this client's certificate (check etcd.cert_file, "
+                                          "etcd.key_file, their CA and dates)") from None
+            raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}") from None
+        except OSError as error:
             _close(writer)
             raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}") from None
         except BaseException:       # cancelled by the attempt's deadline: leave no socket open
@@ -307,6 +316,8 @@ def _close(writer) -> None:
 
 def _tls_reason(error: ssl.SSLError) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
+        if "expired" in str(error.verify_message):
+            return f"etcd's certificate has expired: {error.verify_message} (renew it on the etcd members)"
         return f"etcd's certificate was refused: {error.verify_message} (check etcd.ca_file)"
     reason = error.reason or str(error)
     if "EXPIRED" in reason.upper():

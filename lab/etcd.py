@@ -21,6 +21,7 @@ partition forces a new election (and a new leader extends every lease).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from lab.netns import wait_for
 
-ETCD, ETCDCTL, OPENSSL = "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/openssl"
+ETCD, ETCDCTL, OPENSSL, FAKETIME = "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/openssl", "faketime"
 CLIENT_PORT, PEER_PORT = 2379, 2380
 CLUSTER_TOKEN = "hapacs-lab"
 START_TIMEOUT_S = 20.0
@@ -74,16 +75,24 @@ def require_etcd_tools(tls: bool = False):
                            + (" and openssl" if tls else "") + ": missing " + ", ".join(missing))
 
 
-def _openssl(*args, cwd: Path):
-    completed = subprocess.run([OPENSSL, *args], check=False, cwd=cwd, stdin=subprocess.DEVNULL,
+def _openssl(*args, cwd: Path, days_ago: int = 0):
+    """Run openssl; with `days_ago` under faketime, so what it signs starts (and ends) in the past."""
+    argv = [OPENSSL, *args]
+    if days_ago:
+        if not shutil.which(FAKETIME):
+            raise RuntimeError("an expired lab certificate needs faketime (Debian package faketime)")
+        argv = [FAKETIME, "-f", f"-{days_ago}d", *argv]
+    completed = subprocess.run(argv, check=False, cwd=cwd, stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=30)
     if completed.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {completed.stderr.strip()}")
 
 
-def make_certificates(directory: Path, addresses: list[str], name: str = "ca", days: int = 2) -> dict[str, str]:
+def make_certificates(directory: Path, addresses: list[str], name: str = "ca", days: int = 2,
+                      leaves_expired: bool = False) -> dict[str, str]:
     """A CA `name` and, signed by it: server.pem (subjectAltName = every address) and client.pem.
-    EC P-256 keys, quick to make. Returns the paths by role."""
+    EC P-256 keys, quick to make. With `leaves_expired` the server and client certificates were
+    valid for one day, three days ago (the CA is valid now). Returns the paths by role."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", "-days", str(days),
@@ -95,8 +104,8 @@ def make_certificates(directory: Path, addresses: list[str], name: str = "ca", d
         _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                  "-keyout", f"{role}-key.pem", "-out", f"{role}.csr", "-subj", f"/CN=hapacs-{role}", cwd=directory)
         _openssl("x509", "-req", "-in", f"{role}.csr", "-CA", f"{name}.pem", "-CAkey", f"{name}-key.pem",
-                 "-CAcreateserial", "-out", f"{role}.pem", "-days", str(days), "-extfile", f"{role}.ext",
-                 cwd=directory)
+                 "-CAcreateserial", "-out", f"{role}.pem", "-days", "1" if leaves_expired else str(days),
+                 "-extfile", f"{role}.ext", cwd=directory, days_ago=3 if leaves_expired else 0)
     return {"ca": str(directory / f"{name}.pem"), "server": str(directory / "server.pem"),
             "server_key": str(directory / "server-key.pem"), "client": str(directory / "client.pem"),
             "client_key": str(directory / "client-key.pem")}

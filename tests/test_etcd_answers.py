@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
+from pathlib import Path
 
 import pytest
 
 from hapacs import etcdwire as wire
-from hapacs.etcd import EtcdClient, parse_endpoint
+from hapacs.etcd import EtcdClient, parse_endpoint, tls_context
 from hapacs.etcdwire import EtcdError
+from lab.etcd import make_certificates
 
 HEADER = {"cluster_id": "1", "member_id": "2", "revision": "7", "raft_term": "3"}
 
@@ -228,3 +231,47 @@ def test_garbage_instead_of_http_is_not_etcd():
 
     error = run(scenario())
     assert error.code == wire.NOT_ETCD and "not an HTTP answer" in error.reason
+
+
+# ---- TLS: expired certificates, on a loopback TLS server ------------------------------------
+
+
+def tls_server_context(certs, require_client: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs["server"], certs["server_key"])
+    if require_client:
+        context.load_verify_locations(certs["ca"])
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def tls_get(server_certs, client_context, require_client: bool) -> EtcdError:
+    async def scenario():
+        server = await asyncio.start_server(answer_with(JSON_OK, [b"{}"], chunked=False), "127.0.0.1", 0,
+                                            ssl=tls_server_context(server_certs, require_client))
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        with pytest.raises(EtcdError) as raised:
+            await EtcdClient([url]).get(b"k") if client_context is None else \
+                await EtcdClient([url], ssl_context=client_context).get(b"k")
+        server.close()
+        return raised.value
+    return run(scenario())
+
+
+def test_an_expired_etcd_certificate_is_named(tmp_path):
+    expired = make_certificates(tmp_path, ["127.0.0.1"], leaves_expired=True)
+    error = tls_get(expired, tls_context(expired["ca"]), require_client=False)
+    assert error.code == wire.TLS
+    assert "etcd's certificate has expired" in error.reason and "renew it on the etcd members" in error.reason
+
+
+def test_an_expired_client_certificate_is_named(tmp_path):
+    valid = make_certificates(tmp_path / "valid", ["127.0.0.1"])
+    expired = make_certificates(tmp_path / "expired", ["127.0.0.1"], name="old", leaves_expired=True)
+    # the server trusts both CAs: only the client certificate's dates are wrong
+    (tmp_path / "both.pem").write_text(Path(valid["ca"]).read_text() + Path(expired["ca"]).read_text())
+    server = {**valid, "ca": str(tmp_path / "both.pem")}
+    error = tls_get(server, tls_context(valid["ca"], expired["client"], expired["client_key"]), require_client=True)
+    assert error.code == wire.TLS, error.reason
+    # TLS 1.3 refuses a client certificate after the client's handshake: the client sees the close
+    assert "refused this client's certificate" in error.reason and "etcd.cert_file" in error.reason
