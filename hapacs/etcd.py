@@ -320,8 +320,10 @@ def _tls_reason(error: ssl.SSLError) -> str:
             return f"etcd's certificate has expired: {error.verify_message} (renew it on the etcd members)"
         return f"etcd's certificate was refused: {error.verify_message} (check etcd.ca_file)"
     reason = error.reason or str(error)
-    if "EXPIRED" in reason.upper():
+    if "ALERT" in reason.upper() and "EXPIRED" in reason.upper():
         return f"etcd refused this client's certificate: {reason} (renew etcd.cert_file)"
+    if "ALERT" in reason.upper() and "CERTIFICATE" in reason.upper():
+        return f"etcd refused this client's certificate: {reason} (check etcd.cert_file, etcd.key_file and their CA)"
     return f"handshake failed: {reason}"
 
 
