@@ -26,11 +26,13 @@ NOT_ETCD = "not-etcd"            # something answered, but not etcd's JSON gatew
 TLS = "tls"                      # handshake failed: wrong CA, expired or refused certificate
 PERMISSION = "permission"        # etcd refused: authentication or role does not allow this key
 LEASE_NOT_FOUND = "lease-not-found"
+UNAVAILABLE = "unavailable"      # this member cannot serve now (no leader, timed out): try another
 REFUSED = "refused"              # any other error etcd itself returned
 BAD_ANSWER = "bad-answer"        # etcd's JSON without the fields it always carries
 
 # gRPC status codes etcd returns in its error answers (google.golang.org/grpc/codes).
-_GRPC_NOT_FOUND, _GRPC_PERMISSION_DENIED, _GRPC_UNAUTHENTICATED = 5, 7, 16
+_GRPC_DEADLINE_EXCEEDED, _GRPC_NOT_FOUND, _GRPC_PERMISSION_DENIED = 4, 5, 7
+_GRPC_UNAVAILABLE, _GRPC_UNAUTHENTICATED = 14, 16
 
 # A watch event's "type" (mvccpb.Event_EventType); PUT is 0 and so left out of the JSON.
 PUT, DELETE = "PUT", "DELETE"
@@ -157,6 +159,8 @@ def check_error(answer: dict, what: str) -> None:
     message = str(message or answer.get("message") or "no message")
     if code == _GRPC_NOT_FOUND and "lease" in message:
         raise EtcdError(LEASE_NOT_FOUND, f"{what}: {message}")
+    if code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED):
+        raise EtcdError(UNAVAILABLE, f"{what}: this etcd member cannot answer now: {message}")
     if code in (_GRPC_PERMISSION_DENIED, _GRPC_UNAUTHENTICATED):
         raise EtcdError(PERMISSION, f"{what}: etcd refused ({message}): check the user's role for this prefix")
     raise EtcdError(REFUSED, f"{what}: etcd refused: {message} (gRPC code {code})")

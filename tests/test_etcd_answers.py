@@ -40,6 +40,8 @@ def kv(key="k", value="v", lease="0"):
     (b'{"error": "etcdserver: permission denied", "code": 7}', wire.PERMISSION, "role"),
     (b'{"error": "etcdserver: user name is empty", "code": 16}', wire.PERMISSION, "role"),
     (b'{"error": "etcdserver: requested lease not found", "code": 5}', wire.LEASE_NOT_FOUND, "lease not found"),
+    (b'{"error": "etcdserver: no leader", "code": 14}', wire.UNAVAILABLE, "cannot answer now: etcdserver: no leader"),
+    (b'{"error": "etcdserver: request timed out", "code": 4}', wire.UNAVAILABLE, "cannot answer now"),
     (b'{"error": {"grpc_code": 9, "message": "etcdserver: mvcc: required revision has been compacted"}}',
      wire.REFUSED, "compacted"),
 ])
@@ -219,6 +221,23 @@ def test_etcds_own_refusal_is_not_retried_elsewhere():
 
     error = run(scenario())
     assert error.code == wire.PERMISSION and "role" in error.reason
+
+
+def test_a_member_without_a_leader_is_passed_over():
+    no_leader = b'{"error": "etcdserver: no leader", "code": 14, "message": "etcdserver: no leader"}'
+    grant = json.dumps({"header": HEADER, "ID": "5", "TTL": "3"}).encode()
+
+    async def scenario():
+        lost, lost_url = await serve(answer_with(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                                 b"Content-Type: application/json\r\n", [no_leader], chunked=False))
+        good, good_url = await serve(answer_with(JSON_OK, [grant], chunked=False))
+        client = EtcdClient([lost_url, good_url])
+        lease = await client.grant(3)
+        lost.close(), good.close()
+        return lease, {url: error.code for url, error in client.last_errors.items()}, lost_url
+
+    lease, failed, lost_url = run(scenario())
+    assert lease.id == 5 and failed == {lost_url: wire.UNAVAILABLE}
 
 
 def test_garbage_instead_of_http_is_not_etcd():
