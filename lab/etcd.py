@@ -20,6 +20,7 @@ partition forces a new election (and a new leader extends every lease).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -98,7 +99,9 @@ def make_certificates(directory: Path, addresses: list[str], name: str = "ca", d
              "-keyout", f"{name}-key.pem", "-out", f"{name}.pem", "-days", str(days),
              "-subj", f"/CN=hapacs lab {name}", cwd=directory)
     san = ",".join(f"IP:{address}" for address in addresses)
-    for role, extension in (("server", f"subjectAltName={san}\nextendedKeyUsage=serverAuth"),
+    # The server certificate needs clientAuth too: etcd 3.4's JSON gateway dials the member's own
+    # gRPC port presenting --cert-file; without it every gateway call fails "connection closed".
+    for role, extension in (("server", f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth"),
                             ("client", "extendedKeyUsage=clientAuth")):
         (directory / f"{role}.ext").write_text(extension + "\n")
         _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -186,3 +189,25 @@ def kill_member(cluster: EtcdCluster, host: str) -> None:
     process = cluster.processes[host]
     cluster.lab.kill(process, signal.SIGKILL)
     process.wait(5)
+
+
+def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
+    """The host whose member is the Raft leader, as the living members report it (None if none does)."""
+    living = [host for host, process in cluster.processes.items() if process.poll() is None]
+    completed = cluster.lab.exec(from_host or living[0], etcdctl_argv(cluster, [cluster.urls[h] for h in living])
+                                 + ["endpoint", "status", "-w", "json"], check=False, timeout=HEALTH_TIMEOUT_S + 5)
+    try:
+        statuses = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        return None
+    for status in statuses:
+        header = status.get("Status", {}).get("header", {})
+        if header.get("member_id") is not None and header.get("member_id") == status["Status"].get("leader"):
+            return next((host for host, url in cluster.urls.items() if url == status.get("Endpoint")), None)
+    return None
+
+
+def follower(cluster: EtcdCluster) -> str:
+    """A living member that is not the leader (waits up to START_TIMEOUT_S for a leader)."""
+    found = wait_for(lambda: leader(cluster), START_TIMEOUT_S, interval=0.1, what="an etcd leader")
+    return next(host for host, process in cluster.processes.items() if host != found and process.poll() is None)
