@@ -31,6 +31,7 @@ DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024      # one answer; etcd's own request limit is 1.5 MiB
+MAX_QUOTED_BYTES = 512                # of an answer that is not etcd's, for the error message
 
 
 @dataclass(frozen=True)
@@ -286,9 +287,7 @@ class EtcdClient:
             raise
         response = _Response(reader, status, headers)
         if status != 200 and not response.json:
-            _close(writer)
-            kind = headers.get("content-type", "no content type")
-            raise EtcdError(wire.NOT_ETCD, f"{where}: answered HTTP {status} ({kind}), not etcd's JSON gateway")
+            raise await _not_json(response, writer, status, where)
         if status != 200:
             try:
                 error_body = await response.read_body()
@@ -299,6 +298,27 @@ class EtcdClient:
             wire.decode_json(error_body, where)      # raises the error etcd named
             raise EtcdError(wire.NOT_ETCD, f"{where}: HTTP {status} without an etcd error")
         return response, writer
+
+
+async def _not_json(response: _Response, writer, status: int, where: str) -> EtcdError:
+    """The error for a non-JSON answer, quoting its first line: etcd's gateway answers text
+    itself in one case, authentication on together with client certificates."""
+    try:
+        text = (await response.reader.read(MAX_QUOTED_BYTES)).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        text = ""
+    finally:
+        _close(writer)
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "CommonName" in first_line:
+        # etcd 3.4 refuses any request through its JSON gateway that carries a client certificate
+        # while authentication is on: the gateway cannot pass the certificate's CommonName on as the user.
+        return EtcdError(wire.PERMISSION, f"{where}: etcd has authentication on, and its JSON gateway refuses "
+                                          f"client certificates then ({first_line!r}): turn etcd's authentication "
+                                          "off and rely on the client certificates, or give hapacs its own etcd")
+    kind = response.headers.get("content-type", "no content type")
+    quoted = f": {first_line[:120]!r}" if first_line else ""
+    return EtcdError(wire.NOT_ETCD, f"{where}: answered HTTP {status} ({kind}){quoted}, not etcd's JSON gateway")
 
 
 def _request(endpoint: Endpoint, path: str, body: dict) -> bytes:

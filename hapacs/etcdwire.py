@@ -161,6 +161,8 @@ def check_error(answer: dict, what: str) -> None:
         raise EtcdError(LEASE_NOT_FOUND, f"{what}: {message}")
     if code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED):
         raise EtcdError(UNAVAILABLE, f"{what}: this etcd member cannot answer now: {message}")
+    if "user name is empty" in message:       # gRPC InvalidArgument: authentication is on
+        raise EtcdError(PERMISSION, f"{what}: etcd has authentication on and hapacs sends no user ({message})")
     if code in (_GRPC_PERMISSION_DENIED, _GRPC_UNAUTHENTICATED):
         raise EtcdError(PERMISSION, f"{what}: etcd refused ({message}): check the user's role for this prefix")
     raise EtcdError(REFUSED, f"{what}: etcd refused: {message} (gRPC code {code})")

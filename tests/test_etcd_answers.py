@@ -38,7 +38,8 @@ def kv(key="k", value="v", lease="0"):
     (b'{"result": 5}', wire.BAD_ANSWER, "\"result\" is not an object"),
     (b"\xff\xfe", wire.NOT_ETCD, "not JSON"),
     (b'{"error": "etcdserver: permission denied", "code": 7}', wire.PERMISSION, "role"),
-    (b'{"error": "etcdserver: user name is empty", "code": 16}', wire.PERMISSION, "role"),
+    (b'{"error": "etcdserver: invalid auth token", "code": 16}', wire.PERMISSION, "role"),
+    (b'{"error": "etcdserver: user name is empty", "code": 3}', wire.PERMISSION, "authentication on"),
     (b'{"error": "etcdserver: requested lease not found", "code": 5}', wire.LEASE_NOT_FOUND, "lease not found"),
     (b'{"error": "etcdserver: no leader", "code": 14}', wire.UNAVAILABLE, "cannot answer now: etcdserver: no leader"),
     (b'{"error": "etcdserver: request timed out", "code": 4}', wire.UNAVAILABLE, "cannot answer now"),
@@ -204,7 +205,7 @@ def test_nothing_listening_and_a_web_server_are_named_in_the_error():
 
     error, web_url, closed_url = run(scenario())
     assert error.code == wire.UNREACHABLE and error.reason.startswith("get: no etcd endpoint answered")
-    assert f"{web_url}: get: answered HTTP 501 (text/html), not etcd's JSON gateway" in error.reason
+    assert f"{web_url}: get: answered HTTP 501 (text/html): '<html/>', not etcd's JSON gateway" in error.reason
     assert f"{closed_url}: connection refused" in error.reason
 
 
@@ -238,6 +239,22 @@ def test_a_member_without_a_leader_is_passed_over():
 
     lease, failed, lost_url = run(scenario())
     assert lease.id == 5 and failed == {lost_url: wire.UNAVAILABLE}
+
+
+def test_the_gateway_refusing_client_certificates_under_authentication_is_a_permission_error():
+    # etcd 3.4's own answer (reproduced with auth enabled and --client-cert-auth)
+    text = b"CommonName of client sending a request against gateway will be ignored and not used as expected\n"
+
+    async def scenario():
+        server, url = await serve(answer_with(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n",
+                                              [text], chunked=False))
+        with pytest.raises(EtcdError) as raised:
+            await EtcdClient([url]).get(b"k")
+        server.close()
+        return raised.value
+
+    error = run(scenario())
+    assert error.code == wire.PERMISSION and "authentication on" in error.reason and "CommonName" in error.reason
 
 
 def test_garbage_instead_of_http_is_not_etcd():
