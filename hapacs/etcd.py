@@ -60,7 +60,8 @@ def parse_endpoint(url: str) -> Endpoint:
     return Endpoint(parts.scheme, parts.hostname, port)
 
 
-def tls_context(ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
+def tls_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
     """A client context that verifies etcd's certificate against `ca_file` (the system's CAs
     without it) and presents `cert_file`/`key_file` when given. Raises OSError or ssl.SSLError
     for unreadable or mismatched files."""

@@ -54,7 +54,8 @@ async def take(client: EtcdClient, rival: EtcdClient, key: bytes) -> dict:
         await client.revoke(lease_id)
     return {"first": first.succeeded, "second": second.succeeded,
             "second_sees": second.holder.value.decode() if second.holder else None,
-            "retry": retried.succeeded, "retry_holder_is_own_lease": bool(retried.holder and retried.holder.lease == mine.id),
+            "retry": retried.succeeded,
+            "retry_holder_is_own_lease": bool(retried.holder and retried.holder.lease == mine.id),
             "held": held.value.decode() if held else None, "held_lease_is_mine": bool(held and held.lease == mine.id),
             "wrong_delete": wrong_delete, "right_delete": right_delete, "absent_after_delete": after is None}
 

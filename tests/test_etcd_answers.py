@@ -246,8 +246,8 @@ def test_the_gateway_refusing_client_certificates_under_authentication_is_a_perm
     text = b"CommonName of client sending a request against gateway will be ignored and not used as expected\n"
 
     async def scenario():
-        server, url = await serve(answer_with(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n",
-                                              [text], chunked=False))
+        head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        server, url = await serve(answer_with(head, [text], chunked=False))
         with pytest.raises(EtcdError) as raised:
             await EtcdClient([url]).get(b"k")
         server.close()
