@@ -24,7 +24,7 @@ from hapacs.snmp.agent import SnmpBindError
 from hapacs.snmp.render import OBJECT_TYPES
 from hapacs.status import PeerStatus
 from tests.snmp_helpers import (
-    COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, make_status, missing_tools,
+    BALANCE, COMMUNITY, balance_with, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, make_status, missing_tools,
     raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
 )
 
@@ -74,6 +74,7 @@ def walked_names(output: str) -> set[str]:
 # --- reading ----------------------------------------------------------------------
 
 def test_v2c_walk_shows_every_hapacs_object_by_name(harness, env):
+    harness.status = make_status(balance=BALANCE)
     walk = snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsMIB", env=env)
     assert walk.returncode == 0 and walk.stderr == "", walk.stderr
     readable = {name for name, oid in oids.named("hapacs").items() if oid in OBJECT_TYPES}
@@ -138,6 +139,34 @@ def test_values_and_rows_follow_the_status(harness, env):
     harness.status = make_status(peers=())
     wait_for(lambda: "hapacsPeerName" not in snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsPeerTable",
                                                    env=env).stdout, 3, "the peer rows to go")
+
+
+def test_balance_member_table_walks_by_name_and_follows_the_status(harness, env):
+    harness.status = make_status(balance=BALANCE)
+    walk = snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberTable", env=env)
+    assert walk.returncode == 0 and walk.stderr == "" and "Wrong Type" not in walk.stdout, walk.stdout + walk.stderr
+    for line in ("hapacsBalanceServiceName.1.1 = STRING: dicom",
+                 "hapacsBalanceServiceActive.1.2 = INTEGER: true(1)",
+                 "hapacsBalanceMemberName.1.2 = STRING: pacs-b",
+                 "hapacsBalanceMemberAddressType.1.1 = INTEGER: ipv4(1)",
+                 'hapacsBalanceMemberAddress.1.2 = Hex-STRING: C0 00 02 0C',
+                 "hapacsBalanceMemberState.1.1 = INTEGER: up(1)",
+                 "hapacsBalanceMemberAssociations.1.1 = Gauge32: 3",
+                 "hapacsBalanceMemberTotal.1.2 = Counter32: 118"):
+        assert f"HAPACS-MIB::{line}" in walk.stdout, line
+    assert len(walk.stdout.splitlines()) == 2 * 8
+
+    def states():
+        return snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberState", env=env).stdout
+
+    harness.status = make_status(balance=balance_with("drain", "down", "maint"))
+    wait_for(lambda: "hapacsBalanceMemberState.1.3 = INTEGER: maint(4)" in states(), 3, "a third member, maint(4)")
+    assert "hapacsBalanceMemberState.1.1 = INTEGER: drain(2)" in states()
+    assert "hapacsBalanceMemberState.1.2 = INTEGER: down(3)" in states()
+    table = snmp("snmptable", *V2C, *HAPACS, "-Cf", ",", harness.v4, "hapacsBalanceMemberTable", env=env)
+    assert "dicom,true,pacs-c,ipv4,\"C0 00 02 0D \",maint,3,102" in table.stdout, table.stdout + table.stderr
+    harness.status = make_status()
+    wait_for(lambda: "hapacsBalanceMemberState.1" not in states(), 3, "the balance rows to go")
 
 
 @pytest.mark.parametrize("user", USERS, ids=[u.name for u in USERS])
