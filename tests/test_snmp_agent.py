@@ -143,7 +143,10 @@ def test_values_and_rows_follow_the_status(harness, env):
 
 def test_balance_member_table_walks_by_name_and_follows_the_status(harness, env):
     harness.status = make_status(balance=BALANCE)
-    walk = snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberTable", env=env)
+    # The agent keeps a rendered snapshot for a moment (snapshot_ttl_s): wait for this status's rows.
+    walk = wait_for(lambda: (found := snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberTable",
+                                           env=env)).returncode == 0 and "MemberTotal.1.2" in found.stdout
+                    and found, 3, "the balance rows")
     assert walk.returncode == 0 and walk.stderr == "" and "Wrong Type" not in walk.stdout, walk.stdout + walk.stderr
     for line in ("hapacsBalanceServiceName.1.1 = STRING: dicom",
                  "hapacsBalanceServiceActive.1.2 = INTEGER: true(1)",
