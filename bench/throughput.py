@@ -143,7 +143,8 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
 
 
 def _paired(rows: dict, kind: str, key: str) -> dict:
-    ratios = [balancer[key] / straight[key] for straight, balancer in zip(rows["straight"][kind], rows["balancer"][kind])
+    pairs = zip(rows["straight"][kind], rows["balancer"][kind])
+    ratios = [balancer[key] / straight[key] for straight, balancer in pairs
               if straight[key] and balancer[key] and straight.get("ok", True) and balancer.get("ok", True)]
     return {"median": round(statistics.median(ratios), 3) if ratios else None,
             "min": round(min(ratios), 3) if ratios else None, "max": round(max(ratios), 3) if ratios else None}

@@ -24,8 +24,8 @@ from hapacs.snmp.agent import SnmpBindError
 from hapacs.snmp.render import OBJECT_TYPES
 from hapacs.status import PeerStatus
 from tests.snmp_helpers import (
-    BALANCE, COMMUNITY, balance_with, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, make_status, missing_tools,
-    raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
+    BALANCE, COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, balance_with, make_status,
+    missing_tools, raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
 )
 
 # pysnmp 7 warns on its old camelCase names. The only DeprecationWarnings tolerated (pyproject) are pysmi's; the agent
