@@ -43,6 +43,7 @@ from .status import Status
 PATH = "/metrics"
 STATES = tuple(s.name for s in State)                 # INIT, BACKUP, MASTER, FAULT
 PEER_STATES = STATES + ("LOST",)                      # LOST: a peer that fell silent
+MEMBER_STATES = ("up", "drain", "down", "maint")      # a balanced member, as the status's "balance" shows it
 SNAPSHOT_TTL_S = 0.1          # a page is rendered at most this often, like the SNMP snapshot
 MAX_REQUEST_BYTES = 8192      # request line and headers; a scrape needs about 300
 MAX_CONNECTIONS = 64
@@ -90,6 +91,7 @@ def families(status: Status, scrapes: int = 0,
     _node(page, status)
     _peers_and_checks(page, status)
     _counters(page, status)
+    _balance(page, status.balance)
     page.counter("hapacs_metrics_scrapes_total", "Pages served at /metrics.", scrapes)
     page.counter("hapacs_metrics_bad_requests_total",
                  "Requests to the metrics port answered without a page, by cause.",
@@ -175,6 +177,33 @@ def _counters(page: _Page, status: Status) -> None:
     counter("hapacs_drains_total", "Drains of DICOM associations before a handover.", counters.drains)
     counter("hapacs_drain_cut_associations_total",
             "DICOM associations still open when a drain timed out (cut by the handover).", counters.drain_cut)
+
+
+def _balance(page: _Page, balance: dict | None) -> None:
+    """The members behind each balanced service (no series without balance:)."""
+    if balance is None:
+        return
+    services = balance.get("services") or []
+    members = [(s["name"], m) for s in services for m in s.get("members", [])]
+    page.gauge("hapacs_balance_active",
+               "1 while this node holds the service's VIP, so its HAProxy carries the associations.",
+               labels=[(s["name"], _flag(s.get("active"))) for s in services], label_names=("service",))
+    page.gauge("hapacs_balance_member_state",
+               "1 for a balanced member's state in this node's HAProxy (up, drain, down, maint), 0 for the others.",
+               labels=[(service, m["name"], state, _flag(m.get("state") == state))
+                       for service, m in members for state in MEMBER_STATES],
+               label_names=("service", "member", "state"))
+    page.gauge("hapacs_balance_member_associations",
+               "DICOM associations this node's HAProxy holds open to a member now.",
+               labels=[(service, m["name"], m["associations"]) for service, m in members
+                       if m.get("associations") is not None],
+               label_names=("service", "member"))
+    # Starts from 0 again when HAProxy starts again or reloads; rate() takes that as a reset.
+    page.counter("hapacs_balance_member_associations_total",
+                 "DICOM associations this node's HAProxy has sent to a member.",
+                 labels=[(service, m["name"], m["total"]) for service, m in members
+                         if m.get("total") is not None],
+                 label_names=("service", "member"))
 
 
 class _Families:

@@ -19,6 +19,7 @@ rule is there and nowhere else:
 | any other check down (a BACKUP's, or one with a negative weight on the MASTER) | WARNING |
 | maintenance on | WARNING |
 | a peer LOST, or no peer heard at all (no standby) | WARNING |
+| a balanced member (balance:) down, drained or in maint in this node's HAProxy | WARNING |
 | otherwise | OK |
 | the agent does not answer, answers garbage, or the config cannot be read | UNKNOWN |
 
@@ -102,6 +103,10 @@ def _judge(status: dict) -> Verdict:
             problems.append((WARNING, f"peer {peer.name} lost (last heard {_seconds(peer.last_seen_s)} ago)"))
     if not peers:
         problems.append((WARNING, "no peer heard: no standby"))
+    # Out of the balancer's rotation (no "balance" without balance:, or from an older agent).
+    members = _members(status["balance"]) if status.get("balance") is not None else []
+    problems += [(WARNING, f"balanced member {m.name} of {m.service} {MEMBER_STATE_TEXT[m.state]}")
+                 for m in members if m.state in MEMBER_STATE_TEXT]
 
     problems.sort(key=lambda problem: -problem[0])   # stable: worst first, then in the order above
     code = problems[0][0] if problems else OK
@@ -113,24 +118,26 @@ def _judge(status: dict) -> Verdict:
         up, pending = sum(c.ok is True for c in checks), sum(c.ok is None for c in checks)
         text = head + "".join(f"; peer {p.name} {p.state}" for p in peers)
         text += f"; checks: {up} up" + (f", {pending} not run yet" if pending else "") if checks else "; no checks"
-    return Verdict(code, text, _perfdata(peers, checks))
+    return Verdict(code, text, _perfdata(peers, checks, members))
 
 
-def _perfdata(peers: list[_Peer], checks: list[_Check]) -> tuple[str, ...]:
-    """`'label'=value[UOM];warn;crit;min;max`: heartbeat age of each peer, latency of each check."""
+def _perfdata(peers: list[_Peer], checks: list[_Check], members: list[_Member]) -> tuple[str, ...]:
+    """`'label'=value[UOM];warn;crit;min;max`: heartbeat age of each peer, latency of each check,
+    open associations of each balanced member."""
     data = [_perf(f"peer_{p.name}_last_seen", p.last_seen_s) for p in peers]
     data += [_perf(f"check_{c.name}_latency", None if c.latency_ms is None else c.latency_ms / 1000)
              for c in checks]
+    data += [_perf(f"balance_{m.service}_{m.name}_associations", m.associations, unit="") for m in members]
     return tuple(data)
 
 
-def _perf(label: str, seconds: float | None) -> str:
+def _perf(label: str, seconds: float | None, unit: str = "s") -> str:
     # Labels may hold anything but '=' and "'"; quoted when they hold more than [A-Za-z0-9_.-].
     label = re.sub(r"['=|]", "_", label)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
         label = f"'{label}'"
     # No exponent in perfdata values; "U" when the value is not known (a check not yet run).
-    value = "U" if seconds is None else f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
+    value = "U" if seconds is None else f"{seconds:.6f}".rstrip("0").rstrip(".") + unit
     return f"{label}={value};;;0"
 
 
@@ -168,6 +175,36 @@ class _Misconfigured:
     cause: str             # auth, cluster or name
     blocking: bool         # it keeps this node from becoming MASTER
     message: str
+
+
+# The member states that take a member out of the rotation, and what each means (hapacs.balancer).
+MEMBER_STATE_TEXT = {
+    "down": "down (its PACS fails the DICOM check, or its agent says down)",
+    "drain": "draining (no new association: hapacs drain on, maintenance or a handover)",
+    "maint": "in maint (taken out by hand in HAProxy)",
+}
+
+
+@dataclass(frozen=True)
+class _Member:
+    service: str
+    name: str
+    state: str             # up, drain, down or maint
+    associations: int | None   # None in direct mode: the kernel counts nothing per member
+
+
+def _members(balance: object) -> list[_Member]:
+    """Every (service, member) of the status's "balance" object."""
+    found = []
+    for service in _field(balance, "services", list, "balance "):
+        name = _field(service, "name", str, "balance service ")
+        for member in _field(service, "members", list, "balance service "):
+            where = "balance member "
+            counted = not (isinstance(member, dict) and member.get("associations", 0) is None)
+            count = _field(member, "associations", float, where) if counted else None
+            found.append(_Member(name, _field(member, "name", str, where), _field(member, "state", str, where),
+                                 None if count is None else int(count)))
+    return found
 
 
 def _misconfigured(entry: object) -> _Misconfigured:
@@ -226,7 +263,8 @@ def _parser() -> argparse.ArgumentParser:
         "Monitoring plugin for NRPE and the Icinga agent: asks the local hapacs agent for its status "
         "and prints one line, HAPACS OK|WARNING|CRITICAL|UNKNOWN - text | perfdata, exiting 0/1/2/3. "
         "CRITICAL: this node FAULT, no MASTER or two MASTERs heard, a weight-0 check down on the MASTER. "
-        "WARNING: another check down, maintenance on, a peer lost or none heard. "
+        "WARNING: another check down, maintenance on, a peer lost or none heard, a balanced member "
+        "down or drained. "
         "UNKNOWN: the agent does not answer."))
     parser.add_argument("-V", "--version", action="version",
                         version=f"check_hapacs v{__version__} (hapacs {__version__})")

@@ -61,6 +61,23 @@ def make_status(**changes) -> Status:
     return replace(status, **changes)
 
 
+# The status's "balance" object (hapacs.balancer.Balancer.snapshot) of a MASTER that balances
+# one service over itself and pacs-b; make_status(balance=BALANCE) adds it.
+BALANCE = {
+    "mode": "proxy", "active": True, "drain": False, "agent_check_bad_requests": 0,
+    "services": [{"name": "dicom", "address": "192.0.2.100", "port": 104, "active": True, "members": [
+        {"name": "pacs-a", "address": "192.0.2.11", "state": "up", "associations": 3, "total": 120},
+        {"name": "pacs-b", "address": "192.0.2.12", "state": "up", "associations": 2, "total": 118}]}],
+}
+
+
+def balance_with(*states: str, service: str = "dicom") -> dict:
+    """BALANCE with its members (pacs-a, pacs-b, then more) in these states."""
+    members = [{"name": f"pacs-{chr(ord('a') + i)}", "address": f"192.0.2.{11 + i}", "state": state,
+                "associations": 0 if state == "down" else i + 1, "total": 100 + i} for i, state in enumerate(states)]
+    return {**BALANCE, "services": [{**BALANCE["services"][0], "name": service, "members": members}]}
+
+
 def snmp_config(traps=(), listen=(("127.0.0.1", 0), ("::1", 0)), engine_id=None) -> SnmpConfig:
     return SnmpConfig(listen=tuple(listen), community=COMMUNITY, users=USERS, traps=tuple(traps),
                       engine_id=engine_id)
@@ -253,3 +270,14 @@ def trap_target(receiver: TrapReceiver, version: str, user: str | None = None,
     return SnmpTrapTarget(host="127.0.0.1", port=port or receiver.port, version=version,
                           community=COMMUNITY if version == "2c" else None, user=user,
                           timeout_s=timeout_s, retries=retries)
+
+
+# A direct-mode balancer (balance.mode: direct): the kernel counts nothing per member.
+DIRECT_BALANCE = {
+    "mode": "direct", "active": True, "drain": False,
+    "services": [{"name": "dicom", "address": "192.0.2.100", "port": 104, "active": True, "members": [
+        {"name": "pacs-a", "address": "192.0.2.11", "state": "up", "buckets": 64, "associations": None,
+         "total": None},
+        {"name": "pacs-b", "address": "192.0.2.12", "state": "down", "buckets": 0, "associations": None,
+         "total": None}]}],
+}

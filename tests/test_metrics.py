@@ -21,7 +21,7 @@ from hapacs import metrics
 from hapacs.reload import restart_needed
 from hapacs.status import Counters, MisconfiguredPeer
 
-from .snmp_helpers import make_status
+from .snmp_helpers import BALANCE, DIRECT_BALANCE, balance_with, make_status
 from .test_config import GOOD, check_config, write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +154,31 @@ def test_misconfigured_peers_are_a_series_each_and_none_without():
     assert not [n for n, _ in samples(metrics.render(make_status())) if n == "hapacs_misconfigured_peers"]
 
 
+def test_balanced_members_show_their_state_and_associations_and_nothing_without_balance():
+    page = samples(metrics.render(make_status(balance=BALANCE)))
+    assert value(page, "hapacs_balance_active", service="dicom") == 1.0
+    assert value(page, "hapacs_balance_member_state", service="dicom", member="pacs-b", state="up") == 1.0
+    assert {value(page, "hapacs_balance_member_state", service="dicom", member="pacs-b", state=s)
+            for s in ("drain", "down", "maint")} == {0.0}
+    assert value(page, "hapacs_balance_member_associations", service="dicom", member="pacs-a") == 3
+    assert value(page, "hapacs_balance_member_associations_total", service="dicom", member="pacs-b") == 118
+    standby = {**balance_with("drain", "down", "maint"),
+               "services": [{**balance_with("drain", "down", "maint")["services"][0], "active": False}]}
+    page = samples(metrics.render(make_status(balance=standby)))
+    assert value(page, "hapacs_balance_active", service="dicom") == 0.0
+    for member, state in (("pacs-a", "drain"), ("pacs-b", "down"), ("pacs-c", "maint")):
+        assert value(page, "hapacs_balance_member_state", service="dicom", member=member, state=state) == 1.0
+        assert value(page, "hapacs_balance_member_state", service="dicom", member=member, state="up") == 0.0
+    assert value(page, "hapacs_balance_member_associations", service="dicom", member="pacs-b") == 0
+    assert not [n for n, _ in samples(metrics.render(make_status())) if n.startswith("hapacs_balance_")]
+
+
+def test_direct_mode_members_have_a_state_but_no_association_series():
+    page = samples(metrics.render(make_status(balance=DIRECT_BALANCE)))
+    assert value(page, "hapacs_balance_member_state", service="dicom", member="pacs-b", state="down") == 1.0
+    assert not [n for n, _ in page if n.startswith("hapacs_balance_member_associations")]
+
+
 def test_page_follows_states_and_peers():
     status = make_status(state="FAULT", master="pacs-b", master_address="192.0.2.12",
                          peers=(dataclasses.replace(make_status().peers[0], state="LOST", last_seen_s=4.0),),
@@ -170,7 +195,8 @@ def test_page_follows_states_and_peers():
 
 def test_promtool_check_metrics_is_clean_on_a_page(tmp_path):
     server = metrics.MetricsServer(("127.0.0.1", 0), make_status, logging.getLogger("test"))
-    for page in (metrics.render(make_status()), server.page()):   # the server's adds process_* metrics
+    for page in (metrics.render(make_status()), metrics.render(make_status(balance=BALANCE)),
+                 server.page()):   # the server's adds process_* metrics
         result = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True, timeout=30)
         assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
             result.stdout + result.stderr
@@ -183,7 +209,7 @@ def test_promtool_check_metrics_is_clean_on_a_page(tmp_path):
 def test_shipped_rules_pass_promtool_check_and_their_unit_tests():
     checked = subprocess.run([promtool(), "check", "rules", "hapacs-rules.yml"], cwd=RULES, capture_output=True,
                              text=True, timeout=60)
-    assert checked.returncode == 0 and "SUCCESS: 10 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 11 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([promtool(), "test", "rules", "hapacs-rules.test.yml"], cwd=RULES,
                             capture_output=True, text=True, timeout=60)
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
@@ -191,10 +217,11 @@ def test_shipped_rules_pass_promtool_check_and_their_unit_tests():
     tests = (RULES / "hapacs-rules.test.yml").read_text()
     for alert in ("HapacsNoMaster", "HapacsTwoMasters", "HapacsNodeFault", "HapacsCheckDown", "HapacsPeerLost",
                   "HapacsMasterWithoutVip", "HapacsForgedHeartbeats", "HapacsAgentDown", "HapacsTimersLate",
-                  "HapacsMisconfiguredPeer"):
+                  "HapacsMisconfiguredPeer", "HapacsBalanceMemberDown"):
         assert f"alert: {alert}" in rules and f"alertname: {alert}" in tests, alert
     # Every metric the rules use is one the agent serves.
-    served = {name for name, _ in samples(metrics.render(make_status(misconfigured=(MISCONFIGURED,))))}
+    served = {name for name, _ in samples(metrics.render(make_status(misconfigured=(MISCONFIGURED,),
+                                                                      balance=BALANCE)))}
     used = set(re.findall(r"\b(hapacs_[a-z_]+)", rules))
     assert used and used <= served, used - served
 

@@ -17,7 +17,7 @@ import pytest
 
 from hapacs.snmp import oids
 from hapacs.snmp.render import render
-from tests.snmp_helpers import IF_INDEX, make_status
+from tests.snmp_helpers import BALANCE, IF_INDEX, make_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = ROOT / "etc" / "HAPACS-MIB.txt"
@@ -126,7 +126,7 @@ def readable_columns_and_scalars(nodes: dict, prefix: str) -> dict[str, dict]:
 
 
 def served():
-    status = make_status()
+    status = make_status(balance=BALANCE)
     return render(status, lambda name: IF_INDEX, "hapacs", 0).items()
 
 

@@ -21,7 +21,7 @@ import pytest
 from hapacs.nagios import CRITICAL, OK, UNKNOWN, WARNING, Verdict, judge, main
 from hapacs.status import CheckStatus, MisconfiguredPeer, PeerStatus
 
-from .snmp_helpers import ROOT, make_status
+from .snmp_helpers import BALANCE, DIRECT_BALANCE, ROOT, balance_with, make_status
 
 UP = CheckStatus("pacs-dicom", "dicom-echo", True, 3.1, "C-ECHO success", 100.0, 0)
 DOWN = CheckStatus("pacs-dicom", "dicom-echo", False, 0.4, "connection refused", 2.0, 0)
@@ -151,6 +151,45 @@ def test_a_status_without_misconfigured_is_read_as_none():
     assert judge(older).code == OK
 
 
+def test_balanced_members_all_up_are_ok_with_their_associations_as_perfdata():
+    verdict = judge(status(balance=BALANCE))
+    assert (verdict.code, verdict.text) == (OK, "pacs-a MASTER; peer pacs-b BACKUP; checks: 1 up")
+    assert verdict.perfdata[-2:] == ("balance_dicom_pacs-a_associations=3;;;0",
+                                     "balance_dicom_pacs-b_associations=2;;;0")
+
+
+def test_a_balanced_member_down_drained_or_in_maint_is_a_warning_naming_it():
+    verdict = judge(status(balance=balance_with("up", "down")))
+    assert (verdict.code, verdict.text) == (WARNING, (
+        "pacs-a MASTER: balanced member pacs-b of dicom down (its PACS fails the DICOM check, or its agent "
+        "says down)"))
+    verdict = judge(status(balance=balance_with("drain", "up", "maint", service="dicom-tls")))
+    assert verdict.code == WARNING
+    assert verdict.text == ("pacs-a MASTER: balanced member pacs-a of dicom-tls draining (no new association: "
+                            "hapacs drain on, maintenance or a handover); balanced member pacs-c of dicom-tls "
+                            "in maint (taken out by hand in HAProxy)")
+    # On a BACKUP (standby HAProxy) too: its HAProxy checks the same members.
+    assert judge(backup(balance=balance_with("down", "up"))).code == WARNING
+    # Worse problems come first.
+    critical = judge(status(state="BACKUP", master=None, balance=balance_with("up", "down")))
+    assert critical.code == CRITICAL
+    assert critical.text == ("pacs-a BACKUP: no MASTER heard; balanced member pacs-b of dicom down (its PACS "
+                             "fails the DICOM check, or its agent says down)")
+
+
+def test_direct_mode_members_without_association_counts_are_judged_by_state():
+    verdict = judge(status(balance=DIRECT_BALANCE))
+    assert verdict.code == WARNING and "balanced member pacs-b of dicom down" in verdict.text
+    assert verdict.perfdata[-1] == "balance_dicom_pacs-b_associations=U;;;0"
+
+
+def test_a_status_without_balance_or_with_null_is_read_as_none():
+    older = status()
+    assert "balance" not in older
+    assert judge(older).code == OK
+    assert judge({**older, "balance": None}).code == OK
+
+
 def test_the_worst_wins_and_every_problem_is_named_worst_first():
     verdict = judge(status(state="BACKUP", master=None, maintenance=True, checks=(UP, DISK_DOWN),
                            peers=(LOST_B, replace(BACKUP_B, name="pacs-c"))))
@@ -187,6 +226,12 @@ def test_labels_are_quoted_and_the_line_stays_one_line():
     (lambda s: s.update(misconfigured={}), "'misconfigured' is {}, not list"),
     (lambda s: s.update(misconfigured=[{"address": "192.0.2.12", "cause": "auth", "message": "m"}]),
      "no misconfigured peer 'blocking'"),
+    (lambda s: s.update(balance={"mode": "proxy"}), "no balance 'services'"),
+    (lambda s: s.update(balance={"services": [{"name": "dicom", "members": [{"name": "pacs-a", "state": "up"}]}]}),
+     "no balance member 'associations'"),
+    (lambda s: s.update(balance={"services": [{"name": "dicom", "members": [
+        {"name": "pacs-a", "state": "up", "associations": "many"}]}]}),
+     "balance member 'associations' is 'many', not a number"),
 ])
 def test_a_malformed_status_is_unknown(change, message):
     broken = status()

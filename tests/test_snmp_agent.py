@@ -24,8 +24,8 @@ from hapacs.snmp.agent import SnmpBindError
 from hapacs.snmp.render import OBJECT_TYPES
 from hapacs.status import PeerStatus
 from tests.snmp_helpers import (
-    COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, make_status, missing_tools,
-    raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
+    BALANCE, COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, balance_with, make_status,
+    missing_tools, raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
 )
 
 # pysnmp 7 warns on its old camelCase names. The only DeprecationWarnings tolerated (pyproject) are pysmi's; the agent
@@ -74,6 +74,7 @@ def walked_names(output: str) -> set[str]:
 # --- reading ----------------------------------------------------------------------
 
 def test_v2c_walk_shows_every_hapacs_object_by_name(harness, env):
+    harness.status = make_status(balance=BALANCE)
     walk = snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsMIB", env=env)
     assert walk.returncode == 0 and walk.stderr == "", walk.stderr
     readable = {name for name, oid in oids.named("hapacs").items() if oid in OBJECT_TYPES}
@@ -138,6 +139,37 @@ def test_values_and_rows_follow_the_status(harness, env):
     harness.status = make_status(peers=())
     wait_for(lambda: "hapacsPeerName" not in snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsPeerTable",
                                                    env=env).stdout, 3, "the peer rows to go")
+
+
+def test_balance_member_table_walks_by_name_and_follows_the_status(harness, env):
+    harness.status = make_status(balance=BALANCE)
+    # The agent keeps a rendered snapshot for a moment (snapshot_ttl_s): wait for this status's rows.
+    walk = wait_for(lambda: (found := snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberTable",
+                                           env=env)).returncode == 0 and "MemberTotal.1.2" in found.stdout
+                    and found, 3, "the balance rows")
+    assert walk.returncode == 0 and walk.stderr == "" and "Wrong Type" not in walk.stdout, walk.stdout + walk.stderr
+    for line in ("hapacsBalanceServiceName.1.1 = STRING: dicom",
+                 "hapacsBalanceServiceActive.1.2 = INTEGER: true(1)",
+                 "hapacsBalanceMemberName.1.2 = STRING: pacs-b",
+                 "hapacsBalanceMemberAddressType.1.1 = INTEGER: ipv4(1)",
+                 'hapacsBalanceMemberAddress.1.2 = Hex-STRING: C0 00 02 0C',
+                 "hapacsBalanceMemberState.1.1 = INTEGER: up(1)",
+                 "hapacsBalanceMemberAssociations.1.1 = Gauge32: 3",
+                 "hapacsBalanceMemberTotal.1.2 = Counter32: 118"):
+        assert f"HAPACS-MIB::{line}" in walk.stdout, line
+    assert len(walk.stdout.splitlines()) == 2 * 8
+
+    def states():
+        return snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsBalanceMemberState", env=env).stdout
+
+    harness.status = make_status(balance=balance_with("drain", "down", "maint"))
+    wait_for(lambda: "hapacsBalanceMemberState.1.3 = INTEGER: maint(4)" in states(), 3, "a third member, maint(4)")
+    assert "hapacsBalanceMemberState.1.1 = INTEGER: drain(2)" in states()
+    assert "hapacsBalanceMemberState.1.2 = INTEGER: down(3)" in states()
+    table = snmp("snmptable", *V2C, *HAPACS, "-Cf", ",", harness.v4, "hapacsBalanceMemberTable", env=env)
+    assert "dicom,true,pacs-c,ipv4,\"C0 00 02 0D \",maint,3,102" in table.stdout, table.stdout + table.stderr
+    harness.status = make_status()
+    wait_for(lambda: "hapacsBalanceMemberState.1" not in states(), 3, "the balance rows to go")
 
 
 @pytest.mark.parametrize("user", USERS, ids=[u.name for u in USERS])

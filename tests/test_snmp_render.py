@@ -13,7 +13,7 @@ from hapacs.snmp import oids
 from hapacs.snmp import render as r
 from hapacs.snmp.identity import engine_id_for, next_boots
 from hapacs.status import PeerStatus, TransitionRecord, VipStatus
-from tests.snmp_helpers import IF_INDEX, make_status
+from tests.snmp_helpers import BALANCE, DIRECT_BALANCE, IF_INDEX, balance_with, make_status
 
 
 def if_index(name):
@@ -64,6 +64,38 @@ def test_checks_show_pending_and_latency_in_microseconds():
     assert value(snap, oids.hapacsCheckStatus + (2,)) == 3                     # pending(3)
     assert value(snap, oids.hapacsCheckLatency + (2,)) == 0
     assert value(snap, oids.hapacsCheckWeight + (2,)) == -20
+
+
+def test_balance_rows_are_service_by_member_with_state_and_associations():
+    status = make_status(balance={**BALANCE, "services": [
+        BALANCE["services"][0],
+        {"name": "dicom-tls", "address": "2001:db8::100", "port": 2762, "active": False, "members": [
+            {"name": "pacs-a", "address": "2001:db8::11", "state": "drain", "associations": 0, "total": 2**32 + 7},
+            {"name": "192.0.2.13", "address": "192.0.2.13", "state": "maint", "associations": 0, "total": 0},
+            {"name": "pacs-b", "address": "2001:db8::12", "state": "down", "associations": 0, "total": 4}]}]})
+    snap = snapshot(status)
+    assert value(snap, oids.hapacsBalanceServiceName + (1, 2)) == b"dicom"
+    assert value(snap, oids.hapacsBalanceServiceActive + (1, 2)) == 1               # true(1)
+    assert value(snap, oids.hapacsBalanceMemberName + (1, 2)) == b"pacs-b"
+    assert value(snap, oids.hapacsBalanceMemberAddressType + (1, 2)) == 1           # ipv4(1)
+    assert value(snap, oids.hapacsBalanceMemberAddress + (1, 2)) == bytes([192, 0, 2, 12])
+    assert value(snap, oids.hapacsBalanceMemberState + (1, 1)) == 1                 # up(1)
+    assert snap.get(oids.hapacsBalanceMemberAssociations + (1, 1)) == r.Value("Gauge32", 3)
+    assert snap.get(oids.hapacsBalanceMemberTotal + (1, 2)) == r.Value("Counter32", 118)
+    assert value(snap, oids.hapacsBalanceServiceName + (2, 3)) == b"dicom-tls"
+    assert value(snap, oids.hapacsBalanceServiceActive + (2, 1)) == 2               # false(2)
+    assert [value(snap, oids.hapacsBalanceMemberState + (2, i)) for i in (1, 2, 3)] == [2, 4, 3]
+    assert value(snap, oids.hapacsBalanceMemberAddressType + (2, 1)) == 2           # ipv6(2)
+    assert len(value(snap, oids.hapacsBalanceMemberAddress + (2, 3))) == 16
+    assert value(snap, oids.hapacsBalanceMemberTotal + (2, 1)) == 7                 # wraps as Counter32
+    assert snap.get(oids.hapacsBalanceMemberName + (2, 4)) is None
+    # Rows follow the status: a member dropped by a reload goes; no balance: no rows at all.
+    assert value(snapshot(make_status(balance=balance_with("down"))), oids.hapacsBalanceMemberState + (1, 1)) == 3
+    assert snapshot(make_status(balance=balance_with("down"))).get(oids.hapacsBalanceMemberName + (1, 2)) is None
+    none = snapshot(make_status())
+    assert not [oid for oid, _ in none.items() if oid[:len(oids.hapacsBalanceMemberEntry)]
+                == oids.hapacsBalanceMemberEntry]
+    assert r.is_object_type(oids.hapacsBalanceMemberState + (1, 1))
 
 
 def test_text_is_cut_on_a_character_boundary():
@@ -211,3 +243,10 @@ def test_importing_the_package_does_not_load_pysnmp():
             "from hapacs.snmp import SnmpAgent;"
             "assert 'pysnmp' in sys.modules and 'pysmi' not in sys.modules, 'the agent must not load pysmi'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_direct_mode_rows_show_the_state_and_zero_associations():
+    """Direct mode counts nothing per member (null in status): the rows still carry the state."""
+    snap = snapshot(make_status(balance=DIRECT_BALANCE))
+    assert [value(snap, oids.hapacsBalanceMemberState + (1, i)) for i in (1, 2)] == [1, 3]    # up, down
+    assert snap.get(oids.hapacsBalanceMemberAssociations + (1, 1)) == r.Value("Gauge32", 0)

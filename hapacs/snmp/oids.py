@@ -84,6 +84,17 @@ hapacsVipPrefixLength = hapacsVipEntry + (4,)
 hapacsVipInterface = hapacsVipEntry + (5,)
 hapacsVipHeld = hapacsVipEntry + (6,)
 
+# balance: one row per (service, member), indexed by their positions in the configuration
+hapacsBalanceMemberEntry = hapacsObjects + (7, 1)
+hapacsBalanceServiceName = hapacsBalanceMemberEntry + (3,)
+hapacsBalanceServiceActive = hapacsBalanceMemberEntry + (4,)
+hapacsBalanceMemberName = hapacsBalanceMemberEntry + (5,)
+hapacsBalanceMemberAddressType = hapacsBalanceMemberEntry + (6,)
+hapacsBalanceMemberAddress = hapacsBalanceMemberEntry + (7,)
+hapacsBalanceMemberState = hapacsBalanceMemberEntry + (8,)
+hapacsBalanceMemberAssociations = hapacsBalanceMemberEntry + (9,)
+hapacsBalanceMemberTotal = hapacsBalanceMemberEntry + (10,)
+
 # accessible-for-notify: values that only travel in notifications
 hapacsNotifyObjects = hapacsObjects + (6,)
 hapacsSplitBrainWinner = hapacsNotifyObjects + (1,)

@@ -84,6 +84,7 @@ def object_id(oid: Oid) -> Value:
 STATE = {"INIT": 1, "BACKUP": 2, "MASTER": 3, "FAULT": 4, "LOST": 5}     # HapacsState
 VRRP_STATUS = {"INIT": 1, "BACKUP": 2, "MASTER": 3, "FAULT": 1}        # initialize(1) backup(2) master(3)
 CHECK_STATUS = {True: 1, False: 2, None: 3}                            # up(1) down(2) pending(3)
+MEMBER_STATE = {"up": 1, "drain": 2, "down": 3, "maint": 4}           # hapacsBalanceMemberState
 # vrrpv3StatisticsNewMasterReason: notMaster(0) priority(1) preempted(2) masterNoResponse(3),
 # from effects.Why codes; every other way to MASTER counts as priority(1).
 NEW_MASTER_REASON = {"master-down": 3, "handover-to-me": 2}
@@ -194,6 +195,30 @@ def render_hapacs(status: Status) -> list[tuple[Oid, Value]]:
             _row(o.hapacsVipInterface, (index,), text(vip.interface, 32)),
             _row(o.hapacsVipHeld, (index,), truth(vip.held)),
         ]
+    return items + render_balance(status.balance)
+
+
+def render_balance(balance: dict | None) -> list[tuple[Oid, Value]]:
+    """hapacsBalanceMemberTable from the status's "balance" object (hapacs.balancer.Balancer.snapshot).
+
+    Indexed (service, member) by position, from 1, as in the configuration; a state
+    this table has no name for shows as down(3)."""
+    items: list[tuple[Oid, Value]] = []
+    services = (balance or {}).get("services") or []
+    for service_index, service in enumerate(services[:65535], start=1):
+        for member_index, member in enumerate(service.get("members", [])[:65535], start=1):
+            index = (service_index, member_index)
+            kind, raw, _ = inet_address(member.get("address"))
+            items += [
+                _row(o.hapacsBalanceServiceName, index, text(service.get("name"), 64)),
+                _row(o.hapacsBalanceServiceActive, index, truth(bool(service.get("active")))),
+                _row(o.hapacsBalanceMemberName, index, text(member.get("name"), 64)),
+                _row(o.hapacsBalanceMemberAddressType, index, integer(kind)),
+                _row(o.hapacsBalanceMemberAddress, index, octets(raw)),
+                _row(o.hapacsBalanceMemberState, index, integer(MEMBER_STATE.get(member.get("state"), 3))),
+                _row(o.hapacsBalanceMemberAssociations, index, gauge(member.get("associations") or 0)),
+                _row(o.hapacsBalanceMemberTotal, index, counter32(member.get("total") or 0)),
+            ]
     return items
 
 

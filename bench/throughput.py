@@ -1,0 +1,165 @@
+"""Throughput through the balancer vs straight to one member, in one run.
+
+Two nodes (balance: mode proxy, HAProxy on both), each with a dcmtk storescp as its PACS
+(one association at a time, TCP_NODELAY, --ignore: it receives every byte but writes
+nothing, so the disk is not measured). From the workstation, alternating rounds:
+
+- echo: sequential associations (A-ASSOCIATE, one C-ECHO, A-RELEASE) with the raw-socket
+  client bench/dicomload.py, per second; straight to pacs-a:11112 vs through VIP:104.
+- store: one dcmtk storescu association sending --stores copies of a --megabytes MiB CT
+  image, MB/s (10^6 bytes of the files per second, from the start of storescu to its end);
+  straight vs through the VIP.
+
+Prints the medians, every round, and the ratios balancer/straight (goal: >= 70 %).
+The machine's cores are shared: alternating rounds put the noise on both paths alike, and
+the ratios are the median of each round's pair. The lab's namespaces reuse TIME_WAIT ports
+(net.ipv4.tcp_tw_reuse=1, ports 1024-65000), as a load generator must.
+
+Run as root: .venv/bin/python bench/throughput.py [--rounds 5] [--echo-seconds 3] [--megabytes 32] [--stores 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lab import Lab, unique_prefix              # noqa: E402
+from lab.cluster import AgentCluster            # noqa: E402
+from lab.dicom import NODELAY_ENV, STORESCP, _wait_until_serving   # noqa: E402
+
+VIP = "192.0.2.100"
+MEMBER = "192.0.2.11"
+PORT = 11112
+STORESCU = "/usr/bin/storescu"
+LOAD = str(Path(__file__).resolve().parent / "dicomload.py")
+PATHS = {"straight": (MEMBER, PORT), "balancer": (VIP, 104)}
+
+
+def start_pacs(lab, host: str):
+    """A storescp that receives and drops what it gets (no disk), one association at a time."""
+    directory = Path(lab.mkdtemp(f"scp-{host}"))
+    log = directory / "storescp.log"
+    argv = [STORESCP, "--aetitle", "PACS", "--output-directory", str(directory), "--disable-host-lookup",
+            "--ignore", "--acse-timeout", "5", "--dimse-timeout", "5", str(PORT)]
+    with open(log, "ab") as handle:
+        process = lab.spawn(host, argv, env=NODELAY_ENV, stdout=handle, stderr=subprocess.STDOUT)
+    _wait_until_serving(lab, process, lab.ns(host), [PORT], lambda: True, "storescp", log, 5.0)
+    return process
+
+
+def write_image(path: Path, megabytes: int) -> int:
+    """A CT image of about `megabytes` MiB (16-bit pixels), as a DICOM file; returns its size."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from lab.probe import make_ct_dataset
+    dataset = make_ct_dataset()
+    side = int((megabytes * 2**20 / 2) ** 0.5)
+    dataset.Rows = dataset.Columns = side
+    dataset.PixelData = os.urandom(side * side * 2)
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.save_as(path, enforce_file_format=True)
+    return path.stat().st_size
+
+
+def member_states(cluster) -> dict[str, str]:
+    services = (cluster.status("a") or {}).get("balance", {}).get("services", [])
+    return {m["name"]: m["state"] for m in services[0]["members"]} if services else {}
+
+
+def echo_round(lab, path: str, seconds: float) -> dict:
+    host, port = PATHS[path]
+    done = lab.exec("ws", [sys.executable, LOAD, "echo", host, str(port), "PACS", "--count", "100000",
+                           "--seconds", str(seconds)], timeout=seconds + 30)
+    return json.loads(done.stdout)
+
+
+def store_round(lab, path: str, image: Path, stores: int) -> dict:
+    host, port = PATHS[path]
+    started = time.monotonic()
+    done = lab.exec("ws", [STORESCU, "--aetitle", "WS", "--call", "PACS",
+                           host, str(port), *[str(image)] * stores], check=False, timeout=120)
+    elapsed = time.monotonic() - started
+    # storescu says nothing when every store succeeded; "E:"/"W:" lines name a failed one.
+    ok = done.returncode == 0 and not (done.stdout + done.stderr).strip()
+    size = image.stat().st_size * stores
+    return {"ok": ok, "seconds": round(elapsed, 3), "mb_per_s": round(size / elapsed / 1e6, 1),
+            **({} if ok else {"error": (done.stdout + done.stderr)[-300:]})}
+
+
+def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
+    check = [{"name": "pacs-dicom", "type": "dicom-echo", "port": PORT, "called_ae": "PACS",
+              "interval": 1.0, "timeout": 2.0, "fall": 3, "rise": 2}]
+    balance = {"services": [{"name": "dicom", "address": VIP, "port": 104, "target_port": PORT,
+                             "health": "pacs-dicom"}]}
+    results: dict = {"rounds": rounds, "echo_seconds": echo_seconds, "stores": stores}
+    with Lab(unique_prefix("lo")) as lab:
+        # Thousands of short associations a second leave their ports in TIME_WAIT for 60 s (on the
+        # workstation, and on the balancing node for HAProxy's own connections to the members):
+        # without reuse, later rounds wait for free ports and measure that. Lab namespaces only.
+        for host in ("ws", "a", "b"):
+            lab.exec(host, ["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
+                            "net.ipv4.ip_local_port_range=1024 65000"])
+        for host in "ab":
+            start_pacs(lab, host)
+        cluster = AgentCluster(lab, checks={"a": check, "b": check})
+        for host, priority in (("a", 150), ("b", 100)):
+            cluster.add(host, priority, balance=balance)
+        cluster.start_all()
+        lab.wait_for(lambda: set(member_states(cluster).values()) == {"up"} and cluster.state("a") == "MASTER",
+                     30, what="cluster balancing over both members")
+        image = Path(lab.mkdtemp("image")) / "ct.dcm"
+        results["image_bytes"] = write_image(image, megabytes)
+        rows: dict = {path: {"echo": [], "store": []} for path in PATHS}
+        for number in range(rounds):
+            order = list(PATHS) if number % 2 == 0 else list(reversed(PATHS))
+            for path in order:
+                rows[path]["echo"].append(echo_round(lab, path, echo_seconds))
+            for path in order:
+                rows[path]["store"].append(store_round(lab, path, image, stores))
+        results["rounds_detail"] = rows
+        results["members_after"] = member_states(cluster)
+    summary = {}
+    for path, row in rows.items():
+        summary[path] = {
+            "echo_associations_per_s": statistics.median(r["per_second"] for r in row["echo"]),
+            "echo_failed": sum(r["failed"] for r in row["echo"]),
+            "store_mb_per_s": statistics.median(r["mb_per_s"] for r in row["store"] if r["ok"])
+            if any(r["ok"] for r in row["store"]) else None,
+            "store_failed": sum(not r["ok"] for r in row["store"]),
+        }
+    results["summary"] = summary
+    # Each round's balancer figure over the same round's straight one, then their median: the
+    # load of other programs drifts, and a pair measured seconds apart shares most of it.
+    results["ratio_echo"] = _paired(rows, "echo", "per_second")
+    results["ratio_store"] = _paired(rows, "store", "mb_per_s")
+    return results
+
+
+def _paired(rows: dict, kind: str, key: str) -> dict:
+    pairs = zip(rows["straight"][kind], rows["balancer"][kind])
+    ratios = [balancer[key] / straight[key] for straight, balancer in pairs
+              if straight[key] and balancer[key] and straight.get("ok", True) and balancer.get("ok", True)]
+    return {"median": round(statistics.median(ratios), 3) if ratios else None,
+            "min": round(min(ratios), 3) if ratios else None, "max": round(max(ratios), 3) if ratios else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--echo-seconds", type=float, default=3.0)
+    parser.add_argument("--megabytes", type=int, default=32)
+    parser.add_argument("--stores", type=int, default=4)
+    args = parser.parse_args()
+    print(json.dumps(run(min(args.rounds, 50), min(args.echo_seconds, 30.0), min(args.megabytes, 256),
+                         min(args.stores, 32)), indent=1))
+
+
+if __name__ == "__main__":
+    main()
