@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import textwrap
 
-
 from hapacs import config as cfg
 from hapacs import hostcheck
 from hapacs.netlink import INFINITE_LIFETIME, Address
