@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -25,33 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
-from lab.dicom import echo, start_storescp      # noqa: E402
+from lab.dicom import HOLD_ASSOCIATIONS_SCRIPT as HOLDER, echo, kill_with_children, start_storescp  # noqa: E402
 
 VIP = "192.0.2.100"
 PORT = 11112
-HOLDER = str(Path(__file__).resolve().parent.parent / "lab" / "holdassociations.py")
 
 
 def member_states(cluster) -> dict[str, tuple[str, int]]:
     status = cluster.status("a") or {}
     services = status.get("balance", {}).get("services", [])
     return {m["name"]: (m["state"], m["associations"]) for m in services[0]["members"]} if services else {}
-
-
-def kill_with_children(lab, process) -> None:
-    children = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == process.pid:
-                children.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            pass
-    lab.kill(process, signal.SIGKILL)
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run(trials: int, held: int, check_interval: float) -> dict:

@@ -19,25 +19,21 @@ are not announcements and are left out.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
-import os
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
 
-from lab.netns import NETNS_DIR
+from lab.netns import enter_netns
 
 ETH_P_ALL = 0x0003
 ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
 ICMPV6, NEIGHBOR_ADVERTISEMENT = 58, 136
 NA_SOLICITED = 0x40
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)   # Linux value; not exported by every Python
-CLONE_NEWNET = 0x40000000
 MAX_FRAMES = 100_000   # a bound on the reading loop besides its duration
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -69,17 +65,6 @@ def parse(frame: bytes) -> tuple[str, str, str] | None:
         if ip6[6] == ICMPV6 and icmp[0] == NEIGHBOR_ADVERTISEMENT and not icmp[4] & NA_SOLICITED:
             return "na", sender, str(ipaddress.IPv6Address(icmp[8:24]))
     return None
-
-
-def _enter_netns(namespace: str) -> None:
-    """Move the calling thread into a named network namespace (Python 3.11 has no os.setns)."""
-    descriptor = os.open(f"{NETNS_DIR}/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(descriptor, CLONE_NEWNET) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
-    finally:
-        os.close(descriptor)
 
 
 class AnnouncementWatch:
@@ -133,7 +118,7 @@ class AnnouncementWatch:
 
     def _read(self) -> None:
         try:
-            _enter_netns(self.node.ns)
+            enter_netns(self.node.ns)
             sock = self._open()
         except BaseException as error:   # handed to start()'s caller
             self._error = error

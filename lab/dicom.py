@@ -12,6 +12,8 @@ stall per DIMSE round trip.
 
 import json
 import math
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -24,6 +26,8 @@ ORTHANC = "/usr/sbin/Orthanc"
 LAB_CALLING_AE = "LABSCU"
 NODELAY_ENV = {"TCP_NODELAY": "1"}
 TCP_LISTEN = "0A"  # state column of /proc/net/tcp
+# Holds N associations open from a namespace (run it with the lab's python; see its docstring).
+HOLD_ASSOCIATIONS_SCRIPT = str(Path(__file__).with_name("holdassociations.py"))
 
 
 def _listening(pid: int, namespace: str, port: int) -> bool:
@@ -147,6 +151,25 @@ def stop_orthanc(lab, process, timeout_s=10.0) -> int:
     fails with "SQLite: database is locked".
     """
     return lab.stop(process, timeout_s)
+
+
+def kill_with_children(lab, process) -> None:
+    """SIGKILL a forking storescp and the children serving its associations (they hold its listener)."""
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _parent(p) == process.pid]
+    lab.kill(process, signal.SIGKILL)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _dcmtk_network_options(called_ae, timeout):

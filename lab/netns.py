@@ -20,6 +20,7 @@ Topology of Lab("t1", hosts=("a", "b")), interface names in brackets:
 """
 
 import atexit
+import ctypes
 import ipaddress
 import itertools
 import json
@@ -48,6 +49,8 @@ WORKSTATION_IPV4, WORKSTATION_IPV6 = "192.0.2.200", "2001:db8::200"
 IPV4_PREFIXLEN, IPV6_PREFIXLEN = 24, 64
 TERM_GRACE_S = 2.0  # teardown: how long SIGTERM gets before SIGKILL
 PING_SCRIPT = str(Path(__file__).with_name("ping.py"))
+CLONE_NEWNET = 0x40000000  # setns(2) flag: enter a network namespace
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _NAME_RE = re.compile(r"^[a-z0-9]+$")
 _prefix_counter = itertools.count()
@@ -196,6 +199,21 @@ def unique_prefix(tag: str = "t") -> str:
         if not any(name.startswith(prefix) for name in in_use):
             return prefix
     raise RuntimeError(f"no free lab prefix for tag {tag!r}: run cleanup_stale")
+
+
+def enter_netns(namespace: str) -> None:
+    """Move the calling thread into the named network namespace.
+
+    setns(2) moves only the calling thread; threads it creates afterwards inherit the
+    namespace. Python 3.11 has no os.setns, hence ctypes.
+    """
+    descriptor = os.open(f"{NETNS_DIR}/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(descriptor, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
+    finally:
+        os.close(descriptor)
 
 
 def netns_exec(namespace: str) -> list[str]:

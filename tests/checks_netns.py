@@ -5,31 +5,16 @@ it creates afterwards inherit that namespace. So `in_netns` runs a function
 in a fresh thread that first enters the lab namespace: the probe's sockets,
 pynetdicom's association threads and the runner's worker threads all live
 in the lab, while pytest's own thread stays in the root namespace. Python
-3.11 has no os.setns, hence ctypes.
+3.11 has no os.setns: lab.netns.enter_netns calls it through ctypes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import threading
 
-from lab.netns import NETNS_DIR
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def enter_netns(namespace: str) -> None:
-    """Move the calling thread into the named network namespace."""
-    descriptor = os.open(f"{NETNS_DIR}/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(descriptor, CLONE_NEWNET) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
-    finally:
-        os.close(descriptor)
+from lab.netns import enter_netns
 
 
 def in_netns(namespace: str, function, *args, timeout_s: float = 60.0):

@@ -9,11 +9,13 @@ import pytest
 from lab import Lab, unique_prefix
 
 
-def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: str = "function", **lab_kwargs):
+def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: str = "function",
+                name: str = "lab", **lab_kwargs):
     """A `lab` fixture for one test module: a fresh Lab (namespaces named `tag` + pid + counter),
     removed with every process it started when the test ends, even on failure. `before` runs
-    first, e.g. to fail clearly when a tool is missing."""
-    @pytest.fixture(name="lab", scope=scope)
+    first, e.g. to fail clearly when a tool is missing. `name` is the fixture's name (tests/conftest.py
+    marks tests using "lab" or "net" as building namespaces); `lab_kwargs` go to Lab."""
+    @pytest.fixture(name=name, scope=scope)
     def lab():
         if before is not None:
             before()

@@ -204,7 +204,12 @@ class TrapReceiver:
              "-F", "TRAPD %P | %v\n", f"udp:127.0.0.1:{self.port}"],
             env=net_snmp_env(self.directory / "client"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Notifications sent before it listens are lost.
-        wait_for(lambda: udp_port_is_bound(self.port) or self.process.poll() is not None, 10, "snmptrapd to listen")
+        try:
+            wait_for(lambda: udp_port_is_bound(self.port) or self.process.poll() is not None, 10,
+                     "snmptrapd to listen")
+        except AssertionError:
+            self.stop()   # the caller gets no receiver to stop: do not leave snmptrapd running
+            raise
         if self.process.poll() is not None:
             raise RuntimeError(f"snmptrapd exited: {self.process.stderr.read().decode(errors='replace')}")
         return self

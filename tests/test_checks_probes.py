@@ -27,8 +27,9 @@ from tests.checks_netns import in_netns, require_tools
 from hapacs.checks import probes
 from hapacs.checks.probes import run_probe
 from hapacs.config import CheckConfig
-from lab import Lab, unique_prefix, wait_for
+from lab import wait_for
 from lab.dicom import ORTHANC, STORESCP, orthanc_config, start_storescp
+from tests.fixtures import lab_fixture
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCP_PORT, ORTHANC_PORT, ORTHANC_HTTP_PORT, HTTP_PORT, CLOSED_PORT = 11112, 4242, 8042, 18080, 18081
@@ -45,11 +46,8 @@ def timed(function, *args):
     return value, time.monotonic() - started
 
 
-@pytest.fixture(scope="module")
-def net():
-    require_tools(STORESCP, ORTHANC, "ip", "nsenter")
-    with Lab(unique_prefix("c"), hosts=("a",), workstation=False) as built:
-        yield built
+net = lab_fixture("c", name="net", scope="module", hosts=("a",), workstation=False,
+                  before=lambda: require_tools(STORESCP, ORTHANC, "ip", "nsenter"))
 
 
 def probe_in(net, check):

@@ -18,16 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from hapacs.checks import CheckRunner, Verdict, run_probe
 from hapacs.checks.health import FAST_REPROBE_S
 from hapacs.checks.probes import ProbeResult
 from hapacs.checks.runner import STUCK_GRACE_S
 from hapacs.config import CheckConfig
-from lab import Lab, unique_prefix
 from lab.dicom import STORESCP, start_storescp
 from tests.checks_netns import in_netns, require_tools
+from tests.fixtures import lab_fixture
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCP_PORT, CLOSED_PORT = 11112, 18081
@@ -43,11 +41,8 @@ ECHO = make_check("pacs-dicom", host="127.0.0.1", port=SCP_PORT, called_ae="PACS
 WEB = make_check("pacs-web", type="tcp", weight=-10, host="127.0.0.1", port=CLOSED_PORT)
 
 
-@pytest.fixture
-def net():
-    require_tools(STORESCP, "ip", "nsenter")
-    with Lab(unique_prefix("r"), hosts=("a",), workstation=False) as built:
-        yield built
+net = lab_fixture("r", name="net", hosts=("a",), workstation=False,
+                  before=lambda: require_tools(STORESCP, "ip", "nsenter"))
 
 
 class Recorder(logging.Handler):

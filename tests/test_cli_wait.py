@@ -25,6 +25,7 @@ class ScriptedAgent:
     def __init__(self, path: str, script: list[tuple[float, dict]]):
         self.path, self.script = path, script
         self.request: dict | None = None
+        self._closing = threading.Event()
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(1)
@@ -36,15 +37,28 @@ class ScriptedAgent:
         with connection, connection.makefile("rb") as lines:
             self.request = json.loads(lines.readline())
             for delay_s, reply in self.script:
-                time.sleep(delay_s)
+                if self._closing.wait(delay_s):
+                    return   # the test is over: the rest of the script would reach nobody
                 try:
                     connection.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     return
 
     def close(self) -> None:
+        self._closing.set()
         self.server.close()
         self.thread.join(timeout=10)
+
+
+def run_cli(socket_path: str, script: list[tuple[float, dict]], argv: list[str]):
+    """cli.main(argv) against a ScriptedAgent: (the agent, with the request it got; exit code; seconds taken)."""
+    agent = ScriptedAgent(socket_path, script)
+    try:
+        started = time.monotonic()
+        code = cli.main(argv)
+        return agent, code, time.monotonic() - started
+    finally:
+        agent.close()
 
 
 @pytest.fixture
@@ -55,14 +69,10 @@ def socket_path(tmp_path, monkeypatch):
 
 
 def test_takeover_waits_the_deadline_the_agent_gives(socket_path, capsys):
-    agent = ScriptedAgent(socket_path, [
+    agent, code, _took = run_cli(socket_path, [
         (0.0, {"pending": True, "wait_s": 3.0}),
         (1.0, {"ok": True, "message": "this node is MASTER now", "before": "BACKUP", "after": "MASTER"}),
-    ])
-    try:
-        code = cli.main(["takeover", "--socket", socket_path])
-    finally:
-        agent.close()
+    ], ["takeover", "--socket", socket_path])
     assert code == cli.EXIT_OK, capsys.readouterr()
     assert agent.request == {"command": "takeover", "progress": True}
     assert "this node is MASTER now (BACKUP -> MASTER)" in capsys.readouterr().out
@@ -70,39 +80,25 @@ def test_takeover_waits_the_deadline_the_agent_gives(socket_path, capsys):
 
 def test_release_waits_past_its_drain_timeout_when_the_agent_says_so(socket_path, capsys):
     # --drain-timeout 0: the old CLI waited 30 s; the agent's handover wait with slow timers is longer.
-    agent = ScriptedAgent(socket_path, [
+    agent, code, _took = run_cli(socket_path, [
         (0.0, {"pending": True, "wait_s": 2.0}),
         (1.0, {"ok": True, "message": "handed over to pacs-b", "before": "MASTER", "after": "BACKUP"}),
-    ])
-    try:
-        code = cli.main(["release", "--drain-timeout", "0", "--socket", socket_path])
-    finally:
-        agent.close()
+    ], ["release", "--drain-timeout", "0", "--socket", socket_path])
     assert code == cli.EXIT_OK
     assert agent.request["drain_timeout_s"] == 0 and agent.request["progress"] is True
 
 
 def test_without_a_pending_line_the_cli_gives_up_after_its_own_timeout(socket_path, capsys):
     """The wait above is the agent's doing: an agent that says nothing is not waited for."""
-    agent = ScriptedAgent(socket_path, [(1.0, {"ok": True, "message": "late"})])
-    try:
-        started = time.monotonic()
-        code = cli.main(["takeover", "--socket", socket_path])
-        took = time.monotonic() - started
-    finally:
-        agent.close()
+    _agent, code, took = run_cli(socket_path, [(1.0, {"ok": True, "message": "late"})],
+                                 ["takeover", "--socket", socket_path])
     assert code == cli.EXIT_UNREACHABLE
     assert "did not answer within 0.3 s" in capsys.readouterr().err
     assert took < 0.9
 
 
 def test_a_pending_line_past_its_deadline_is_not_waited_for_for_ever(socket_path, capsys):
-    agent = ScriptedAgent(socket_path, [(0.0, {"pending": True, "wait_s": 0.1}), (6.0, {"ok": True})])
-    try:
-        started = time.monotonic()
-        code = cli.main(["takeover", "--socket", socket_path])
-        took = time.monotonic() - started
-    finally:
-        agent.close()
+    _agent, code, took = run_cli(socket_path, [(0.0, {"pending": True, "wait_s": 0.1}), (6.0, {"ok": True})],
+                                 ["takeover", "--socket", socket_path])
     assert code == cli.EXIT_UNREACHABLE
     assert took < 0.1 + control.PENDING_MARGIN_S + 0.5

@@ -20,12 +20,10 @@ import shutil
 import socket
 import sys
 
-import pytest
-
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 
 from .e2e import settle
+from .fixtures import lab_fixture
 
 A, B, WS = "192.0.2.11", "192.0.2.12", "192.0.2.200"
 BURST = 3000
@@ -51,10 +49,7 @@ print(sent)
 """
 
 
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("ms"), hosts=("a", "b")) as lab:
-        yield lab
+lab = lab_fixture("ms", hosts=("a", "b"))
 
 
 def log_text(cluster, host) -> str:

@@ -16,14 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from lab.dicom import echo, start_storescp
-
 from lab.cluster import AgentCluster
+from lab.dicom import HOLD_ASSOCIATIONS_SCRIPT as HOLDER, echo, kill_with_children, start_storescp
 
 from .e2e import VIP, settle
 from .fixtures import lab_fixture
 
-HOLDER = str(Path(__file__).resolve().parent.parent / "lab" / "holdassociations.py")
 PACS_PORT = 11112
 HELD = 8
 
@@ -57,25 +55,6 @@ def states(cluster, host: str) -> dict[str, str]:
 
 def echoes(lab, count: int) -> list[bool]:
     return [echo(lab.ns("ws"), VIP, 104, called_ae="PACS", timeout=2.0) for _ in range(count)]
-
-
-def kill_with_children(lab, process) -> None:
-    """SIGKILL a forking storescp and the children serving its associations (they hold its listener)."""
-    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                and _parent(p) == process.pid]
-    lab.kill(process, signal.SIGKILL)
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _parent(proc: Path) -> int | None:
-    try:
-        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def haproxy_pid(cluster, host: str) -> int:

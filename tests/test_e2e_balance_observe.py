@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from lab.cluster import AgentCluster
-from lab.dicom import start_storescp
+from lab.dicom import kill_with_children, start_storescp
 
 from .e2e import settle
 from .fixtures import lab_fixture
 from .snmp_helpers import MIB_DIRS
-from .test_e2e_balance import CHECK, PACS_PORT, balance_config, kill_with_children, states
+from .test_e2e_balance import CHECK, PACS_PORT, balance_config, states
 from .test_e2e_nagios import check_hapacs
 
 PROBE = str(Path(__file__).resolve().parent.parent / "lab" / "httpprobe.py")

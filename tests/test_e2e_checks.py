@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 
-
 from lab.cluster import AgentCluster
 from lab.dicom import start_orthanc, start_storescp
 
@@ -32,6 +31,15 @@ def cluster_with(lab, checks_a, checks_b=None, **kwargs) -> AgentCluster:
 
 def check_of(cluster, host, name) -> dict:
     return next(c for c in cluster.status(host)["checks"] if c["name"] == name)
+
+
+def shell_script(directory: str, name: str, body: str) -> str:
+    """An executable /bin/sh script `name` with `body` in `directory` (a lab.mkdtemp, removed at teardown)."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as handle:
+        handle.write("#!/bin/sh\n" + body)
+    os.chmod(path, stat.S_IRWXU)
+    return path
 
 
 def test_pacs_killed_on_master_vip_moves_and_returns_after_rise(lab):
@@ -118,13 +126,12 @@ def test_disk_check_on_a_full_file_system(lab):
 
 
 def test_flapping_check_does_not_flap_the_vip(lab):
-    state_file = os.path.join(lab.mkdtemp("flap"), "count")
-    script = os.path.join(os.path.dirname(state_file), "flap.sh")
-    with open(script, "w") as handle:
-        # Alternates: success, failure, success, ... never two failures in a row.
-        handle.write(f"#!/bin/sh\nn=$(cat {state_file} 2>/dev/null || echo 0)\necho $((n+1)) > {state_file}\n"
-                     "[ $((n % 2)) -eq 0 ] && { echo ok; exit 0; }\necho flap; exit 1\n")
-    os.chmod(script, stat.S_IRWXU)
+    directory = lab.mkdtemp("flap")
+    state_file = os.path.join(directory, "count")
+    # Alternates: success, failure, success, ... never two failures in a row.
+    script = shell_script(directory, "flap.sh",
+                          f"n=$(cat {state_file} 2>/dev/null || echo 0)\necho $((n+1)) > {state_file}\n"
+                          "[ $((n % 2)) -eq 0 ] && { echo ok; exit 0; }\necho flap; exit 1\n")
     flap = {"name": "flappy", "type": "script", "command": [script], "interval": 0.1, "timeout": 1.0,
             "fall": 2, "rise": 2}
     cluster = cluster_with(lab, [flap])
@@ -193,10 +200,7 @@ def test_weight_zero_check_down_gives_fault_even_alone(lab):
 def test_a_node_does_not_become_master_before_its_checks_gave_a_first_result(lab):
     # README: "At start, a node does not become MASTER before its checks have given a first
     # result." Alone, a would be MASTER 0.3 s after start; its check takes 2 s to answer.
-    script = os.path.join(lab.mkdtemp("slow"), "slow.sh")
-    with open(script, "w") as handle:
-        handle.write("#!/bin/sh\nsleep 2\necho ok\n")
-    os.chmod(script, stat.S_IRWXU)
+    script = shell_script(lab.mkdtemp("slow"), "slow.sh", "sleep 2\necho ok\n")
     slow = {"name": "slow-pacs", "type": "script", "command": [script], "interval": 0.5, "timeout": 5.0,
             "fall": 2, "rise": 2}
     cluster = AgentCluster(lab, checks={"a": [slow]})
@@ -228,10 +232,7 @@ def test_a_reload_that_removes_every_check_frees_a_node_waiting_for_their_first_
     # Shape issue, behaviour 2: a's only check never answers (its probe sleeps past the test);
     # a is held back, as it should be. The operator removes the check and reloads: nothing is
     # left to wait for, so a must become MASTER, not stay held until a restart.
-    script = os.path.join(lab.mkdtemp("hang"), "hang.sh")
-    with open(script, "w") as handle:
-        handle.write("#!/bin/sh\nsleep 60\n")
-    os.chmod(script, stat.S_IRWXU)
+    script = shell_script(lab.mkdtemp("hang"), "hang.sh", "sleep 60\n")
     hanging = {"name": "never-answers", "type": "script", "command": [script], "interval": 30, "timeout": 50}
     cluster = AgentCluster(lab, checks={"a": [hanging]})
     cluster.add("a", 150)

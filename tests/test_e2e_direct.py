@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 from lab.cluster import AgentCluster
-from lab.dicom import echo, start_storescp
+from lab.dicom import echo, kill_with_children, start_storescp
 
 from .e2e import VIP, settle
 from .fixtures import lab_fixture
-from .test_e2e_balance import HOLDER, holder_lines, kill_with_children
+from .test_e2e_balance import HOLDER, holder_lines
 
 HELD = 12
 CHECK = [{"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",

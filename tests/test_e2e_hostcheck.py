@@ -19,16 +19,13 @@ import sys
 import pytest
 import yaml
 
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
+
+from .fixtures import lab_fixture
 
 A = "192.0.2.11"
 
-
-@pytest.fixture
-def lab():
-    with Lab(unique_prefix("ms"), hosts=("a",), workstation=False) as lab:
-        yield lab
+lab = lab_fixture("ms", hosts=("a",), workstation=False)
 
 
 @pytest.fixture

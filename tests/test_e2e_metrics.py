@@ -12,13 +12,12 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from lab import Lab, unique_prefix
 from lab.cluster import AgentCluster
 
 from .e2e import VIP, settle
+from .fixtures import lab_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = str(ROOT / "lab" / "httpprobe.py")
@@ -27,12 +26,12 @@ PORT = 9641
 PROMETHEUS = "http://127.0.0.1:9090"      # inside the workstation namespace
 
 
-@pytest.fixture
-def lab():
+def _need_prometheus():
     missing = [t for t in ("prometheus", "promtool") if not shutil.which(t)]
     assert not missing, f"install the Debian package prometheus (missing: {', '.join(missing)})"
-    with Lab(unique_prefix("pm")) as lab:
-        yield lab
+
+
+lab = lab_fixture("pm", before=_need_prometheus)
 
 
 def probe(lab, where: str, *args: str, timeout: float = 20) -> dict:

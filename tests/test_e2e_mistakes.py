@@ -21,6 +21,7 @@ import secrets
 import signal
 import threading
 import time
+from typing import Self
 
 import pytest
 
@@ -41,17 +42,19 @@ ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "P
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
 
 
-class HolderSampler:
-    """Who holds the VIP, sampled every 50 ms in a background thread (bounded in time and count)."""
+class BackgroundLoop:
+    """`_run` in a daemon thread from the `with` block's start to its end, even when the body fails.
 
-    def __init__(self, lab, vip: str = VIP, limit_s: float = 300.0):
-        self.lab, self.vip, self.limit_s = lab, vip, limit_s
-        self.samples: list[tuple[float, tuple[str, ...]]] = []
-        self.errors: list[BaseException] = []
+    `_run` must be bounded in count and time, and wait on `self._stop` between its rounds.
+    """
+
+    name = "background-loop"
+
+    def __init__(self):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vip-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def __enter__(self) -> HolderSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -61,6 +64,21 @@ class HolderSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class HolderSampler(BackgroundLoop):
+    """Who holds the VIP, sampled every 50 ms in a background thread (bounded in time and count)."""
+
+    name = "vip-sampler"
+
+    def __init__(self, lab, vip: str = VIP, limit_s: float = 300.0):
+        self.lab, self.vip, self.limit_s = lab, vip, limit_s
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.errors: list[BaseException] = []
+        super().__init__()
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.limit_s
@@ -190,22 +208,18 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
 
 # --- the other side: an attacker is not a misconfigured peer ------------------------------------------
 
-class ForgingLoop:
+class ForgingLoop(BackgroundLoop):
     """Forged MASTER heartbeats (wrong key, and another cluster id) as if from a, sent to b every
     20 ms from the workstation, in a background thread; bounded: at most 500 datagrams, 10 s."""
 
+    name = "forger"
+
     def __init__(self, lab):
         self.sender = SpoofingSender(lab.ns("ws"))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="forger", daemon=True)
-
-    def __enter__(self) -> ForgingLoop:
-        self._thread.start()
-        return self
+        super().__init__()
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__exit__(*exc_info)
         self.sender.close()
 
     def _run(self) -> None:

@@ -19,12 +19,10 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
-from lab import Lab, unique_prefix
 from lab.cluster import REPO, AgentCluster
 
 from .e2e import settle
+from .fixtures import lab_fixture
 
 ROUNDS = 5
 HOLD_ERROR = "cannot remove the connection hold"
@@ -55,11 +53,11 @@ time.sleep(60)
 """
 
 
-@pytest.fixture
-def lab():
+def _need_nft():
     assert os.path.exists("/usr/sbin/nft"), "install the Debian package nftables (nft)"
-    with Lab(unique_prefix("ms"), hosts=("a", "b")) as lab:
-        yield lab
+
+
+lab = lab_fixture("ms", before=_need_nft, hosts=("a", "b"))
 
 
 def table_exists(lab, host) -> bool:

@@ -33,6 +33,15 @@ def last_reason(sim: SimCluster, name: str) -> Transition:
     return sim.nodes[name].transitions[-1][1]
 
 
+def heal_a_split_brain(sim: SimCluster) -> float:
+    """a cut off from b until both are MASTER, for one second more, then healed; returns sim.now at the heal."""
+    sim.isolate("a")
+    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
+    sim.run(1.0)
+    sim.heal()
+    return sim.now
+
+
 def test_highest_priority_becomes_master_and_only_it_holds_the_vip():
     sim = two_nodes()
     assert sim.holders() == ("a",)
@@ -183,11 +192,7 @@ def test_restarted_node_removes_stale_vip_when_it_hears_a_master():
 
 def test_healed_partition_newer_master_stays_loser_steps_down_at_once_winner_announces():
     sim = two_nodes(preempt=False)
-    sim.isolate("a")
-    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
-    sim.run(1.0)
-    sim.heal()
-    healed = sim.now
+    healed = heal_a_split_brain(sim)
     sim.run_until(lambda: sim.masters() == ["b"], 1.0, "one master")
     assert sim.now - healed <= 2 * 0.1
     assert last_reason(sim, "a").reason.code == Why.SPLIT_BRAIN
@@ -609,11 +614,7 @@ def test_a_master_in_maintenance_is_not_preempted_until_maintenance_is_off():
 
 def test_split_brain_loser_with_the_higher_priority_takes_back_later_by_a_planned_handover():
     sim = two_nodes(preempt_delay=1.0)
-    sim.isolate("a")
-    sim.run_until(lambda: sorted(sim.masters()) == ["a", "b"], 2.0, "two masters")
-    sim.run(1.0)
-    sim.heal()
-    healed = sim.now
+    healed = heal_a_split_brain(sim)
     sim.run_until(lambda: sim.masters() == ["b"], 1.0, "a, the older MASTER, steps down")
     assert last_reason(sim, "a").reason.code == Why.SPLIT_BRAIN
     stepped_down = sim.now

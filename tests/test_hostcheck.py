@@ -6,8 +6,6 @@ from __future__ import annotations
 import ipaddress
 import textwrap
 
-import pytest
-
 from hapacs import config as cfg
 from hapacs import hostcheck
 from hapacs.netlink import INFINITE_LIFETIME, Address
@@ -23,14 +21,6 @@ cluster:
 vips:
   - address: 192.0.2.100/24
 """
-
-
-@pytest.fixture
-def key(tmp_path) -> str:
-    path = tmp_path / "cluster.key"
-    path.write_text("0123456789abcdef0123456789abcdef\n")
-    path.chmod(0o600)
-    return str(path)
 
 
 def host(**interfaces: list[str]) -> hostcheck.HostFacts:

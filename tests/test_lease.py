@@ -13,28 +13,12 @@ import pytest
 from hapacs.config import load
 from hapacs.timing import lease_seconds
 
-CONFIG = """\
-node:
-  name: pacs-a
-  priority: {priority}
-cluster:
-  id: 51
-  interface: eth0
-  peers: [192.0.2.12]
-  auth_key_file: {key}
-vips:
-  - address: 192.0.2.100/24
-"""
+from .test_config import GOOD, write
 
 
 @pytest.mark.parametrize("priority", [1, 100, 254])
-def test_the_lease_at_the_default_timers_is_two_seconds(tmp_path, priority):
-    key = tmp_path / "cluster.key"
-    key.write_text("0123456789abcdef0123456789abcdef\n")
-    key.chmod(0o600)
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(CONFIG.format(priority=priority, key=key))
-    config = load(str(path))
+def test_the_lease_at_the_default_timers_is_two_seconds(tmp_path, key, priority):
+    config = load(write(tmp_path, GOOD.replace("priority: 150", f"priority: {priority}"), key))
     assert (config.cluster.advert_interval_s, config.cluster.dead_after) == (0.1, 3), "the README's defaults"
     assert lease_seconds(config.master_down_interval_s, config.cluster.advert_interval_s) == 2
 
