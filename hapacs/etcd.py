@@ -276,7 +276,7 @@ class EtcdClient:
         if status != 200:
             try:
                 error_body = await response.read_body()
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+            except BROKEN_ANSWER:
                 error_body = b"{}"
             finally:
                 _close(writer)
