@@ -80,6 +80,21 @@ def members_of(config: Config, own_address) -> tuple[Member, ...]:
             + tuple(Member(str(p), None, p) for p in config.cluster.peers))
 
 
+def balance_status(agent: Agent, config: Config, members: tuple[Member, ...], member_fields, **extra) -> dict:
+    """The status JSON's "balance" object (docs/status-json.md), whichever engine balances: each
+    service, `active` where this node holds its VIP, with its members named as configured or as
+    heard; `member_fields(service, member)` gives what the engine knows of a member (its state,
+    counts), `extra` what it knows of itself."""
+    held = {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+    names = {address: name for name, address in agent.book.peer_addresses.items()}
+    services = [{"name": s.name, "address": str(s.address), "port": s.port, "active": str(s.address) in held,
+                 "members": [{"name": m.name or names.get(m.server, m.server), "address": m.server,
+                              **member_fields(s, m)} for m in members]}
+                for s in config.balance.services]
+    return {"mode": config.balance.mode, "active": any(s["active"] for s in services), **extra,
+            "services": services}
+
+
 class Balancer:
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -194,22 +209,12 @@ class Balancer:
                 if on else "drain off: this node's PACS takes new associations again")
 
     def snapshot(self) -> dict:
-        """The status JSON's "balance" object (docs/status-json.md)."""
-        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
-        names = {address: name for name, address in self.agent.book.peer_addresses.items()}
-        services = []
-        for service in self.config.balance.services:
-            members = []
-            for member in self.members:
-                status, current, total = self.stats.get((backend_name(service), member.server), ("DOWN", 0, 0))
-                members.append({"name": member.name or names.get(member.server, member.server),
-                                "address": member.server, "state": member_state(status),
-                                "associations": current, "total": total})
-            services.append({"name": service.name, "address": str(service.address), "port": service.port,
-                             "active": str(service.address) in held, "members": members})
-        return {"mode": self.config.balance.mode, "active": any(s["active"] for s in services),
-                "drain": self.drain_on, "agent_check_bad_requests": self.server.bad_requests,
-                "services": services}
+        """The status JSON's "balance" object, with what this node's HAProxy counts per member."""
+        def member_fields(service, member: Member) -> dict:
+            status, current, total = self.stats.get((backend_name(service), member.server), ("DOWN", 0, 0))
+            return {"state": member_state(status), "associations": current, "total": total}
+        return balance_status(self.agent, self.config, self.members, member_fields,
+                              drain=self.drain_on, agent_check_bad_requests=self.server.bad_requests)
 
 
 async def start(agent: Agent) -> Balancer | None:
