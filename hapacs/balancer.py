@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .agentcheck import AgentCheckServer
 from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
@@ -33,6 +33,18 @@ log = logging.getLogger("hapacs.balance")
 STATS_PERIOD_S = 0.5
 RESTART_DELAY_S = 2.0
 FAULT_SOURCE = "haproxy"
+
+
+class Engine(Protocol):
+    """What the agent asks of a balancer, whichever engine balances (Balancer: HAProxy,
+    directbalancer.DirectBalancer: nftables)."""
+
+    async def start(self) -> None: ...          # StartupError when it cannot run
+    async def stop(self) -> None: ...
+    async def refuses(self, new: Config) -> str | None: ...     # a reload asks first
+    async def reconfigure(self, new: Config) -> None: ...
+    def set_drain(self, on: bool) -> str: ...   # the answer to `hapacs drain`, or CommandRefused
+    def snapshot(self) -> dict: ...             # the status's "balance" object (balance_status)
 
 
 def agent_answer(view: ElectionView, health: str | None, health_ok: bool | None, drain_on: bool,
@@ -217,14 +229,14 @@ class Balancer:
                               drain=self.drain_on, agent_check_bad_requests=self.server.bad_requests)
 
 
-async def start(agent: Agent) -> Balancer | None:
+async def start(agent: Agent) -> Engine | None:
     """The balancer of balance.mode, started, when balance: is configured (StartupError if it
     cannot run): HAProxy here, or the kernel's direct routing (hapacs.directbalancer)."""
     if agent.config.balance is None:
         return None
     if agent.config.balance.mode == "direct":
         from .directbalancer import DirectBalancer    # imports this module: loaded only when used
-        balancer = DirectBalancer(agent)
+        balancer: Engine = DirectBalancer(agent)
     else:
         balancer = Balancer(agent)
     await balancer.start()
