@@ -43,9 +43,13 @@ class Endpoint:
     port: int
 
     @property
+    def authority(self) -> str:
+        """HOST:PORT as a URL and the Host header carry it ([HOST]:PORT for IPv6)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{self.authority}"
 
 
 def parse_endpoint(url: str) -> Endpoint:
@@ -325,8 +329,7 @@ def _open_failure(endpoint: Endpoint, error: BaseException, connected: bool) -> 
 
 def _request(endpoint: Endpoint, path: str, body: dict) -> bytes:
     payload = json.dumps(body).encode()
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{endpoint.port}\r\nContent-Type: application/json\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {endpoint.authority}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
     return head.encode("ascii") + payload
 

@@ -85,8 +85,7 @@ class SnmpBindError(Exception):
     """A `snmp.listen` address could not be bound; the message names it."""
 
     def __init__(self, host: str, port: int, problem: OSError):
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        super().__init__(f"cannot listen for SNMP on {shown}: {problem.strerror or problem}")
+        super().__init__(f"cannot listen for SNMP on {_shown(host, port)}: {problem.strerror or problem}")
         self.host, self.port, self.errno = host, port, problem.errno
 
 
