@@ -26,7 +26,6 @@ from .logs import RateLimited
 
 MAX_REQUEST_BYTES = 64
 REQUEST_TIMEOUT_S = 2.0
-LOG_PERIOD_S = 10.0
 
 log = logging.getLogger("hapacs.balance")
 
@@ -40,7 +39,7 @@ class AgentCheckServer:
         self.bad_requests = 0
         self.answered = 0
         self._server: asyncio.base_events.Server | None = None
-        self._limited = RateLimited(log, LOG_PERIOD_S)
+        self._limited = RateLimited(log)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True,
@@ -74,7 +73,7 @@ class AgentCheckServer:
             writer.write(reply.encode("ascii", errors="replace") + b"\n")
             await writer.drain()
             self.answered += 1
-        except (ConnectionError, OSError) as err:
+        except OSError as err:                  # ConnectionError included
             log.debug("agent-check client went away: %s", err)
         except Exception:
             log.exception("agent-check request failed; the agent carries on")

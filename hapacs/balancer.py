@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .agentcheck import AgentCheckServer
 from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
@@ -33,6 +33,18 @@ log = logging.getLogger("hapacs.balance")
 STATS_PERIOD_S = 0.5
 RESTART_DELAY_S = 2.0
 FAULT_SOURCE = "haproxy"
+
+
+class Engine(Protocol):
+    """What the agent asks of a balancer, whichever engine balances (Balancer: HAProxy,
+    directbalancer.DirectBalancer: nftables)."""
+
+    async def start(self) -> None: ...          # StartupError when it cannot run
+    async def stop(self) -> None: ...
+    async def refuses(self, new: Config) -> str | None: ...     # a reload asks first
+    async def reconfigure(self, new: Config) -> None: ...
+    def set_drain(self, on: bool) -> str: ...   # the answer to `hapacs drain`, or CommandRefused
+    def snapshot(self) -> dict: ...             # the status's "balance" object (balance_status)
 
 
 def agent_answer(view: ElectionView, health: str | None, health_ok: bool | None, drain_on: bool,
@@ -78,6 +90,21 @@ def members_of(config: Config, own_address) -> tuple[Member, ...]:
                             m.address) for m in config.balance.members)
     return ((Member(str(own_address), config.node.name, own_address),)
             + tuple(Member(str(p), None, p) for p in config.cluster.peers))
+
+
+def balance_status(agent: Agent, config: Config, members: tuple[Member, ...], member_fields, **extra) -> dict:
+    """The status JSON's "balance" object (docs/status-json.md), whichever engine balances: each
+    service, `active` where this node holds its VIP, with its members named as configured or as
+    heard; `member_fields(service, member)` gives what the engine knows of a member (its state,
+    counts), `extra` what it knows of itself."""
+    held = {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+    names = {address: name for name, address in agent.book.peer_addresses.items()}
+    services = [{"name": s.name, "address": str(s.address), "port": s.port, "active": str(s.address) in held,
+                 "members": [{"name": m.name or names.get(m.server, m.server), "address": m.server,
+                              **member_fields(s, m)} for m in members]}
+                for s in config.balance.services]
+    return {"mode": config.balance.mode, "active": any(s["active"] for s in services), **extra,
+            "services": services}
 
 
 class Balancer:
@@ -194,32 +221,22 @@ class Balancer:
                 if on else "drain off: this node's PACS takes new associations again")
 
     def snapshot(self) -> dict:
-        """The status JSON's "balance" object (docs/status-json.md)."""
-        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
-        names = {address: name for name, address in self.agent.book.peer_addresses.items()}
-        services = []
-        for service in self.config.balance.services:
-            members = []
-            for member in self.members:
-                status, current, total = self.stats.get((backend_name(service), member.server), ("DOWN", 0, 0))
-                members.append({"name": member.name or names.get(member.server, member.server),
-                                "address": member.server, "state": member_state(status),
-                                "associations": current, "total": total})
-            services.append({"name": service.name, "address": str(service.address), "port": service.port,
-                             "active": str(service.address) in held, "members": members})
-        return {"mode": self.config.balance.mode, "active": any(s["active"] for s in services),
-                "drain": self.drain_on, "agent_check_bad_requests": self.server.bad_requests,
-                "services": services}
+        """The status JSON's "balance" object, with what this node's HAProxy counts per member."""
+        def member_fields(service, member: Member) -> dict:
+            status, current, total = self.stats.get((backend_name(service), member.server), ("DOWN", 0, 0))
+            return {"state": member_state(status), "associations": current, "total": total}
+        return balance_status(self.agent, self.config, self.members, member_fields,
+                              drain=self.drain_on, agent_check_bad_requests=self.server.bad_requests)
 
 
-async def start(agent: Agent) -> Balancer | None:
+async def start(agent: Agent) -> Engine | None:
     """The balancer of balance.mode, started, when balance: is configured (StartupError if it
     cannot run): HAProxy here, or the kernel's direct routing (hapacs.directbalancer)."""
     if agent.config.balance is None:
         return None
     if agent.config.balance.mode == "direct":
         from .directbalancer import DirectBalancer    # imports this module: loaded only when used
-        balancer = DirectBalancer(agent)
+        balancer: Engine = DirectBalancer(agent)
     else:
         balancer = Balancer(agent)
     await balancer.start()

@@ -62,8 +62,7 @@ def preference(bucket: int, members: tuple[str, ...]) -> tuple[str, ...]:
     return (members[home],) + others[turn:] + others[:turn]
 
 
-def assign(members: Iterable[str], alive: Iterable[str], drained: Iterable[str] = (),
-           buckets: int = BUCKETS) -> dict[int, str | None]:
+def assign(members: Iterable[str], alive: Iterable[str], drained: Iterable[str] = ()) -> dict[int, str | None]:
     """Bucket -> the member serving it; None when no member can (all dead).
 
     `alive`: the members that take associations (a member not listed in `members` is ignored);
@@ -73,7 +72,7 @@ def assign(members: Iterable[str], alive: Iterable[str], drained: Iterable[str] 
     living = set(alive) & set(ordered)
     draining = set(drained)
     result: dict[int, str | None] = {}
-    for bucket in range(buckets):
+    for bucket in range(BUCKETS):
         choices = preference(bucket, ordered) if ordered else ()
         home = choices[0] if choices else None
         if home in living:

@@ -27,7 +27,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import nftdirect
-from .balancer import members_of
+from .balancer import balance_status, members_of
 from .buckets import assign, counts, split
 from .hostsetup import StartupError
 from .model import CommandRefused, ElectionView
@@ -127,11 +127,11 @@ class DirectBalancer:
                 log.error("balance: %s", err)
                 self._fault(f"nftables refuses the direct-routing table: {err}")
             return False
-        before, self.loaded = self.loaded, rules
+        self.loaded = rules
         log.info("balance: bucket map loaded: %s", ", ".join(
             f"{m} {n}" for m, n in sorted(counts(assign([x.server for x in self.members], self.alive)).items()))
             or "no member alive")
-        if before is not None and self._fault_text is not None:
+        if self._fault_text is not None:
             self._fault(None)
         return True
 
@@ -147,14 +147,7 @@ class DirectBalancer:
 
     def snapshot(self) -> dict:
         """The status JSON's "balance" object; no association counts: the balancer keeps no state."""
-        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
-        names = {address: name for name, address in self.agent.book.peer_addresses.items()}
         share = counts(assign([m.server for m in self.members], self.alive))
-        services = [{"name": s.name, "address": str(s.address), "port": s.port, "active": str(s.address) in held,
-                     "members": [{"name": m.name or names.get(m.server, m.server), "address": m.server,
-                                  "state": "up" if m.server in self.alive else "down",
-                                  "buckets": share.get(m.server, 0), "associations": None, "total": None}
-                                 for m in self.members]}
-                    for s in self.config.balance.services]
-        return {"mode": "direct", "active": any(s["active"] for s in services), "drain": False,
-                "services": services}
+        return balance_status(self.agent, self.config, self.members, lambda _service, m: {
+            "state": "up" if m.server in self.alive else "down", "buckets": share.get(m.server, 0),
+            "associations": None, "total": None}, drain=False)

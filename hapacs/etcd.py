@@ -32,6 +32,8 @@ DEFAULT_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024      # one answer; etcd's own request limit is 1.5 MiB
 MAX_QUOTED_BYTES = 512                # of an answer that is not etcd's, for the error message
+# What reading an answer's body raises when the connection or the answer breaks off.
+BROKEN_ANSWER = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,13 @@ class Endpoint:
     port: int
 
     @property
+    def authority(self) -> str:
+        """HOST:PORT as a URL and the Host header carry it ([HOST]:PORT for IPv6)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{self.authority}"
 
 
 def parse_endpoint(url: str) -> Endpoint:
@@ -201,7 +207,7 @@ class EtcdClient:
                 if message.canceled:
                     raise EtcdError(wire.REFUSED, f"{what}: etcd canceled the watch")
                 yield message
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+        except BROKEN_ANSWER as error:
             raise EtcdError(wire.UNREACHABLE, f"{what}: the stream broke: {error}") from None
         finally:
             writer.close()
@@ -245,7 +251,7 @@ class EtcdClient:
         response, writer = await self._open(endpoint, path, body, what)
         try:
             data = await response.read_body()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+        except BROKEN_ANSWER as error:
             raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {what}: the answer broke off: {error}") from None
         finally:
             writer.close()
@@ -265,34 +271,16 @@ class EtcdClient:
             writer.write(_request(endpoint, path, body))
             await writer.drain()
             status, headers = await _read_head(reader, where)
-        except ssl.SSLError as error:
+        except BaseException as error:      # the attempt's deadline (a cancel) too: leave no socket open
             _close(writer)
-            raise EtcdError(wire.TLS, f"{endpoint.url}: TLS: {_tls_reason(error)}") from None
-        except EtcdError:
-            _close(writer)
-            raise
-        except (ConnectionResetError, asyncio.IncompleteReadError) as error:
-            _close(writer)
-            if endpoint.scheme == "https" and writer is not None:
-                # TLS 1.3: a server that refuses the client's certificate does so after the
-                # client's side of the handshake is done; the client sees the connection close.
-                raise EtcdError(wire.TLS, f"{endpoint.url}: TLS: the connection closed before an HTTP answer: "
-                                          "etcd may have refused this client's certificate (check etcd.cert_file, "
-                                          "etcd.key_file, their CA and dates)") from None
-            raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}") from None
-        except OSError as error:
-            _close(writer)
-            raise EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}") from None
-        except BaseException:       # cancelled by the attempt's deadline: leave no socket open
-            _close(writer)
-            raise
+            raise _open_failure(endpoint, error, connected=writer is not None) from None
         response = _Response(reader, status, headers)
         if status != 200 and not response.json:
             raise await _not_json(response, writer, status, where)
         if status != 200:
             try:
                 error_body = await response.read_body()
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+            except BROKEN_ANSWER:
                 error_body = b"{}"
             finally:
                 _close(writer)
@@ -322,10 +310,26 @@ async def _not_json(response: _Response, writer, status: int, where: str) -> Etc
     return EtcdError(wire.NOT_ETCD, f"{where}: answered HTTP {status} ({kind}){quoted}, not etcd's JSON gateway")
 
 
+def _open_failure(endpoint: Endpoint, error: BaseException, connected: bool) -> BaseException:
+    """What to raise when opening a request failed: an EtcdError for a TLS or connection
+    failure; anything else (an EtcdError already, a cancel) as it is."""
+    if isinstance(error, ssl.SSLError):
+        return EtcdError(wire.TLS, f"{endpoint.url}: TLS: {_tls_reason(error)}")
+    if isinstance(error, (ConnectionResetError, asyncio.IncompleteReadError)) and endpoint.scheme == "https" \
+            and connected:
+        # TLS 1.3: a server that refuses the client's certificate does so after the
+        # client's side of the handshake is done; the client sees the connection close.
+        return EtcdError(wire.TLS, f"{endpoint.url}: TLS: the connection closed before an HTTP answer: "
+                                   "etcd may have refused this client's certificate (check etcd.cert_file, "
+                                   "etcd.key_file, their CA and dates)")
+    if isinstance(error, (OSError, asyncio.IncompleteReadError)):
+        return EtcdError(wire.UNREACHABLE, f"{endpoint.url}: {_os_reason(error)}")
+    return error
+
+
 def _request(endpoint: Endpoint, path: str, body: dict) -> bytes:
     payload = json.dumps(body).encode()
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{endpoint.port}\r\nContent-Type: application/json\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {endpoint.authority}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
     return head.encode("ascii") + payload
 

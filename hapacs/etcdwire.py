@@ -64,8 +64,8 @@ class KeyValue:
 
 @dataclass(frozen=True)
 class TakeResult:
-    """A create-if-absent transaction: `succeeded` when this call created the key;
-    `holder` is the key as it is now (this client's put, or whoever holds it)."""
+    """A create-if-absent transaction: `succeeded` when this call created the key (then
+    `holder` is None); otherwise `holder` is the key as it is now, whoever holds it."""
 
     succeeded: bool
     holder: KeyValue | None
@@ -217,9 +217,7 @@ def parse_range(answer: dict, what: str = "get") -> KeyValue | None:
 
 
 def parse_take(answer: dict, what: str = "take") -> TakeResult:
-    succeeded = answer.get("succeeded", False)
-    if not isinstance(succeeded, bool):
-        raise EtcdError(BAD_ANSWER, f"{what}: \"succeeded\" is not true or false")
+    succeeded = parse_succeeded(answer, what)
     responses = answer.get("responses", [])
     if not isinstance(responses, list) or not responses or not isinstance(responses[0], dict):
         raise EtcdError(BAD_ANSWER, f"{what}: the transaction answered no response")

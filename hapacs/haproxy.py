@@ -92,11 +92,11 @@ def backend_name(service: ServiceConfig) -> str:
 
 
 def _check_lines(service: ServiceConfig) -> list[str]:
+    """A TCP connect, and with called_ae a whole DICOM association (opened and released)."""
+    connect = ["    option tcp-check", "    tcp-check connect"]
     if service.called_ae is None:
-        return ["    option tcp-check", "    tcp-check connect"]
-    return [
-        "    option tcp-check",
-        "    tcp-check connect",
+        return connect
+    return connect + [
         f"    tcp-check send-binary {associate_rq(service.called_ae, service.calling_ae).hex()}",
         "    tcp-check expect rbinary ^0200",                      # A-ASSOCIATE-AC (0x03 is -RJ)
         f"    tcp-check expect rbinary {accepted_context_item().hex()}",
@@ -226,8 +226,8 @@ class HAProxy:
             self.binary, "-W", "-db", "-f", self.config_path, "-p", self.pid_path,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent)
-        self._reader = asyncio.get_running_loop().create_task(self._read_log(self.process.stdout))
         loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read_log(self.process.stdout))
         deadline = loop.time() + START_TIMEOUT_S
         while loop.time() < deadline:
             if self.process.returncode is not None:

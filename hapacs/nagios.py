@@ -19,7 +19,7 @@ rule is there and nowhere else:
 | any other check down (a BACKUP's, or one with a negative weight on the MASTER) | WARNING |
 | maintenance on | WARNING |
 | a peer LOST, or no peer heard at all (no standby) | WARNING |
-| a balanced member (balance:) down, drained or in maint in this node's HAProxy | WARNING |
+| a balanced member (balance:) down, drained or in maint (in this node's HAProxy; direct mode: down) | WARNING |
 | otherwise | OK |
 | the agent does not answer, answers garbage, or the config cannot be read | UNKNOWN |
 
@@ -131,14 +131,14 @@ def _perfdata(peers: list[_Peer], checks: list[_Check], members: list[_Member]) 
     return tuple(data)
 
 
-def _perf(label: str, seconds: float | None, unit: str = "s") -> str:
+def _perf(label: str, value: float | None, unit: str = "s") -> str:
     # Labels may hold anything but '=' and "'"; quoted when they hold more than [A-Za-z0-9_.-].
     label = re.sub(r"['=|]", "_", label)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
         label = f"'{label}'"
     # No exponent in perfdata values; "U" when the value is not known (a check not yet run).
-    value = "U" if seconds is None else f"{seconds:.6f}".rstrip("0").rstrip(".") + unit
-    return f"{label}={value};;;0"
+    shown = "U" if value is None else f"{value:.6f}".rstrip("0").rstrip(".") + unit
+    return f"{label}={shown};;;0"
 
 
 def _field(data: dict, key: str, kind: type, where: str = ""):
@@ -151,6 +151,11 @@ def _field(data: dict, key: str, kind: type, where: str = ""):
     elif not isinstance(value, kind):
         raise MalformedStatus(f"{where}{key!r} is {value!r}, not {kind.__name__}")
     return value
+
+
+def _nullable(data: dict, key: str, kind: type, where: str = ""):
+    """A field that must be there and may be null (None)."""
+    return None if _field(data, key, object, where) is None else _field(data, key, kind, where)
 
 
 @dataclass(frozen=True)
@@ -200,8 +205,7 @@ def _members(balance: object) -> list[_Member]:
         name = _field(service, "name", str, "balance service ")
         for member in _field(service, "members", list, "balance service "):
             where = "balance member "
-            counted = not (isinstance(member, dict) and member.get("associations", 0) is None)
-            count = _field(member, "associations", float, where) if counted else None
+            count = _nullable(member, "associations", float, where)
             found.append(_Member(name, _field(member, "name", str, where), _field(member, "state", str, where),
                                  None if count is None else int(count)))
     return found
@@ -223,8 +227,7 @@ def _check(check: object) -> _Check:
     ok = _field(check, "ok", object, "check ")
     if not (ok is None or isinstance(ok, bool)):
         raise MalformedStatus(f"check 'ok' is {ok!r}, not true, false or null")
-    latency = None if _field(check, "latency_ms", object, "check ") is None else \
-        _field(check, "latency_ms", float, "check ")
+    latency = _nullable(check, "latency_ms", float, "check ")
     weight, message = check.get("weight", 0), check.get("message")
     return _Check(name, ok, latency, weight if isinstance(weight, int) and not isinstance(weight, bool) else 0,
                   message if isinstance(message, str) else "")

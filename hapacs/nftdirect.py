@@ -93,14 +93,14 @@ def _replace(text: str) -> str:
     return f"table netdev {TABLE}\ndelete table netdev {TABLE}\n{text}"
 
 
-async def _nft(args: list[str], text: str) -> str:
+async def _nft(args: list[str], text: str) -> None:
     if shutil.which(NFT) is None:
         raise NftError("nft is not installed on this host (Debian: apt install nftables); direct mode needs it")
     process = await asyncio.create_subprocess_exec(
         NFT, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(process.communicate(text.encode()), NFT_TIMEOUT_S)
+        _, err = await asyncio.wait_for(process.communicate(text.encode()), NFT_TIMEOUT_S)
     except asyncio.TimeoutError:
         process.kill()
         await process.wait()
@@ -108,7 +108,6 @@ async def _nft(args: list[str], text: str) -> str:
     if process.returncode != 0:
         lines = [line for line in err.decode(errors="replace").splitlines() if "Error" in line]
         raise NftError("nft refuses the ruleset: " + ("; ".join(lines) or f"exit {process.returncode}"))
-    return out.decode(errors="replace")
 
 
 async def check(services: list[ServiceRules]) -> None:
@@ -124,8 +123,3 @@ async def apply(services: list[ServiceRules]) -> None:
 async def remove() -> None:
     """Delete the table (and nothing else); no table is not an error."""
     await _nft(["-f", "-"], _replace(""))
-
-
-async def listing() -> str:
-    """The table as nft prints it now (empty text when there is none)."""
-    return await _nft(["list", "ruleset", "netdev"], "")

@@ -42,7 +42,6 @@ READ_VIEW = (1, 3, 6, 1)            # the instrumentation decides what exists; V
 COMMUNITY_SECURITY_NAME = "hapacs-read"
 LISTEN_DOMAINS = {socket.AF_INET: udp.DOMAIN_NAME + (1,), socket.AF_INET6: udp6.DOMAIN_NAME + (1,)}
 INTERFACE_RETRY_S = 10.0
-BAD_REQUEST_LOG_PERIOD_S = 10.0
 
 AUTH_PROTOCOLS = {
     "sha": engine_config.USM_AUTH_HMAC96_SHA,
@@ -86,8 +85,7 @@ class SnmpBindError(Exception):
     """A `snmp.listen` address could not be bound; the message names it."""
 
     def __init__(self, host: str, port: int, problem: OSError):
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        super().__init__(f"cannot listen for SNMP on {shown}: {problem.strerror or problem}")
+        super().__init__(f"cannot listen for SNMP on {_shown(host, port)}: {problem.strerror or problem}")
         self.host, self.port, self.errno = host, port, problem.errno
 
 
@@ -110,7 +108,7 @@ class SnmpAgent:
         self._snapshot_cache: tuple[float, Snapshot] | None = None
         self._render_failures = 0
         self.bad_requests = 0       # datagrams that could not be processed (undecodable, hostile)
-        self._limited = RateLimited(log, BAD_REQUEST_LOG_PERIOD_S)
+        self._limited = RateLimited(log)
         self._system = " ".join(os.uname()[i] for i in (0, 2, 4))      # sysname release machine
         self.engine_id = engine_id_for(node_name, config.engine_id)
         self.engine_boots = 0

@@ -199,7 +199,7 @@ def render_hapacs(status: Status) -> list[tuple[Oid, Value]]:
 
 
 def render_balance(balance: dict | None) -> list[tuple[Oid, Value]]:
-    """hapacsBalanceMemberTable from the status's "balance" object (hapacs.balancer.Balancer.snapshot).
+    """hapacsBalanceMemberTable from the status's "balance" object (hapacs.balancer.balance_status).
 
     Indexed (service, member) by position, from 1, as in the configuration; a state
     this table has no name for shows as down(3)."""
