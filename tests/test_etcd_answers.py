@@ -269,6 +269,27 @@ def test_garbage_instead_of_http_is_not_etcd():
     assert error.code == wire.NOT_ETCD and "not an HTTP answer" in error.reason
 
 
+def test_an_error_answer_that_breaks_the_chunking_is_not_etcd():
+    # a chunk-size line longer than the reader's limit: LimitOverrunError must not escape the client
+    head = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def endless_chunk_size(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + b"f" * 40000)
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server, url = await serve(endless_chunk_size)
+        with pytest.raises(EtcdError) as raised:
+            await EtcdClient([url]).get(b"k")
+        server.close()
+        return raised.value
+
+    error = run(scenario())
+    assert error.code == wire.NOT_ETCD and "no etcd \"header\"" in error.reason
+
+
 # ---- TLS: expired certificates, on a loopback TLS server ------------------------------------
 
 

@@ -19,6 +19,7 @@ from .test_config import GOOD, write
 @pytest.mark.parametrize("priority", [1, 100, 254])
 def test_the_lease_at_the_default_timers_is_two_seconds(tmp_path, key, priority):
     config = load(write(tmp_path, GOOD.replace("priority: 150", f"priority: {priority}"), key))
+    assert config.node.priority == priority, "GOOD no longer sets priority 150: the case would not vary"
     assert (config.cluster.advert_interval_s, config.cluster.dead_after) == (0.1, 3), "the README's defaults"
     assert lease_seconds(config.master_down_interval_s, config.cluster.advert_interval_s) == 2
 

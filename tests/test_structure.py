@@ -21,9 +21,10 @@ PACKAGE = ROOT / "hapacs"
 # The core: decisions and data, time as an argument, no I/O.
 PURE = ("wire", "election", "model", "effects", "states", "peertable", "masterwatch", "masterdown",
         "handover", "guard", "suspects", "timing", "heartbeat", "checktypes", "status", "checks/health",
-        "buckets")
+        "buckets", "etcdwire")
 # Standard modules a pure module may use: none of them touches a clock, a file or the network.
-PURE_STDLIB = {"__future__", "enum", "dataclasses", "typing", "hashlib", "hmac", "struct", "math",
+PURE_STDLIB = {"__future__", "enum", "dataclasses", "typing", "hashlib", "hmac", "struct", "math", "base64",
+               "binascii", "json",
                "collections", "itertools", "functools", "ipaddress", "re"}
 # What "reads a clock or does I/O" looks like as a call, should one slip in through a pure import.
 IMPURE_CALLS = re.compile(r"\b(time\.(time|monotonic|sleep|perf_counter)|datetime\.now|open\(|print\(|"
