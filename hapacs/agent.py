@@ -415,9 +415,6 @@ class Agent:
     def _on_sighup(self) -> None:
         self.start_task(self.commands.reload_from_signal(), "reload")
 
-    async def reload(self, asked_path: str | None = None) -> dict:
-        return await self.commands.reload(asked_path)
-
     async def apply_config(self, new: Config, new_links: dict[str, Link]) -> None:
         """A valid configuration that needs no restart (reload.restart_needed): apply it whole."""
         old, self.config = self.config, new
