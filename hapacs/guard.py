@@ -7,7 +7,8 @@ cut off". Two answers, both optional:
   become or stay MASTER only while it hears a majority, itself included.
 * witnesses (`cluster.witness`): a node that hears no peer may become
   MASTER only with a witness answer newer than the last peer it heard;
-  a lone MASTER whose witness does not answer goes to FAULT.
+  a node that hears no peer and reaches no witness goes to FAULT
+  (isolated) until a peer or a witness answers.
 
 The guard keeps what it learnt (when this node last heard nobody, the
 last witness answer), answers the election's questions and, after every

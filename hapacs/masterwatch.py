@@ -44,6 +44,17 @@ class MasterWatch:
     def stop(self) -> None:
         self.timer.stop()
 
+    def on_enter(self, new: State, now: float) -> None:
+        """The owner changed state: a BACKUP watches its MASTER (if it knows one); a MASTER or a
+        FAULT watches nothing; no deferral outlives the state it began in."""
+        self.deferring_since = None
+        if new == State.BACKUP:
+            self.arm(now, self.owner.live_master())
+        elif new in (State.MASTER, State.FAULT):
+            self.stop()
+        if new == State.MASTER:
+            self.left = None
+
     def interval_s(self, master: Peer | None) -> float:
         """RFC 5798 6.1 Master_Down_Interval as this node counts it now (skew included)."""
         interval = master.interval_s if master else self.owner.p.advert_interval_s
