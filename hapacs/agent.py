@@ -159,9 +159,8 @@ class Agent:
             if link is None:
                 raise StartupError(f"interface {name} not found (cluster.interface or vips[].interface)")
             self.links[name] = link
-        interface = config.cluster.interface
-        addresses = await self.netlink.addresses(self.links[interface].index)
-        self.own_address = heartbeat_address(config, interface, addresses)
+        addresses = await self.netlink.addresses(self.links[config.cluster.interface].index)
+        self.own_address = heartbeat_address(config, addresses)
         self.config = config = skip_own_address(config, self.own_address)
         self.peer_sources = {str(p) for p in config.cluster.peers}
         self.writer = HeartbeatWriter(config.cluster.id, config.node.name,
