@@ -106,7 +106,7 @@ class Status:
     # The last drain before a handover: when it ended (monotonic), how long, what it found.
     last_drain: dict | None = None
     # Requests refused because they could not be read at all, by where they came in
-    # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
+    # ("snmp": undecodable datagrams, "control": not JSON on one line, too long or too deep).
     bad_requests: dict[str, int] = field(default_factory=dict)
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
     # Load balancing (balance: configured): hapacs.balancer.Balancer.snapshot, already JSON-shaped.
