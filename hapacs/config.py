@@ -528,11 +528,10 @@ def control_socket_path(path: str, strict: bool = False) -> str:
     cannot be read gives the default socket, or with `strict` raises OSError
     (or UnicodeDecodeError), so that check_hapacs can name the file.
     """
-    from .yamlsource import parse as parse_yaml
+    from .yamlsource import parse_file
     default = DEFAULT_SOCKET
     try:
-        with open(path, encoding="utf-8") as handle:
-            root, _ = parse_yaml(handle.read(), path)
+        root = parse_file(path)
     except (OSError, UnicodeDecodeError):
         if strict:
             raise

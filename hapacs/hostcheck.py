@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from . import directhost
 from .config import Config
 from .netlink import INFINITE_LIFETIME, Address, Netlink, NetlinkFailure
-from .yamlsource import Located, Problem
-from .yamlsource import parse as parse_yaml
+from .yamlsource import Located, Problem, parse_file
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -267,8 +266,6 @@ def _key_parts(key: str) -> list[str | int]:
 
 def _read_lines(path: str) -> Lines:
     try:
-        with open(path, encoding="utf-8") as handle:
-            root, _ = parse_yaml(handle.read(), path)
+        return Lines(parse_file(path))
     except (OSError, UnicodeDecodeError):
-        root = None
-    return Lines(root)
+        return Lines(None)
