@@ -428,9 +428,7 @@ class Agent:
         lease = timing.lease_seconds(new.master_down_interval_s, new.cluster.advert_interval_s)
         async with self.effects.vip_lock:
             await self.vips.update(new.vips, lease)
-        if not self.drainer.holding:
-            self.drainer = Drainer([v.address.ip for v in new.vips], new.drain_ports,
-                                   new.handover.hold_new_connections)
+        self.drainer.reconfigure([v.address.ip for v in new.vips], new.drain_ports, new.handover.hold_new_connections)
         self.feed(lambda now: self.core.reconfigure(election_params(new, self.own_address), now))
         if self.balancer is not None:
             await self.balancer.reconfigure(new)

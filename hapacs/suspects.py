@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 # many addresses are followed at once, and an address is reported for one cause at most once
 # per REPORT_AGAIN_S, however often it comes and goes. More is a flood, counted in drops only.
 MAX_SUSPECTS = 16
-MAX_REPORTED = 64
+MAX_REPORTED = 64         # (address, cause) report times remembered; beyond, new ones go unreported
 REPORT_AGAIN_S = 60.0
 
 CAUSES = {
