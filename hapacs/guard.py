@@ -65,6 +65,11 @@ class SplitBrainGuard:
             return False
         return self.witness_at is None or self.witness_at < last_heard or not self.witness_ok
 
+    def ask_witness(self, why: str) -> ProbeWitness:
+        """A takeover waits for a witness answer: probe now (`witness_result` goes on)."""
+        self.awaiting_witness = True
+        return ProbeWitness(why)
+
     def hears(self, peers_up: int, now: float) -> str | None:
         """After every event: "heard" when peers came back, "alone" when this node just
         started hearing nobody (probe the witnesses), else None."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import timing
-from .effects import Effect, ProbeWitness, Reason, Why
+from .effects import Effect, Reason, Why
 from .masterdown import MasterDownTimer
 from .model import Peer
 from .states import Flags, State
@@ -126,8 +126,7 @@ class MasterWatch:
                                      f"MASTER: {no_quorum}")
         if owner.guard.needs_witness(len(others), owner.peers.last_heard(owner.started_at)):
             # Hearing nobody may mean this node is the one cut off: ask a witness first.
-            owner.guard.awaiting_witness = True
-            return [ProbeWitness(f"{reason.text}; no peer heard: a witness must confirm")]
+            return [owner.guard.ask_witness(f"{reason.text}; no peer heard: a witness must confirm")]
         blocked = owner.may_become_master()
         if blocked is not None:
             effects = owner.notice_once(f"blocked-{blocked}", f"{reason.text}, but this node may not "
