@@ -96,13 +96,14 @@ from .effects import (
 from .guard import SplitBrainGuard
 from .handover import Handoffs
 from .masterwatch import MasterWatch
-from .model import CommandRefused, ElectionView, Params, Peer, PeerView
+from .model import CommandRefused, ElectionView, Params, Peer
 from .peertable import PeerTable, split_brain_winner
 from .suspects import Suspects
 from .states import Flags, State
 from .wire import Advert
 
-__all__ = ["CommandRefused", "Election", "ElectionView", "Lifecycle", "Params", "Peer", "PeerView"]
+# CommandRefused and Params are the core's own words for the shell and the simulator too.
+__all__ = ["CommandRefused", "Election", "Lifecycle", "Params"]
 
 MAX_TERM = 0xFFFFFFFF
 
