@@ -71,10 +71,8 @@ class Agent:
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
-        self.guard = wire.ReplayGuard()
-        self.keys = config.cluster.auth_keys
+        self.replay_guard = wire.ReplayGuard()
         self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
-        self.unicast = config.cluster.unicast
         self.vip_digest = wire.vip_digest(v.label for v in config.vips)
         self.book = StatusBook()
         self.commands = Commands(self)
@@ -94,6 +92,15 @@ class Agent:
                                        logging.getLogger("hapacs.notify"))
         self.systemd = SystemdNotifier(self.status)
         self.on_ready: Callable[[], None] | None = None   # hapacs.daemon: told once the agent serves
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The cluster keys: the first signs, any verifies (a reload may change them)."""
+        return self.config.cluster.auth_keys
+
+    @property
+    def unicast(self) -> bool:
+        return self.config.cluster.unicast
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -329,7 +336,7 @@ class Agent:
             return
         try:
             advert = wire.decode(data, self.keys, self.config.cluster.id)
-            self.guard.check(advert)
+            self.replay_guard.check(advert)
         except wire.WireError as err:
             self._drop(err.code, source, err.reason, now)
             self._unreadable(data, source, err.code)
@@ -419,7 +426,6 @@ class Agent:
         old, self.config = self.config, new
         self.vip_digest = wire.vip_digest(v.label for v in new.vips)
         self.notifier.reconfigure(new.notify, [v.label for v in new.vips])
-        self.keys = new.cluster.auth_keys
         self.peer_sources = {str(p) for p in new.cluster.peers}
         self.transport.peers = new.cluster.peers
         for link in new_links.values():
