@@ -72,7 +72,6 @@ class Agent:
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
         self.replay_guard = wire.ReplayGuard()
-        self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
         self.vip_digest = wire.vip_digest(v.label for v in config.vips)
         self.book = StatusBook()
         self.commands = Commands(self)
@@ -94,13 +93,16 @@ class Agent:
         self.on_ready: Callable[[], None] | None = None   # hapacs.daemon: told once the agent serves
 
     @property
-    def keys(self) -> tuple[bytes, ...]:
-        """The cluster keys: the first signs, any verifies (a reload may change them)."""
+    def keys(self) -> tuple[bytes, ...]:   # the first signs, any verifies
         return self.config.cluster.auth_keys
 
     @property
     def unicast(self) -> bool:
         return self.config.cluster.unicast
+
+    @property
+    def peer_sources(self) -> set[str]:   # with unicast: cluster.peers, this node's own left out
+        return {str(p) for p in self.config.cluster.peers}
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -169,7 +171,6 @@ class Agent:
         addresses = await self.netlink.addresses(self.links[config.cluster.interface].index)
         self.own_address = heartbeat_address(config, addresses)
         self.config = config = skip_own_address(config, self.own_address)
-        self.peer_sources = {str(p) for p in config.cluster.peers}
         self.writer = HeartbeatWriter(config.cluster.id, config.node.name,
                                       next_boot_id(config.node.state_dir, time.time_ns()))
         now = self.loop.time()
@@ -426,7 +427,6 @@ class Agent:
         old, self.config = self.config, new
         self.vip_digest = wire.vip_digest(v.label for v in new.vips)
         self.notifier.reconfigure(new.notify, [v.label for v in new.vips])
-        self.peer_sources = {str(p) for p in new.cluster.peers}
         self.transport.peers = new.cluster.peers
         for link in new_links.values():
             self.links[link.name] = link
