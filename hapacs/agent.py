@@ -71,10 +71,7 @@ class Agent:
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
-        self.guard = wire.ReplayGuard()
-        self.keys = config.cluster.auth_keys
-        self.peer_sources: set[str] = {str(p) for p in config.cluster.peers}
-        self.unicast = config.cluster.unicast
+        self.replay_guard = wire.ReplayGuard()
         self.vip_digest = wire.vip_digest(v.label for v in config.vips)
         self.book = StatusBook()
         self.commands = Commands(self)
@@ -94,6 +91,18 @@ class Agent:
                                        logging.getLogger("hapacs.notify"))
         self.systemd = SystemdNotifier(self.status)
         self.on_ready: Callable[[], None] | None = None   # hapacs.daemon: told once the agent serves
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:   # the first signs, any verifies
+        return self.config.cluster.auth_keys
+
+    @property
+    def unicast(self) -> bool:
+        return self.config.cluster.unicast
+
+    @property
+    def peer_sources(self) -> set[str]:   # with unicast: cluster.peers, this node's own left out
+        return {str(p) for p in self.config.cluster.peers}
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -159,11 +168,9 @@ class Agent:
             if link is None:
                 raise StartupError(f"interface {name} not found (cluster.interface or vips[].interface)")
             self.links[name] = link
-        interface = config.cluster.interface
-        addresses = await self.netlink.addresses(self.links[interface].index)
-        self.own_address = heartbeat_address(config, interface, addresses)
+        addresses = await self.netlink.addresses(self.links[config.cluster.interface].index)
+        self.own_address = heartbeat_address(config, addresses)
         self.config = config = skip_own_address(config, self.own_address)
-        self.peer_sources = {str(p) for p in config.cluster.peers}
         self.writer = HeartbeatWriter(config.cluster.id, config.node.name,
                                       next_boot_id(config.node.state_dir, time.time_ns()))
         now = self.loop.time()
@@ -330,7 +337,7 @@ class Agent:
             return
         try:
             advert = wire.decode(data, self.keys, self.config.cluster.id)
-            self.guard.check(advert)
+            self.replay_guard.check(advert)
         except wire.WireError as err:
             self._drop(err.code, source, err.reason, now)
             self._unreadable(data, source, err.code)
@@ -415,16 +422,11 @@ class Agent:
     def _on_sighup(self) -> None:
         self.start_task(self.commands.reload_from_signal(), "reload")
 
-    async def reload(self, asked_path: str | None = None) -> dict:
-        return await self.commands.reload(asked_path)
-
     async def apply_config(self, new: Config, new_links: dict[str, Link]) -> None:
         """A valid configuration that needs no restart (reload.restart_needed): apply it whole."""
         old, self.config = self.config, new
         self.vip_digest = wire.vip_digest(v.label for v in new.vips)
         self.notifier.reconfigure(new.notify, [v.label for v in new.vips])
-        self.keys = new.cluster.auth_keys
-        self.peer_sources = {str(p) for p in new.cluster.peers}
         self.transport.peers = new.cluster.peers
         for link in new_links.values():
             self.links[link.name] = link
@@ -432,9 +434,7 @@ class Agent:
         lease = timing.lease_seconds(new.master_down_interval_s, new.cluster.advert_interval_s)
         async with self.effects.vip_lock:
             await self.vips.update(new.vips, lease)
-        if not self.drainer.holding:
-            self.drainer = Drainer([v.address.ip for v in new.vips], new.drain_ports,
-                                   new.handover.hold_new_connections)
+        self.drainer.reconfigure([v.address.ip for v in new.vips], new.drain_ports, new.handover.hold_new_connections)
         self.feed(lambda now: self.core.reconfigure(election_params(new, self.own_address), now))
         if self.balancer is not None:
             await self.balancer.reconfigure(new)

@@ -13,7 +13,7 @@ import ipaddress
 
 from . import wire
 from .drain import DrainResult
-from .effects import PeerChange, SendAdvert, SplitBrain, Transition
+from .effects import PeerChange, SplitBrain, Transition
 from .lateness import LatenessMeter
 from .model import ElectionView
 from .states import State
@@ -40,6 +40,10 @@ class StatusBook:
         self.counts["adverts_received"] += 1
         self.peer_addresses[name] = source
 
+    def sent(self) -> None:
+        """A heartbeat was encoded and handed to the socket (one that could not be encoded is not)."""
+        self.counts["adverts_sent"] += 1
+
     def dropped(self, cause: str) -> None:
         self.drops[cause] += 1
 
@@ -49,10 +53,9 @@ class StatusBook:
         self.counts["drain_cut"] += result.cut
 
     def effect(self, effect, now: float) -> None:
-        """Count what the core decided (called for every effect carried out)."""
-        if isinstance(effect, SendAdvert):
-            self.counts["adverts_sent"] += 1
-        elif isinstance(effect, PeerChange) and not effect.up:
+        """Count what the core decided (called for every effect carried out; heartbeats are
+        counted by `sent()`, where they are sent)."""
+        if isinstance(effect, PeerChange) and not effect.up:
             self.counts["peers_lost"] += 1
         elif isinstance(effect, SplitBrain):
             self.counts["split_brains"] += 1

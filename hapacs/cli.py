@@ -93,22 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     return _control(args)
 
 
+def _refused(problems) -> int:
+    """One line per problem on stderr, `FILE:LINE: key: message`; the exit code of a bad config."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def _check_config(path: str, host: bool = True) -> int:
     """The file, then (when it is valid) whether it fits this host, as `run` and `reload` check it."""
     try:
         config = load(path)
     except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_CONFIG
+        return _refused(err.problems)
     if host:
         import asyncio
         from .hostcheck import check
         problems = asyncio.run(check(config))
         if problems:
-            for problem in problems:
-                print(problem, file=sys.stderr)
-            return EXIT_CONFIG
+            return _refused(problems)
     print("ok")
     print("checked against this host: interfaces, addresses, programs" if host else
           "the file alone: not checked against this host (run check-config on the host itself)", file=sys.stderr)
@@ -119,9 +122,7 @@ def _run(args) -> int:
     try:
         config = load(args.config)
     except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_CONFIG
+        return _refused(err.problems)
     if args.daemon:
         from .daemon import run_daemon
         return run_daemon(config, args.pidfile, args.log_level)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from . import hostcheck, timing
 from .config import ConfigError, load
 from .control import Progress
-from .hostsetup import skip_own_address
 from .effects import CommandDone, CommandPending, HandoverDone
+from .hostsetup import skip_own_address
 from .model import CommandRefused
 from .reload import describe, restart_needed
 from .status import render_table
@@ -82,9 +82,9 @@ class Commands:
         if pending is not None and not waiter.done():
             await progress(pending.deadline - loop.time())
         # The core answers by its own deadline; the grace only guards against a bug there.
-        limit = (pending.deadline - loop.time() if pending else 0.0) + timing.STOP_GRACE_S
+        left_s = max(0.0, pending.deadline - loop.time()) if pending else 0.0
         try:
-            answer = await asyncio.wait_for(waiter, max(limit, timing.STOP_GRACE_S))
+            answer = await asyncio.wait_for(waiter, left_s + timing.STOP_GRACE_S)
         except asyncio.TimeoutError:
             raise CommandRefused("no answer from the election core by its own deadline; see the log") from None
         if not answer.ok:

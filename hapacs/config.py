@@ -490,10 +490,12 @@ def _handover(sec: Section) -> HandoverConfig:
     shutdown = sec.take("shutdown_drain_timeout", number(0.0, 600.0), default=5.0)
     hold = sec.take("hold_new_connections", boolean, default=True)
     sec.done()
-    if ports is not INVALID and len(set(ports)) != len(ports):
+    if ports is INVALID:
+        ports = ()
+    elif len(set(ports)) != len(ports):
         sec.problem("drain_ports", "lists the same port twice")
-    return HandoverConfig(tuple(ports) if ports is not INVALID else (), drain if drain is not INVALID else timing.DEFAULT_DRAIN_TIMEOUT_S,
-                          shutdown if shutdown is not INVALID else 5.0, hold if hold is not INVALID else True)
+    # An INVALID value came with a problem: the whole configuration is refused, this object unused.
+    return HandoverConfig(tuple(ports), drain, shutdown, hold)
 
 
 def _metrics(sec: Section) -> MetricsConfig | None:
@@ -526,11 +528,10 @@ def control_socket_path(path: str, strict: bool = False) -> str:
     cannot be read gives the default socket, or with `strict` raises OSError
     (or UnicodeDecodeError), so that check_hapacs can name the file.
     """
-    from .yamlsource import parse as parse_yaml
+    from .yamlsource import parse_file
     default = DEFAULT_SOCKET
     try:
-        with open(path, encoding="utf-8") as handle:
-            root, _ = parse_yaml(handle.read(), path)
+        root = parse_file(path)
     except (OSError, UnicodeDecodeError):
         if strict:
             raise

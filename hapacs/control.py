@@ -71,7 +71,9 @@ def allowed(uid: int, gid: int, group: str | None) -> bool:
 
 
 class BadRequest(Exception):
-    """A request that is not one JSON object on one line; the message says what is wrong."""
+    """A request that cannot be read at all: no complete line in time, too long, nested too
+    deep, or not JSON; the message says which. (A JSON value that is not a well-formed request
+    is refused by `validate`.)"""
 
 
 def nesting_depth(line: bytes) -> int:
@@ -185,8 +187,8 @@ class ControlServer:
                 # Read the request first: closing with it unread would reset the connection,
                 # and the client would see "Broken pipe" instead of this refusal.
                 try:
-                    await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
-                except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+                    await self._read_request(reader)
+                except BadRequest:
                     pass
                 self._limited.warning("refused", time.monotonic(), "control socket: refused uid %d (pid %d): "
                                       "not root%s", uid, pid, f" nor in group {self.group}" if self.group else "")

@@ -9,9 +9,9 @@ agent serves, and its exit status says whether it does:
 - 1: it does not, and why is on stderr: another agent holds the pidfile,
   or the agent could not start (interface missing, port taken, ...).
 
-Plain python-daemon cannot do this: its pidfile is taken after
-the fork, so the launcher exits 0 before anything is known, and
-lockfile's PIDLockFile never checks whether the pid in a stale file lives.
+Plain python-daemon cannot do this: its pidfile is taken after the fork,
+so the launcher exits 0 before anything is known, and lockfile's
+PIDLockFile never checks whether the pid in a stale file lives.
 Here the launcher takes the pidfile itself with flock(2). The lock is the
 truth: held means a live agent (the kernel drops it when the holder dies,
 kill -9 included), not held means whatever the file says is stale. The
@@ -23,8 +23,9 @@ the file next to the pidfile (PATH with .log for .pid). That file also gets
 the daemon's stderr in both cases, so a Python traceback is never lost.
 
 What it must never do: create an event loop, socket or thread before
-DaemonContext has closed the inherited descriptors (they die
-with EBADF once it closes their descriptors); or let a syslog that stops reading block the event loop.
+DaemonContext has closed the inherited descriptors (DaemonContext closes
+theirs too, and they fail with EBADF); or let a syslog that stops reading
+block the event loop.
 """
 
 from __future__ import annotations

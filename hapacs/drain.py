@@ -65,15 +65,21 @@ def hold_ruleset(vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], port
 class Drainer:
     def __init__(self, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: tuple[int, ...],
                  hold_new_connections: bool):
-        self.vips = vips
-        self.ports = ports
-        self.hold_wanted = hold_new_connections and bool(ports)
+        self.reconfigure(vips, ports, hold_new_connections)
         self.nft = shutil.which("nft")
         self.holding = False
         self._hold_lock = asyncio.Lock()
         if self.hold_wanted and self.nft is None:
             log.warning("the nft command is missing (Debian package nftables): during a handover new "
                         "associations are not held back, and one that starts in the last moment is cut")
+
+    def reconfigure(self, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: tuple[int, ...],
+                    hold_new_connections: bool) -> None:
+        """What to count and hold from now on (a reload). The same drainer stays, so a hold it
+        placed, even during the reload, is still removed by its `release_hold()`."""
+        self.vips = vips
+        self.ports = ports
+        self.hold_wanted = hold_new_connections and bool(ports)
 
     async def _nft(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
         try:

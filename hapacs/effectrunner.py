@@ -120,7 +120,7 @@ class EffectRunner:
             agent.loop.call_soon(agent.feed, lambda now: agent.core.set_fault("heartbeat", reason, now))
             return
         failed = agent.transport.send(data)
-        agent.book.counts["adverts_sent"] += 1
+        agent.book.sent()
         if failed:
             self._limited.warning("send", agent.loop.time(), "cannot send a heartbeat: %s",
                                   agent.transport.last_error)

@@ -30,27 +30,58 @@ The parts, each owning its deadline (`next_deadline()` is their minimum):
 `PeerTable` (who is there, RFC ranking; when the next peer falls silent),
 `MasterWatch` (a BACKUP's Master_Down_Timer and the decision to take
 over), `Handoffs` (handover, preemption and takeover request, each with
-named phases) and `SplitBrainGuard` (quorum, witness). This class keeps
+named phases), `SplitBrainGuard` (quorum, witness) and `Suspects` (living
+but misconfigured peers, which keep this node from taking the VIPs; their
+evidence expires like a peer). This class keeps
 the state, the terms, the gates (faults, holds, maintenance, penalty),
 the lifecycle and the public API. The parts call back only the methods
 without a leading underscore.
 
 What each event does in each state ("-": nothing, on purpose):
 
-| event                         | INIT / BACKUP                        | MASTER                               | FAULT           |
-|-------------------------------|--------------------------------------|--------------------------------------|-----------------|
-| heartbeat of a live MASTER    | BACKUP, re-arm timer, maybe preempt  | split brain: newer term stays; or    | remember MASTER |
-|                               |                                      | the successor: handed over           |                 |
-| priority 0 naming this node   | MASTER (handover-to-me)              | -                                    | -               |
-| priority 0, or MASTER stepped | timer = Skew_Time                    | announce again                       | -               |
-| down                          |                                      |                                      |                 |
-| takeover request to this node | -                                    | handover: DRAINING                   | -               |
-| Master_Down_Timer             | MASTER unless a gate, the quorum or  | -                                    | -               |
-|                               | the witness says no                  |                                      |                 |
-| fault set / all cleared       | FAULT / -                            | FAULT, VIPs released / -             | - / BACKUP      |
-| release                       | refused                              | handover: DRAINING                   | refused         |
-| takeover                      | ask the MASTER, or MASTER if none    | stays MASTER, sticky                 | refused         |
-| shutdown                      | stopped                              | handover, then stopped               | stopped         |
+| event                           | INIT / BACKUP                          | MASTER                                 | FAULT                |
+|---------------------------------|----------------------------------------|----------------------------------------|----------------------|
+| heartbeat of a live MASTER      | BACKUP, re-arm timer, maybe preempt    | split brain: newer term stays; or the  | remember MASTER      |
+|                                 |                                        | successor: handed over                 |                      |
+| priority 0 naming this node     | MASTER (handover-to-me)                | -                                      | -                    |
+| priority 0 naming another       | re-arm timer: take over only if        | -                                      | -                    |
+|                                 | neither finishes                       |                                        |                      |
+| priority 0, or MASTER stepped   | timer = Skew_Time                      | announce again                         | -                    |
+| down                            |                                        |                                        |                      |
+| takeover request to this node   | -                                      | handover: DRAINING (not in             | -                    |
+|                                 |                                        | maintenance; if sticky, only for an    |                      |
+|                                 |                                        | operator's)                            |                      |
+| Master_Down_Timer               | defer to a better live candidate       | -                                      | -                    |
+|                                 | (bounded; longer for one held until    |                                        |                      |
+|                                 | its first check results); then MASTER  |                                        |                      |
+|                                 | unless the quorum, a witness or a gate |                                        |                      |
+|                                 | (fault, maintenance, hold, stopping, a |                                        |                      |
+|                                 | suspect) says no                       |                                        |                      |
+| peer silent                     | peer down; quorum lost: hold           | peer down; quorum lost: FAULT          | peer down            |
+| misconfigured peer heard (wrong | a suspect: no takeover while it claims | BACKUP if it is MASTER too and wins    | a suspect            |
+| key, other cluster id, this     | MASTER or ranks above (wrong key or    | (same name: split-brain rule; wrong    |                      |
+| node's name)                    | id: only before any valid heartbeat)   | key or id: ranks above, before any     |                      |
+|                                 |                                        | valid heartbeat)                       |                      |
+| a hold cleared, a suspect gone  | stopped timer re-armed (Skew_Time if   | -                                      | -                    |
+| or no longer blocking           | no MASTER is alive)                    |                                        |                      |
+| no peer heard any more          | probe the witnesses                    | probe the witnesses                    | probe the witnesses  |
+| (witnesses configured)          |                                        |                                        |                      |
+| witness answer, no peer heard   | none: FAULT (isolated); one: a         | none: FAULT (isolated)                 | one: isolation       |
+|                                 | takeover waiting for it goes on        |                                        | cleared              |
+| a peer heard again              | a takeover waiting for a witness:      | -                                      | isolation cleared    |
+|                                 | re-arm timer                           |                                        |                      |
+| quorum lost / regained          | hold set / cleared                     | FAULT / -                              | hold set / hold or   |
+|                                 |                                        |                                        | quorum fault cleared |
+| VIPs could not be added         | FAULT; cleared after VIP_RETRY_S       | FAULT, VIPs released; cleared after    | cleared after        |
+|                                 |                                        | VIP_RETRY_S                            | VIP_RETRY_S          |
+| fault set / all cleared         | FAULT / -                              | FAULT, VIPs released / -               | - / BACKUP           |
+| maintenance on / off            | no automatic transition / faults       | no automatic transition / faults       | no automatic         |
+|                                 | applied, stopped timer re-armed        | applied                                | transition / BACKUP  |
+|                                 |                                        |                                        | if no fault          |
+| reload                          | new parameters; maybe preempt          | new parameters                         | new parameters       |
+| release                         | refused                                | handover: DRAINING                     | refused              |
+| takeover                        | ask the MASTER, or MASTER if none      | stays MASTER, sticky                   | refused              |
+| shutdown                        | stopped                                | handover, then stopped                 | stopped              |
 """
 
 from __future__ import annotations
@@ -65,13 +96,14 @@ from .effects import (
 from .guard import SplitBrainGuard
 from .handover import Handoffs
 from .masterwatch import MasterWatch
-from .model import CommandRefused, ElectionView, Params, Peer, PeerView
+from .model import CommandRefused, ElectionView, Params, Peer
 from .peertable import PeerTable, split_brain_winner
 from .suspects import Suspects
 from .states import Flags, State
 from .wire import Advert
 
-__all__ = ["CommandRefused", "Election", "ElectionView", "Lifecycle", "Params", "Peer", "PeerView"]
+# CommandRefused and Params are the core's own words for the shell and the simulator too.
+__all__ = ["CommandRefused", "Election", "Lifecycle", "Params"]
 
 MAX_TERM = 0xFFFFFFFF
 
@@ -206,12 +238,9 @@ class Election:
         if old == new:
             return []
         self.state, self.since = new, now
-        self.watch.deferring_since = None
         effects: list[Effect] = [Transition(old, new, reason)]
         if new == State.MASTER:
             self.master = self.p.name
-            self.watch.stop()
-            self.watch.left = None
             effects.append(AcquireVips(reason))
         else:
             self.sticky = False
@@ -221,10 +250,7 @@ class Election:
             if self.master == self.p.name:
                 self.master = None
         effects += self.handoffs.on_enter(new, reason)
-        if new == State.BACKUP:
-            self.watch.arm(now, self.live_master())
-        elif new == State.FAULT:
-            self.watch.stop()
+        self.watch.on_enter(new, now)
         return effects + [self.send(now)]
 
     def become_master(self, reason: Reason, now: float, sticky: bool) -> list[Effect]:
@@ -315,11 +341,11 @@ class Election:
             effects += gone
         effects += self.handoffs.on_timer(now)
         if self.state in (State.INIT, State.BACKUP):
-            deadline = self.watch.deadline()
+            deadline, master = self.watch.deadline(), self.live_master()
             if deadline is not None and now >= deadline:
                 effects += self.watch.master_down(now)
-            elif self.state == State.BACKUP and self.live_master() is not None:
-                effects += self.handoffs.consider_preempt(self.live_master(), now)
+            elif self.state == State.BACKUP and master is not None:
+                effects += self.handoffs.consider_preempt(master, now)
             else:
                 # Nobody to preempt any more: forget the wait, or its deadline stays in the past.
                 self.handoffs.preemption.reset()

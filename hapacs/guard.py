@@ -7,7 +7,8 @@ cut off". Two answers, both optional:
   become or stay MASTER only while it hears a majority, itself included.
 * witnesses (`cluster.witness`): a node that hears no peer may become
   MASTER only with a witness answer newer than the last peer it heard;
-  a lone MASTER whose witness does not answer goes to FAULT.
+  a node that hears no peer and reaches no witness goes to FAULT
+  (isolated) until a peer or a witness answers.
 
 The guard keeps what it learnt (when this node last heard nobody, the
 last witness answer), answers the election's questions and, after every
@@ -63,6 +64,11 @@ class SplitBrainGuard:
         if not self.witness or heard_recently:
             return False
         return self.witness_at is None or self.witness_at < last_heard or not self.witness_ok
+
+    def ask_witness(self, why: str) -> ProbeWitness:
+        """A takeover waits for a witness answer: probe now (`witness_result` goes on)."""
+        self.awaiting_witness = True
+        return ProbeWitness(why)
 
     def hears(self, peers_up: int, now: float) -> str | None:
         """After every event: "heard" when peers came back, "alone" when this node just

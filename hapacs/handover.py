@@ -45,7 +45,6 @@ class Handover:
     target: str
     manual: bool               # an operator's command: the new MASTER is sticky
     for_shutdown: bool
-    why: str
     asked_by_peer: bool        # preemption or a takeover request, not this node's own decision
     deadline: float            # DRAINING: when to stop waiting for the drain; RELEASING: for the successor
     phase: HandoverPhase = HandoverPhase.DRAINING
@@ -56,10 +55,9 @@ class Handover:
         return self.phase == HandoverPhase.RELEASING
 
     @classmethod
-    def draining(cls, target: str, manual: bool, for_shutdown: bool, why: str, asked_by_peer: bool,
+    def draining(cls, target: str, manual: bool, for_shutdown: bool, asked_by_peer: bool,
                  drain_timeout_s: float, now: float) -> Handover:
-        return cls(target, manual, for_shutdown, why, asked_by_peer,
-                   now + drain_timeout_s + timing.DRAIN_SLACK_S)
+        return cls(target, manual, for_shutdown, asked_by_peer, now + drain_timeout_s + timing.DRAIN_SLACK_S)
 
     def release(self, target: str, cut: int, wait_s: float, now: float) -> None:
         """Drained: advertise priority 0 naming `target`, and wait for it."""
@@ -123,7 +121,7 @@ class Handoffs:
 
     The owner keeps the state and the gates; this part decides when the MASTER role moves on
     purpose and tells the owner through its transition methods. Its deadline is the earliest
-    of the handover's and the takeover request's (the preempt wait is the owner's BACKUP timer).
+    of the handover's (on a MASTER), the preempt wait's (on a BACKUP) and the takeover request's.
     """
 
     def __init__(self, owner: Election) -> None:
@@ -249,7 +247,7 @@ class Handoffs:
 
     def _begin(self, target: str, manual: bool, for_shutdown: bool, timeout_s: float, why: str,
                now: float, asked_by_peer: bool = False) -> list[Effect]:
-        self.handover = Handover.draining(target, manual, for_shutdown, why, asked_by_peer, timeout_s, now)
+        self.handover = Handover.draining(target, manual, for_shutdown, asked_by_peer, timeout_s, now)
         return [Notice(f"handing over to {target} ({why}): draining DICOM associations for up to "
                        f"{timeout_s:g} s"), StartDrain(target, timeout_s)]
 

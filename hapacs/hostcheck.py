@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from . import directhost
 from .config import Config
 from .netlink import INFINITE_LIFETIME, Address, Netlink, NetlinkFailure
-from .yamlsource import Located, Problem
-from .yamlsource import parse as parse_yaml
+from .yamlsource import Located, Problem, parse_file
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -100,6 +99,18 @@ def heartbeat_source(config: Config, addresses: tuple[Address, ...] | list[Addre
             continue
         return ip
     return None
+
+
+def no_heartbeat_source(config: Config, addresses: tuple[Address, ...] | list[Address]) -> tuple[str, str]:
+    """Why `heartbeat_source` found no address: the key to blame and what to do (for check-config
+    and reload, and for a start whose interface lost its address after the check)."""
+    interface = config.cluster.interface
+    if config.node.address is not None:
+        shown = ", ".join(str(a.interface.ip) for a in addresses) or "none"
+        return "node.address", (f"{config.node.address} is not an address of {interface} on this host "
+                                f"(it has: {shown})")
+    return "cluster.interface", (f"{interface} has no IPv{heartbeat_family(config)} address to send heartbeats "
+                                 "from on this host; give it one or set node.address")
 
 
 def heartbeat_family(config: Config) -> int:
@@ -186,16 +197,10 @@ def _heartbeats(config: Config, facts: HostFacts, problem, collided: bool) -> No
     if interface not in facts.interfaces:
         return
     addresses = facts.addresses(interface)
-    source = heartbeat_source(config, addresses)
-    if config.node.address is not None and source is None:
-        shown = ", ".join(str(a.interface.ip) for a in addresses) or "none"
-        problem("node.address", f"{config.node.address} is not an address of {interface} on this host "
-                f"(it has: {shown})")
-        return
-    if source is None:
-        if not collided:   # a VIP equal to the only address was said above, and is the cause
-            problem("cluster.interface", f"{interface} has no IPv{heartbeat_family(config)} address to send "
-                    "heartbeats from on this host; give it one or set node.address")
+    if heartbeat_source(config, addresses) is None:
+        # Without node.address, a VIP equal to the only address was said above, and is the cause.
+        if config.node.address is not None or not collided:
+            problem(*no_heartbeat_source(config, addresses))
         return
     others = [p for p in config.cluster.peers if facts.permanent(p) is None]
     if config.cluster.peers and not others:
@@ -261,8 +266,6 @@ def _key_parts(key: str) -> list[str | int]:
 
 def _read_lines(path: str) -> Lines:
     try:
-        with open(path, encoding="utf-8") as handle:
-            root, _ = parse_yaml(handle.read(), path)
+        return Lines(parse_file(path))
     except (OSError, UnicodeDecodeError):
-        root = None
-    return Lines(root)
+        return Lines(None)

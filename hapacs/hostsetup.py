@@ -20,16 +20,14 @@ class StartupError(Exception):
     """The agent cannot start; the message tells the operator what to fix."""
 
 
-def heartbeat_address(config: Config, interface: str, addresses) -> Address:
-    """The address heartbeats leave from (hostcheck.heartbeat_source), or why there is none.
-    `addresses` are the interface's (netlink) addresses."""
+def heartbeat_address(config: Config, addresses) -> Address:
+    """The address heartbeats leave from (hostcheck.heartbeat_source), or StartupError saying why
+    there is none, as check-config says it. `addresses` are cluster.interface's (netlink)."""
     source = hostcheck.heartbeat_source(config, addresses)
-    if source is not None:
-        return source
-    if config.node.address is not None:
-        raise StartupError(f"node.address {config.node.address} is not on {interface}")
-    raise StartupError(f"{interface} has no IPv{hostcheck.heartbeat_family(config)} address to send "
-                       "heartbeats from; give it one or set node.address")
+    if source is None:
+        key, message = hostcheck.no_heartbeat_source(config, addresses)
+        raise StartupError(f"{key}: {message}")
+    return source
 
 
 def promote_secondaries(config: Config) -> None:

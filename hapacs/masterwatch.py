@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import timing
-from .effects import Effect, ProbeWitness, Reason, Why
+from .effects import Effect, Reason, Why
 from .masterdown import MasterDownTimer
 from .model import Peer
 from .states import Flags, State
@@ -43,6 +43,17 @@ class MasterWatch:
 
     def stop(self) -> None:
         self.timer.stop()
+
+    def on_enter(self, new: State, now: float) -> None:
+        """The owner changed state: a BACKUP watches its MASTER (if it knows one); a MASTER or a
+        FAULT watches nothing; no deferral outlives the state it began in."""
+        self.deferring_since = None
+        if new == State.BACKUP:
+            self.arm(now, self.owner.live_master())
+        elif new in (State.MASTER, State.FAULT):
+            self.stop()
+        if new == State.MASTER:
+            self.left = None
 
     def interval_s(self, master: Peer | None) -> float:
         """RFC 5798 6.1 Master_Down_Interval as this node counts it now (skew included)."""
@@ -115,8 +126,7 @@ class MasterWatch:
                                      f"MASTER: {no_quorum}")
         if owner.guard.needs_witness(len(others), owner.peers.last_heard(owner.started_at)):
             # Hearing nobody may mean this node is the one cut off: ask a witness first.
-            owner.guard.awaiting_witness = True
-            return [ProbeWitness(f"{reason.text}; no peer heard: a witness must confirm")]
+            return [owner.guard.ask_witness(f"{reason.text}; no peer heard: a witness must confirm")]
         blocked = owner.may_become_master()
         if blocked is not None:
             effects = owner.notice_once(f"blocked-{blocked}", f"{reason.text}, but this node may not "

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 
 from . import timing
 from .states import Flags, State
+from .wire import Advert
+
+
+def would_take_over(state: State, priority: int, flags: Flags) -> bool:
+    """A node that says this in its heartbeats would become MASTER if the MASTER went away, now or
+    once its checks give first results (HELD): INIT or BACKUP, priority above 0, not in maintenance.
+    One in FAULT or maintenance never does."""
+    return state in (State.INIT, State.BACKUP) and priority > 0 and Flags.MAINTENANCE not in flags
 
 
 class CommandRefused(Exception):
@@ -44,6 +52,12 @@ class Peer:
     vip_digest: bytes
     up: bool = True
 
+    @classmethod
+    def from_advert(cls, advert: Advert, address: bytes, now: float) -> Peer:
+        """What a heartbeat says of its sender, heard from `address` at `now`."""
+        return cls(advert.node, address, advert.state, advert.priority, advert.flags, advert.term,
+                   advert.advert_interval_s, now, advert.target, advert.vip_digest)
+
     @property
     def is_master(self) -> bool:
         """A MASTER that means to stay (priority 0 means it is leaving)."""
@@ -52,14 +66,12 @@ class Peer:
     @property
     def candidate(self) -> bool:
         """Could take over if the MASTER went away."""
-        return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
-                and not self.flags & (Flags.MAINTENANCE | Flags.HELD))
+        return self.up and would_take_over(self.state, self.priority, self.flags) and Flags.HELD not in self.flags
 
     @property
     def coming(self) -> bool:
         """A candidate soon: held back only until its checks give first results (HELD)."""
-        return (self.up and self.state in (State.INIT, State.BACKUP) and self.priority > 0
-                and Flags.HELD in self.flags and Flags.MAINTENANCE not in self.flags)
+        return self.up and would_take_over(self.state, self.priority, self.flags) and Flags.HELD in self.flags
 
     def timeout_s(self, dead_after: int) -> float:
         return timing.peer_timeout_s(dead_after, self.interval_s)

@@ -121,16 +121,8 @@ class Netlink:
         return _link_from(msgs[0]) if msgs else None
 
     async def addresses(self, index: int) -> list[Address]:
-        assert self._ipr is not None
-
-        async def dump():
-            found = []
-            async for msg in await self._ipr.addr("dump", index=index):
-                address = _address_from(msg)
-                if address is not None and msg["index"] == index:
-                    found.append(address)
-            return found
-        return await self._call(f"list addresses of interface {index}", dump())
+        found = await self._address_dump(f"list addresses of interface {index}", index=index)
+        return [address for address in found if address.index == index]
 
     async def links(self) -> list[Link]:
         """Every interface of this network namespace."""
@@ -142,16 +134,15 @@ class Netlink:
 
     async def all_addresses(self) -> list[Address]:
         """Every address of every interface."""
+        return await self._address_dump("list addresses")
+
+    async def _address_dump(self, what: str, **match) -> list[Address]:
         assert self._ipr is not None
 
         async def dump():
-            found = []
-            async for msg in await self._ipr.addr("dump"):
-                address = _address_from(msg)
-                if address is not None:
-                    found.append(address)
-            return found
-        return await self._call("list addresses", dump())
+            return [address async for msg in await self._ipr.addr("dump", **match)
+                    if (address := _address_from(msg)) is not None]
+        return await self._call(what, dump())
 
     async def add_lease(self, index: int, address: Interface, lease_s: int) -> None:
         """Add or renew `address` with a lifetime: the kernel removes it if we stop renewing."""

@@ -7,8 +7,6 @@ moment the next live peer falls silent.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from .effects import Announce, Effect, Notice, PeerChange
 from .model import Peer, PeerView
 from .states import Flags, State
@@ -18,9 +16,6 @@ from .wire import Advert
 class PeerTable:
     def __init__(self) -> None:
         self._peers: dict[str, Peer] = {}
-
-    def __iter__(self) -> Iterator[Peer]:
-        return iter(self._peers.values())
 
     def __getitem__(self, name: str) -> Peer:
         return self._peers[name]
@@ -32,9 +27,7 @@ class PeerTable:
               vip_digest: bytes) -> list[Effect]:
         """Store a heartbeat; what an operator or the workstations must learn from it."""
         before = self._peers.get(advert.node)
-        self._peers[advert.node] = Peer(advert.node, address, advert.state, advert.priority, advert.flags,
-                                        advert.term, advert.advert_interval_s, now, advert.target,
-                                        advert.vip_digest)
+        self._peers[advert.node] = Peer.from_advert(advert, address, now)
         effects: list[Effect] = []
         if before is None or not before.up:
             effects.append(PeerChange(advert.node, True, f"peer {advert.node} heard: {advert.state.name}, "

@@ -106,7 +106,7 @@ class Status:
     # The last drain before a handover: when it ended (monotonic), how long, what it found.
     last_drain: dict | None = None
     # Requests refused because they could not be read at all, by where they came in
-    # ("snmp": undecodable datagrams, "control": not one flat JSON object on one line).
+    # ("snmp": undecodable datagrams, "control": not JSON on one line, too long or too deep).
     bad_requests: dict[str, int] = field(default_factory=dict)
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
     # Load balancing (balance: configured): hapacs.balancer.Balancer.snapshot, already JSON-shaped.
@@ -174,14 +174,20 @@ def _balance_lines(balance: dict | None) -> list[str]:
     if not balance:
         return []
     direct = balance["mode"] == "direct"      # the kernel keeps no count; each member serves some buckets
-    rows = [[f"{s['name']} {s['address']}:{s['port']}" + (" (here)" if s["active"] else ""), m["name"], m["address"],
-             m["state"], *([str(m["buckets"])] if direct else [str(m["associations"]), str(m["total"])])]
-            for s in balance["services"] for m in s["members"]]
-    drain = "  [drain on: this node's PACS takes no new association]" if balance.get("drain") else ""
-    return ["", f"balancing ({balance['mode']}): " + ("this node serves" if balance["active"] else
-                                                     "standby, " + ("same bucket map loaded" if direct else
-                                                                    "HAProxy ready")) + drain,
-            *_table(["SERVICE", "MEMBER", "ADDRESS", "STATE", *(["BUCKETS"] if direct else ["OPEN", "TOTAL"])], rows)]
+    rows = []
+    for service in balance["services"]:
+        name = f"{service['name']} {service['address']}:{service['port']}" + (" (here)" if service["active"] else "")
+        for member in service["members"]:
+            counts = [member["buckets"]] if direct else [member["associations"], member["total"]]
+            rows.append([name, member["name"], member["address"], member["state"], *map(str, counts)])
+    if balance["active"]:
+        role = "this node serves"
+    else:
+        role = "standby, " + ("same bucket map loaded" if direct else "HAProxy ready")
+    if balance.get("drain"):
+        role += "  [drain on: this node's PACS takes no new association]"
+    headers = ["SERVICE", "MEMBER", "ADDRESS", "STATE", *(["BUCKETS"] if direct else ["OPEN", "TOTAL"])]
+    return ["", f"balancing ({balance['mode']}): {role}", *_table(headers, rows)]
 
 
 def render_table(status: Status, history: int = 5) -> str:

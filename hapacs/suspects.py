@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING
 
 from . import timing
 from .effects import Announce, Effect, Misconfigured, Reason, Why
-from .model import SuspectView
+from .model import Peer, SuspectView, would_take_over
 from .peertable import split_brain_winner
-from .model import Peer
-from .states import Flags, State
+from .states import State
 from .wire import Advert
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
 # many addresses are followed at once, and an address is reported for one cause at most once
 # per REPORT_AGAIN_S, however often it comes and goes. More is a flood, counted in drops only.
 MAX_SUSPECTS = 16
-MAX_REPORTED = 64
+MAX_REPORTED = 64         # (address, cause) report times remembered; beyond, new ones go unreported
 REPORT_AGAIN_S = 60.0
 
 CAUSES = {
@@ -87,10 +86,9 @@ class Suspect:
 
     @property
     def may_take_over(self) -> bool:
-        """It claims to be a node that would become MASTER (as model.Peer's candidate or coming):
-        one in FAULT or maintenance never does, so waiting for it would leave the VIPs unheld."""
-        return (self.claimed.state in (State.INIT, State.BACKUP) and self.claimed.priority > 0
-                and Flags.MAINTENANCE not in self.claimed.flags)
+        """It claims to be a node that would become MASTER: one in FAULT or maintenance never
+        does, so waiting for it would leave the VIPs unheld."""
+        return would_take_over(self.claimed.state, self.claimed.priority, self.claimed.flags)
 
 
 class Suspects:
@@ -111,39 +109,48 @@ class Suspects:
         another cluster id ("cluster"), with what it claims (unverified)."""
         if address in self.validated or address == owner.p.address:
             return []   # a known peer's address: forged or replayed, never evidence
-        effects = self._heard(owner, address, cause, claimed, now)
-        suspect = self._by_address.get(address)
-        if (suspect is not None and owner.state == State.MASTER and not self.synced and suspect.claims_master
+        suspect, effects = self._heard(owner, address, cause, claimed, now)
+        if (self._rival_master(owner, suspect) and not self.synced
                 and (claimed.priority, address) > (owner.priority, owner.p.address)):
             # Two MASTERs that cannot read each other (a network cut healed between a node with a
             # wrong key and the others): the lower-ranked one steps down, as a split brain would.
             # A node that ever heard a valid heartbeat never does: forged garbage moves nothing.
-            text = (f"a misconfigured peer at {suspect.shown} ({suspect.claims}) is also MASTER and ranks "
-                    f"above this node: {CAUSES[cause]}")
-            effects += owner.enter(State.BACKUP, Reason(Why.SPLIT_BRAIN, text), now)
+            effects += self._step_down(owner, f"a misconfigured peer at {suspect.shown} ({suspect.claims}) is "
+                                       f"also MASTER and ranks above this node: {CAUSES[cause]}", now)
         return effects
 
     def duplicate(self, owner: Election, advert: Advert, address: bytes, now: float) -> list[Effect]:
         """A valid heartbeat with this node's own name from another address."""
-        effects = self._heard(owner, address, "name", advert, now)
-        suspect = self._by_address.get(address)      # None when too many are followed already
-        if suspect is not None and owner.state == State.MASTER and suspect.claims_master:
+        suspect, effects = self._heard(owner, address, "name", advert, now)
+        if self._rival_master(owner, suspect):
+            # The rule that decides between two MASTERs that hear each other decides here too.
             mine = (owner.maintenance, owner.master_term, owner.advertised_priority(), owner.p.address)
-            theirs = Peer(advert.node, address, advert.state, advert.priority, advert.flags, advert.term,
-                          advert.advert_interval_s, now, advert.target, advert.vip_digest)
-            wins, why = split_brain_winner(mine, theirs)
+            wins, why = split_brain_winner(mine, Peer.from_advert(advert, address, now))
             text = f"the host at {suspect.shown} also calls itself {advert.node} and is MASTER"
             if not wins:
-                return effects + owner.enter(State.BACKUP, Reason(Why.SPLIT_BRAIN, f"{text} ({why})"), now)
+                return effects + self._step_down(owner, f"{text} ({why})", now)
             if effects:
                 effects.append(Announce(f"{text}; this node stays MASTER ({why})"))
         return effects
 
-    def _heard(self, owner: Election, address: bytes, cause: str, claimed: Advert, now: float) -> list[Effect]:
+    @staticmethod
+    def _rival_master(owner: Election, suspect: Suspect | None) -> bool:
+        """This node is MASTER and the suspect claims to be MASTER too."""
+        return suspect is not None and owner.state == State.MASTER and suspect.claims_master
+
+    @staticmethod
+    def _step_down(owner: Election, text: str, now: float) -> list[Effect]:
+        """This MASTER loses to a living peer it cannot follow: BACKUP, as a split brain ends."""
+        return owner.enter(State.BACKUP, Reason(Why.SPLIT_BRAIN, text), now)
+
+    def _heard(self, owner: Election, address: bytes, cause: str, claimed: Advert,
+               now: float) -> tuple[Suspect | None, list[Effect]]:
+        """Keep (or renew) the evidence: the suspect (None when too many are followed already) and
+        its report when it is new or its cause changed, at most once per REPORT_AGAIN_S."""
         key = (owner.priority, owner.p.address)
         known = self._by_address.get(address)
         if known is None and len(self._by_address) >= MAX_SUSPECTS:
-            return []
+            return None, []
         blocked = known is not None and self._blocks(known, key)
         same = known is not None and known.cause == cause
         suspect = self._by_address[address] = Suspect(address, cause, claimed, now, same and known.reported)
@@ -152,12 +159,12 @@ class Suspects:
             # taking over: listen again, as when a suspect falls silent.
             owner.listen_again(now)
         if same or not self._may_report(address, cause, now):
-            return []
+            return suspect, []
         suspect.reported = True
         # A peer with this node's name is understood well enough; the others are not.
         what = "is misconfigured" if cause == "name" else "cannot be understood"
-        return [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} ({suspect.claims}) "
-                              f"{what}: {CAUSES[cause]}")]
+        return suspect, [Misconfigured(suspect.shown, cause, f"a living peer at {suspect.shown} "
+                                       f"({suspect.claims}) {what}: {CAUSES[cause]}")]
 
     def _may_report(self, address: bytes, cause: str, now: float) -> bool:
         last = self._reported.get((address, cause))

@@ -68,6 +68,14 @@ def parse(text: str, filename: str) -> tuple[Located | None, list[Problem]]:
     return _convert(loader, root, filename, "", problems), problems
 
 
+def parse_file(path: str) -> Located | None:
+    """The root node of the file at `path`, leniently: YAML problems are ignored (None when
+    nothing can be read). Raises OSError or UnicodeDecodeError when the file cannot be read."""
+    with open(path, encoding="utf-8") as handle:
+        root, _ = parse(handle.read(), path)
+    return root
+
+
 def _convert(loader, node, filename, path, problems) -> Located:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
