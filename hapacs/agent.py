@@ -67,7 +67,7 @@ class Agent:
         self.snmp = None              # hapacs.snmp.agent.SnmpAgent, imported only when configured
         self.metrics = None           # hapacs.metrics.MetricsServer, imported only when configured
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
-        self.balancer: balancer.Balancer | None = None   # HAProxy and its agent-check, with balance:
+        self.balancer: balancer.Engine | None = None     # HAProxy or nftables direct routing, with balance:
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None

@@ -35,7 +35,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_NESTING = 4              # a request is one flat object; the json module recurses per level
 DISCARD_MAX_BYTES = 16 << 20  # how much of an oversized request is read (and dropped) before replying
 REQUEST_TIMEOUT_S = 5.0
-BAD_REQUEST_LOG_PERIOD_S = 10.0
 COMMANDS = ("status", "takeover", "release", "maintenance", "drain", "reload")
 
 Progress = Callable[[float], Awaitable[None]]
@@ -139,7 +138,7 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self._created = False
         self.bad_requests = 0       # requests refused as unreadable (not JSON, too long, too deep)
-        self._limited = RateLimited(log, BAD_REQUEST_LOG_PERIOD_S)
+        self._limited = RateLimited(log)
 
     def check_free(self) -> None:
         """Refuse early, before touching anything, if another agent answers on our socket."""

@@ -18,10 +18,14 @@ def setup(level: str = "info", node: str = "") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# How often one kind of noise (a dropped heartbeat, a bad request) may reach the log.
+LOG_PERIOD_S = 10.0
+
+
 class RateLimited:
     """At most one line per key and period; the next line says how many were held back."""
 
-    def __init__(self, logger: logging.Logger, period_s: float = 10.0):
+    def __init__(self, logger: logging.Logger, period_s: float = LOG_PERIOD_S):
         self.logger, self.period_s = logger, period_s
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}

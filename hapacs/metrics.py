@@ -38,12 +38,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from .effects import Why
 from .logs import RateLimited
 from .states import State
-from .status import Status
+from .status import MEMBER_STATES, Status
 
 PATH = "/metrics"
 STATES = tuple(s.name for s in State)                 # INIT, BACKUP, MASTER, FAULT
 PEER_STATES = STATES + ("LOST",)                      # LOST: a peer that fell silent
-MEMBER_STATES = ("up", "drain", "down", "maint")      # a balanced member, as the status's "balance" shows it
 SNAPSHOT_TTL_S = 0.1          # a page is rendered at most this often, like the SNMP snapshot
 MAX_REQUEST_BYTES = 8192      # request line and headers; a scrape needs about 300
 MAX_CONNECTIONS = 64

@@ -59,5 +59,6 @@ def describe(old: Config, new: Config) -> list[str]:
     if old.handover != new.handover:
         changes.append("handover changed")
     if old.balance != new.balance:
-        changes.append("balance changed (HAProxy reloaded)")
+        engine = "HAProxy" if new.balance is None or new.balance.mode == "proxy" else "nftables table"
+        changes.append(f"balance changed ({engine} reloaded)")
     return changes

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+# A balanced member's state in the status's "balance" object (metrics and SNMP show the same).
+MEMBER_STATES = ("up", "drain", "down", "maint")
+
+
 @dataclass(frozen=True)
 class VipStatus:
     address: str
@@ -109,7 +113,7 @@ class Status:
     # ("snmp": undecodable datagrams, "control": not JSON on one line, too long or too deep).
     bad_requests: dict[str, int] = field(default_factory=dict)
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
-    # Load balancing (balance: configured): hapacs.balancer.Balancer.snapshot, already JSON-shaped.
+    # Load balancing (balance: configured): hapacs.balancer.balance_status, already JSON-shaped.
     balance: dict | None = None
 
     def to_json(self) -> dict:
@@ -170,7 +174,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _balance_lines(balance: dict | None) -> list[str]:
+def balance_lines(balance: dict | None) -> list[str]:
     if not balance:
         return []
     direct = balance["mode"] == "direct"      # the kernel keeps no count; each member serves some buckets
@@ -232,7 +236,7 @@ def render_table(status: Status, history: int = 5) -> str:
                         [[c.name, c.type, {None: "pending", True: "up", False: "DOWN"}[c.ok],
                           "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms",
                           _age(c.since_s), c.message] for c in status.checks])
-    lines += _balance_lines(status.balance)
+    lines += balance_lines(status.balance)
     recent = status.transitions[-history:]
     if recent:
         lines.append("")

@@ -1,6 +1,8 @@
-"""Fixture factories the test modules share."""
+"""Fixture factories and small helpers the test modules share."""
 
 from __future__ import annotations
+
+import asyncio
 
 from typing import Callable
 
@@ -22,3 +24,13 @@ def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: st
         with Lab(unique_prefix(tag), **lab_kwargs) as built:
             yield built
     return lab
+
+
+def drain_command(agent) -> dict:
+    """`hapacs drain on` through the commands' public entry, as the control socket calls it."""
+    from hapacs.commands import Commands
+
+    async def no_progress(wait_s: float) -> None:
+        return None
+
+    return asyncio.run(Commands(agent).handle({"command": "drain", "on": True}, no_progress))

@@ -21,6 +21,8 @@ from hapacs.model import ElectionView
 from hapacs.reload import describe, restart_needed
 from hapacs.states import State
 
+from .fixtures import drain_command
+
 BASE = """\
 node: {{name: pacs-a}}
 cluster:
@@ -299,18 +301,17 @@ def test_haproxy_follows_the_agent_up_drain_down_and_up_again(tmp_path):
 def test_the_status_table_shows_the_balance_and_drain_is_refused_where_nothing_balances():
     from types import SimpleNamespace
 
-    from hapacs.commands import Commands
-    from hapacs.status import _balance_lines
+    from hapacs.status import balance_lines
     balance = {"mode": "proxy", "active": True, "drain": False, "services": [
         {"name": "dicom", "address": "192.0.2.100", "port": 104, "active": True, "members": [
             {"name": "pacs-a", "address": "192.0.2.11", "state": "up", "associations": 3, "total": 120},
             {"name": "pacs-b", "address": "192.0.2.12", "state": "drain", "associations": 1, "total": 80}]}]}
-    lines = _balance_lines(balance)
+    lines = balance_lines(balance)
     assert lines[1] == "balancing (proxy): this node serves"
     assert lines[3].split() == ["dicom", "192.0.2.100:104", "(here)", "pacs-a", "192.0.2.11", "up", "3", "120"]
-    assert _balance_lines(None) == []
+    assert balance_lines(None) == []
     agent = SimpleNamespace(balancer=None, config=SimpleNamespace(path="/etc/hapacs/hapacs.yaml"))
-    reply = Commands(agent)._drain(True)
+    reply = drain_command(agent)
     assert reply == {"ok": False, "message": "refused: this node does not balance (no balance: section in "
                      "/etc/hapacs/hapacs.yaml)"}
 

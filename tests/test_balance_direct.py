@@ -13,14 +13,15 @@ import pytest
 from hapacs import config as cfg, directhost
 from hapacs.balancer import members_of
 from hapacs.buckets import BUCKETS
-from hapacs.commands import Commands
 from hapacs.directbalancer import DirectBalancer, alive_members, service_rules
 from hapacs.hostcheck import HostFacts
 from hapacs.model import PeerView
 from hapacs.netlink import INFINITE_LIFETIME
 from hapacs.reload import restart_needed
 from hapacs.states import State
-from hapacs.status import _balance_lines
+from hapacs.status import balance_lines
+
+from .fixtures import drain_command
 
 BASE = """\
 node: {{name: pacs-a}}
@@ -186,11 +187,11 @@ def test_status_shows_buckets_and_drain_is_refused_with_its_reason():
              "total": None},
             {"name": "pacs-b", "address": "192.0.2.12", "state": "down", "buckets": 0, "associations": None,
              "total": None}]}]}
-    lines = _balance_lines(balance)
+    lines = balance_lines(balance)
     assert lines[1] == "balancing (direct): standby, same bucket map loaded"
     assert lines[2].split() == ["SERVICE", "MEMBER", "ADDRESS", "STATE", "BUCKETS"]
     assert lines[4].split() == ["dicom", "192.0.2.100:104", "pacs-b", "192.0.2.12", "down", "0"]
     agent = SimpleNamespace(balancer=DirectBalancer.__new__(DirectBalancer))
-    reply = Commands(agent)._drain(True)
+    reply = drain_command(agent)
     assert reply["ok"] is False and reply["message"].startswith(
         "refused: mode direct has no graceful drain: the kernel keeps no state per association")

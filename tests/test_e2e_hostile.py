@@ -29,6 +29,7 @@ import time
 
 
 from hapacs import wire
+from hapacs.logs import LOG_PERIOD_S   # hapacs.logs.RateLimited: one line per cause every period
 from hapacs.states import Flags, State
 
 from .checks_netns import in_netns
@@ -42,7 +43,6 @@ ETH_P_ALL = 0x0003
 WRONG_KEY = bytes(range(32))
 SEND_LIMIT_S = 10.0                  # every sending loop is bounded in count and in time
 CAPTURE_COUNT = 15                   # real heartbeats captured per direction
-LOG_PERIOD_S = 10.0                  # hapacs.logs.RateLimited: one line per cause every 10 s
 # Master_Down_Interval 1 s instead of 0.3 s: this shared machine stalls processes for a few hundred
 # ms at times, which must not pass for the effect of a packet. Timers play no part in what is
 # proved: a datagram without the key must move nothing, however long the test waits.
