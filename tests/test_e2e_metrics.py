@@ -82,7 +82,12 @@ def test_prometheus_scrapes_the_cluster_and_follows_a_failover(lab):
         assert sorted((s["metric"]["instance"], s["value"][1]) for s in up) == [(t, "1") for t in targets]
         held = probe(lab, "ws", "query", PROMETHEUS, "hapacs_vip_held == 1")["result"]
         assert [(s["metric"]["node"], s["metric"]["address"]) for s in held] == [("pacs-a", "192.0.2.100/24")]
-        assert not firing_or_pending(lab, "HapacsNoMaster") and not firing_or_pending(lab, "HapacsTwoMasters")
+        # An evaluation that ran before pacs-a's first MASTER sample was scraped leaves HapacsNoMaster
+        # pending until the next one (1 s): wait out the evaluations of the start, then hold.
+        def no_master_alert() -> bool:
+            return not firing_or_pending(lab, "HapacsNoMaster") and not firing_or_pending(lab, "HapacsTwoMasters")
+        lab.wait_for(no_master_alert, 3, interval=0.25, what="no HapacsNoMaster/TwoMasters once pacs-a is MASTER")
+        lab.hold_for(no_master_alert, 2.0, what="no HapacsNoMaster/TwoMasters while pacs-a is MASTER")
 
         cluster.kill("a", signal.SIGKILL)
         settle(lab, cluster, "b")
