@@ -3,9 +3,14 @@
 Read like the rest of the configuration (hapacs.config): every problem is
 reported at once as `FILE:LINE: balance.services[0].address: ...`. What
 this release supports is mode `proxy` (HAProxy on every node, serving
-where the VIP is) with `client_address: snat`, and mode `direct` (direct
-routing by the kernel, hapacs.nftdirect); the other values are refused here
-with a clear message rather than half-working.
+where the VIP is) with `client_address: snat` or `transparent` (the PACS sees
+the workstation's address, hapacs.transparent), and mode `direct` (direct
+routing by the kernel, hapacs.nftdirect).
+
+`workstations` (the networks the workstations are in) and
+`outgoing_from_vip` (connections the PACS opens to them leave from the VIP)
+belong to hapacs.transparent: both are IPv4 only and need every service on
+one VIP, since the return route and the source address name one address.
 
 Direct mode has rules of its own: the packets reach the member unchanged,
 so `target_port` must equal `port`; the kernel spreads associations by a
@@ -22,7 +27,9 @@ import ipaddress
 from dataclasses import dataclass
 
 from .checktypes import DICOM_CHECK_TYPES
-from .fields import INVALID, Context, Section, choice, ip_address, list_of, name_text, number, port
+from .fields import (
+    INVALID, Context, Section, boolean, choice, ip_address, list_of, name_text, number, port, shown,
+)
 
 MODES = ("proxy", "direct")
 CLIENT_ADDRESSES = ("snat", "transparent")
@@ -57,6 +64,17 @@ class BalanceConfig:
     services: tuple[ServiceConfig, ...]
     agent_port: int                     # where each node's agent answers HAProxy's agent-check
     check_interval_s: float             # HAProxy's own DICOM check of each member
+    workstations: tuple[ipaddress.IPv4Network, ...] = ()   # routed via the VIP holder (hapacs.transparent)
+    outgoing_from_vip: bool = False     # connections the PACS opens to the workstations leave from the VIP
+
+    @property
+    def transparent(self) -> bool:
+        return self.mode == "proxy" and self.client_address == "transparent"
+
+    @property
+    def vip(self):
+        """The one VIP of the services (transparent and outgoing_from_vip need exactly one)."""
+        return self.services[0].address
 
 
 def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | None:
@@ -68,13 +86,14 @@ def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | Non
     services = sec.take("services", list_of(_service_reader(vips, checks_by_name, mode), min_items=1))
     agent_port = sec.take("agent_port", port, default=DEFAULT_AGENT_PORT)
     interval = sec.take("check_interval", number(0.1, 60.0), default=DEFAULT_CHECK_INTERVAL_S)
+    workstations = sec.take("workstations", list_of(_network), default=())
+    outgoing = sec.take("outgoing_from_vip", boolean, default=False)
     sec.done()
     if mode == "direct" and "client_address" in sec:
         sec.problem("client_address", "applies to mode proxy only; with direct routing the PACS always sees "
                     "the workstation's own address: leave client_address out")
-    elif client == "transparent":
-        sec.problem("client_address", "transparent is not yet supported by this release; use snat (the PACS "
-                    "sees the balancing node's address: allow the nodes' addresses in the PACS)")
+    if INVALID not in (mode, client, services, workstations, outgoing):
+        _routing_rules(sec, mode, client, services, workstations, outgoing)
     if members == () and peers == ():     # None: cluster: is invalid, reported there
         sec.problem("members", "with multicast heartbeats (no cluster.peers) the members cannot be known in "
                     "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]")
@@ -86,9 +105,47 @@ def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | Non
         _unique(sec, "services", [f"{s.address} port {s.port}" for s in services], "address and port")
         if agent_port is not INVALID and any(s.port == agent_port for s in services):
             sec.problem("agent_port", f"{agent_port} is also a service port; give the agent-check its own port")
-    if INVALID in (mode, client, members, services, agent_port, interval):
+    if INVALID in (mode, client, members, services, agent_port, interval, workstations, outgoing):
         return None
-    return BalanceConfig(mode, client, tuple(members), tuple(services), agent_port, interval)
+    return BalanceConfig(mode, client, tuple(members), tuple(services), agent_port, interval,
+                         tuple(workstations), outgoing)
+
+
+def _routing_rules(sec: Section, mode, client, services, workstations, outgoing) -> None:
+    """What client_address: transparent and outgoing_from_vip need (see the module's docstring)."""
+    transparent = client == "transparent"
+    if transparent and mode != "proxy":
+        return          # client_address in mode direct: reported above
+    if not (transparent or outgoing):
+        if workstations:
+            sec.problem("workstations", "is used only with client_address: transparent or outgoing_from_vip: "
+                        "true; leave it out")
+        return
+    what = "client_address: transparent" if transparent else "outgoing_from_vip"
+    key = "client_address" if transparent else "outgoing_from_vip"
+    if outgoing and mode != "proxy":
+        sec.problem("outgoing_from_vip", "applies to mode proxy only")
+    if not workstations:
+        sec.problem(key, f"{what} needs workstations: the networks the workstations are in, such as "
+                    "workstations: [198.51.100.0/24] (the members reach them through the VIP's holder)")
+    if any(s.address.version != 4 for s in services):
+        sec.problem(key, f"{what} supports IPv4 services only in this release")
+    elif len({s.address for s in services}) > 1:
+        sec.problem(key, f"{what} needs every service on one VIP (the members' return route and the source "
+                    f"address name one address), not {', '.join(sorted({str(s.address) for s in services}))}")
+
+
+def _network(ctx: Context, located, path: str):
+    if located.kind != "scalar":
+        return ctx.bad(located, path, f"must be an IPv4 network such as 198.51.100.0/24, not {shown(located)}")
+    try:
+        value = ipaddress.ip_network(str(located.value))
+    except ValueError:
+        return ctx.bad(located, path, f"{located.value!r} is not an IPv4 network (such as 198.51.100.0/24 or "
+                       "198.51.100.7/32; host bits must be zero)")
+    if value.version != 4:
+        return ctx.bad(located, path, f"{value} is IPv6; workstations supports IPv4 networks only in this release")
+    return value
 
 
 def _unique(sec: Section, key: str, values: list[str], what: str) -> None:

@@ -10,6 +10,9 @@ into the status JSON's "balance" object (docs/status-json.md).
 HAProxy missing, refusing its configuration or failing to start stops the
 agent at start (StartupError), before any VIP is claimed. HAProxy dying
 later puts the node in FAULT (it then holds no VIP) until it runs again.
+The same holds for the host's part of `client_address: transparent` and
+`outgoing_from_vip` (hapacs.transparent): set up before HAProxy starts,
+kept on where the VIP is (every ROUTING_PERIOD_S), removed at stop.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from .agentcheck import AgentCheckServer
 from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
 from .hostsetup import StartupError
+from .transparent import HostRouting, RoutingError, plan_for
 from .model import ElectionView
 from .states import State
 
@@ -33,6 +37,8 @@ log = logging.getLogger("hapacs.balance")
 STATS_PERIOD_S = 0.5
 RESTART_DELAY_S = 2.0
 FAULT_SOURCE = "haproxy"
+ROUTING_FAULT_SOURCE = "proxy-routing"
+ROUTING_PERIOD_S = 0.1
 
 
 class Engine(Protocol):
@@ -118,16 +124,25 @@ class Balancer:
         self.stats: dict[tuple[str, str], tuple[str, int, int]] = {}
         self._stopping = False
         self._fault_text: str | None = None     # the FAULT this node is in because HAProxy is gone
+        self.routing = HostRouting()
+        self._routing_fault: str | None = None
 
     async def start(self) -> None:
         try:
+            await self._route()
+        except RoutingError as err:
+            await self._unroute()
+            raise StartupError(f"balance: {err}") from None
+        try:
             await self.haproxy.start(self._render())
         except (HAProxyError, OSError) as err:
+            await self._unroute()
             raise StartupError(f"balance: {err}") from None
         try:
             await self.server.start()
         except OSError as err:
             await self.haproxy.stop()
+            await self._unroute()
             raise StartupError(f"balance: cannot answer HAProxy's agent-check on {self.agent.own_address} port "
                                f"{self.config.balance.agent_port} (balance.agent_port): {err.strerror or err}") from None
         log.info("balancing %s with HAProxy over %s", ", ".join(
@@ -135,11 +150,63 @@ class Balancer:
             ", ".join(m.server for m in self.members))
         self.agent.start_task(self._watch(), "haproxy")
         self.agent.start_task(self._poll(), "haproxy-stats")
+        self.agent.start_task(self._follow_vip(), "proxy-routing")
 
     async def stop(self) -> None:
         self._stopping = True
         await self.server.stop()
         await self.haproxy.stop()
+        await self._unroute()
+
+    # --- the host's routing for transparent and outgoing_from_vip ----------------------
+
+    def _plan(self, config: Config):
+        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
+        members = members_of(config, self.agent.own_address)
+        return plan_for(config.balance, tuple(m.server for m in members),
+                        config.balance is not None and str(config.balance.vip) in held)
+
+    async def _route(self) -> None:
+        """Bring the host's routing to what the configuration and the VIP's place ask (RoutingError)."""
+        plan = self._plan(self.config)
+        if plan is None:
+            if self.routing.applied is not None:
+                await self.routing.remove()
+                log.info("balance: transparent routing and outgoing_from_vip removed")
+        elif plan != self.routing.applied:
+            await self.routing.apply(plan)
+            log.info("balance: routing for %s set up (%s)", " and ".join(
+                what for what, on in (("client_address transparent", plan.transparent),
+                                      ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
+                "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
+
+    async def _unroute(self) -> None:
+        if self._plan(self.config) is None and self.routing.applied is None:
+            return
+        try:
+            await self.routing.remove()
+        except RoutingError as err:
+            log.error("balance: %s", err)
+
+    async def _follow_vip(self) -> None:
+        """The return routes and the SNAT to the VIP follow the VIP; a refusal is a FAULT until it passes."""
+        while True:
+            await asyncio.sleep(ROUTING_PERIOD_S)
+            try:
+                await self._route()
+            except RoutingError as err:
+                if self._routing_fault is None:
+                    log.error("balance: %s", err)
+                    self._set_routing_fault(str(err))
+                await asyncio.sleep(RESTART_DELAY_S)
+                continue
+            if self._routing_fault is not None:
+                self._set_routing_fault(None)
+
+    def _set_routing_fault(self, text: str | None) -> None:
+        self._routing_fault = text
+        self.agent.feed(lambda now: self.agent.core.set_fault(ROUTING_FAULT_SOURCE, text, now,
+                                                              "the proxy's routing is set up"))
 
     def _render(self) -> str:
         return render(self.config.balance, self.members, self.config.node.state_dir)
@@ -153,6 +220,12 @@ class Balancer:
                                             new.node.state_dir), install=False)
         except (HAProxyError, OSError) as err:
             return f"balance: {err}"
+        plan = self._plan(new)
+        if plan is not None:
+            try:
+                await self.routing.check(plan)
+            except RoutingError as err:
+                return f"balance: {err}"
         return None
 
     async def reconfigure(self, new: Config) -> None:

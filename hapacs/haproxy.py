@@ -105,6 +105,13 @@ def _check_lines(service: ServiceConfig) -> list[str]:
     ]
 
 
+def _source_lines(balance: BalanceConfig) -> list[str]:
+    """client_address: transparent: connect to the members from the workstation's own address.
+    HAProxy must run as root for it (Debian's `user haproxy` refuses usesrc clientip at start): hapacs
+    starts it as the agent's user, root, with no `user` line; hapacs.transparent routes the answers."""
+    return ["    source 0.0.0.0 usesrc clientip"] if balance.transparent else []
+
+
 def render(balance: BalanceConfig, members: tuple[Member, ...], state_dir: str) -> str:
     """haproxy.cfg for this node: one frontend and one backend per service."""
     interval_ms = int(balance.check_interval_s * 1000)
@@ -129,7 +136,7 @@ def render(balance: BalanceConfig, members: tuple[Member, ...], state_dir: str) 
                   f"    bind {_endpoint(service.address, service.port)} transparent",
                   f"    default_backend {backend_name(service)}",
                   "", f"backend {backend_name(service)}",
-                  f"    balance {service.schedule}", *_check_lines(service)]
+                  f"    balance {service.schedule}", *_source_lines(balance), *_check_lines(service)]
         for member in members:
             lines.append(
                 f"    server {member.server} {_endpoint(member.address, service.target_port)} weight {WEIGHT} "

@@ -23,7 +23,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from . import directhost
+from . import directhost, transparent
 from .config import Config
 from .netlink import INFINITE_LIFETIME, Address, Netlink, NetlinkFailure
 from .yamlsource import Located, Problem, parse_file
@@ -150,6 +150,7 @@ def problems(config: Config, facts: HostFacts, lines: "Lines") -> list[Problem]:
     if config.notify.command:
         _executable(config.notify.command[0], "notify.command", problem)
     directhost.problems(config, facts, problem)
+    transparent.problems(config, problem)
     if config.balance is not None and config.balance.mode == "proxy" and shutil.which("haproxy") is None:
         problem("balance.mode", "proxy needs HAProxy, which is not installed on this host (Debian: apt install "
                 "haproxy; hapacs starts it itself, leave the haproxy service disabled)")

@@ -88,7 +88,8 @@ BROKEN = [
      "'fastest' is not allowed; use one of: leastconn, source, roundrobin"),
     ("  mode: direct\n" + SERVICE, 17, "balance.services[0].target_port", "11112 differs from port 104: direct "
      "routing delivers the packets unchanged"),
-    ("  client_address: transparent\n" + SERVICE, 12, "balance.client_address", "transparent is not yet supported"),
+    ("  client_address: transparent\n" + SERVICE, 12, "balance.client_address",
+     "client_address: transparent needs workstations: the networks the workstations are in"),
     ("  agent_port: 104\n" + SERVICE, 12, "balance.agent_port", "104 is also a service port"),
     ("  agnet_port: 5407\n" + SERVICE, 12, "balance.agnet_port", "unknown key (did you mean agent_port?)"),
     ("  members: [{address: 192.0.2.11}, {address: 192.0.2.11}]\n" + SERVICE, 12, "balance.members",
