@@ -97,15 +97,17 @@ def render(plan: Plan) -> str:
                 "\t}",
                 "\tchain output {",
                 "\t\ttype route hook output priority mangle; policy accept;",
-                f"\t\tmeta l4proto tcp socket transparent 1 ct mark set {MARK}",
+                "\t\t# HAProxy opening a connection from a workstation's address (not its listener's answers)",
+                f"\t\tmeta l4proto tcp ct direction original socket transparent 1 ct mark set {MARK}",
                 "\t\t# this node's own PACS answering one of them: back to HAProxy, on this host",
                 f"\t\tmeta l4proto tcp ct direction reply ct mark {MARK} meta mark set {MARK}",
                 "\t}"]
     if plan.outgoing_from_vip and plan.vip_here:
         out += ["\tchain postrouting {",
                 "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-                "\t\t# connections the members' PACS open to the workstations leave from the VIP",
-                f"\t\tmeta l4proto tcp ip saddr {{ {members} }} ip daddr != {{ {members} }} "
+                "\t\t# connections the members' PACS open to the workstations leave from the VIP (a first SYN:",
+                "\t\t# not the answer of a connection that reached a member without passing here)",
+                f"\t\ttcp flags & (syn | ack) == syn ip saddr {{ {members} }} ip daddr != {{ {members} }} "
                 f"ip daddr {{ {networks} }} snat ip to {plan.vip}",
                 "\t}"]
     out.append("}")

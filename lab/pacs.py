@@ -64,7 +64,7 @@ def require_pacs_tools():
 
 
 def member_config(cluster_storage, member_dir, database: Postgres, aet, dicom_port, http_port,
-                  modalities) -> dict:
+                  modalities, options=None) -> dict:
     """One member's Orthanc configuration: the lab's defaults plus the shared index and storage."""
     config = orthanc_config(dicom_port, http_port, member_dir, aet)
     config.update({
@@ -90,6 +90,7 @@ def member_config(cluster_storage, member_dir, database: Postgres, aet, dicom_po
         "DicomModalities": {name: list(entry) for name, entry in modalities.items()},
         "DicomAlwaysAllowMove": True,
     })
+    config.update(options or {})
     return config
 
 
@@ -121,12 +122,14 @@ def _wait_member(lab, cluster, host, timeout_s):
 
 
 def start_orthanc_cluster(lab, hosts, database: Postgres, aet=PACS_AET, dicom_port=104, http_port=8042,
-                          modalities=None, start_timeout_s=30.0) -> PacsCluster:
+                          modalities=None, start_timeout_s=30.0, options=None) -> PacsCluster:
     """Start Orthanc on each of `hosts`, all on `database` (see lab.postgres.start_postgres).
 
     `modalities` maps a name to (AE title, address, port), the same on every
     member; the default is the workstation as "WS" on port 11112, a C-MOVE
     destination (start a storescp there with lab.dicom.start_storescp).
+    `options` are Orthanc settings laid over every member's configuration
+    (such as {"DicomCheckModalityHost": True}).
     Returns once every member answers a C-ECHO and its REST API; a member that
     dies or is not ready within start_timeout_s fails the start with its log.
     The lab's teardown kills the members, then stops the database.
@@ -150,7 +153,8 @@ def start_orthanc_cluster(lab, hosts, database: Postgres, aet=PACS_AET, dicom_po
         for host in batch:
             directory = Path(lab.mkdtemp(f"orthanc-{lab.ns(host)}"))
             cluster.directories[host] = directory
-            config = member_config(storage, directory, database, aet, dicom_port, http_port, modalities)
+            config = member_config(storage, directory, database, aet, dicom_port, http_port, modalities,
+                                   options)
             cluster.members[host] = _spawn_member(lab, host, config, directory)
         for host in batch:
             _wait_member(lab, cluster, host, start_timeout_s)
