@@ -70,6 +70,12 @@ def calling_hosts(log: Path) -> list[str]:
     return re.findall(r"Association Received: ([0-9.]+)", log.read_text(errors="replace"))
 
 
+def rejections(pacs) -> list[str]:
+    """The calling addresses Orthanc refused the workstation's AE title from (its host check)."""
+    return [address for host in pacs.members for address in re.findall(
+        r"DICOM authorization rejected for AET WS on IP ([0-9.]+)", pacs.log(host).read_text(errors="replace"))]
+
+
 def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab):
     for host in ("a", "b"):     # the VIP holder passes the other member's sub-associations on
         lab.exec(host, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
@@ -101,6 +107,7 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
         # snat: Orthanc sees 192.0.2.11 or .12 calling as WS and refuses.
         refused = through_vip("store")
         assert not refused["ok"], f"Orthanc accepted WS from a balancing node's address: {refused}"
+        lab.wait_for(lambda: rejections(pacs) == ["192.0.2.11"], 3, what="Orthanc refusing WS from pacs-a's address")
         assert through_vip("echo")["ok"], "the VIP serves (only the host check refuses)"
 
         reload(cluster, TRANSPARENT)
@@ -114,17 +121,42 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
         study, instances = stored[0]["study"], set(stored[0]["instances"])
         found = through_vip("find", "--study", study)
         assert found == {"ok": True, "err": "", "studies": [study]}, found
-        for _ in range(2):      # leastconn over idle members alternates: each member serves one
+        for serving, drained in (("a", "b"), ("b", "a")):     # each member serves one C-MOVE
+            assert cluster.cli(drained, "drain", "on").returncode == 0
+            lab.wait_for(lambda: members(cluster, "a")[f"pacs-{drained}"]["state"] == "drain", 5,
+                         what=f"pacs-{drained} drained")
+            moves = members(cluster, "a")[f"pacs-{serving}"]["total"]
             moved = through_vip("move", "--study", study, "--destination", WORKSTATION_AET)
             assert moved == {"ok": True, "err": "", "completed": 2, "failed": 0, "warning": 0}, moved
+            lab.wait_for(lambda: members(cluster, "a")[f"pacs-{serving}"]["total"] == moves + 1, 3,
+                         what=f"pacs-{serving} counted as the member that served it")
+            assert cluster.cli(drained, "drain", "off").returncode == 0
+            lab.wait_for(lambda: members(cluster, "a")[f"pacs-{drained}"]["state"] == "up", 5,
+                         what=f"pacs-{drained} back")
         lab.wait_for(lambda: {p.name.split(".", 1)[1] for p in inbox.glob("CT.*")} == instances, 5,
                      what="the moved study at the workstation")
         after = {name: m["total"] for name, m in members(cluster, "a").items()}
         served = {name: after[name] - before[name] for name in after}
         print(f"associations per member after the reload to transparent: {served}")
-        assert all(count >= 2 for count in served.values()), f"both members serve: {served}"
+        assert all(count >= 2 for count in served.values()), f"both members serve: {served}"   # a move each
+        assert rejections(pacs) == ["192.0.2.11"], "no refusal with transparent"
         hosts = calling_hosts(inbox / "storescp.log")
         assert len(hosts) >= 2 and set(hosts) == {VIP}, f"sub-associations from the VIP only: {hosts}"
+
+        # The VIP moves to pacs-b: the return route follows it (pacs-a now routes the workstation via the
+        # VIP, pacs-b no longer), and pacs-a's PACS serves through pacs-b's HAProxy, still seeing WS.
+        assert cluster.cli("b", "takeover").returncode == 0
+        settle(lab, cluster, "b", timeout=10)
+        lab.wait_for(lambda: "192.0.2.200 via 192.0.2.100" in routing(lab, "a")
+                     and "via" not in routing(lab, "b"), 5, what="the return route moved with the VIP")
+        assert cluster.cli("b", "drain", "on").returncode == 0
+        lab.wait_for(lambda: members(cluster, "b")["pacs-b"]["state"] == "drain"
+                     and members(cluster, "b")["pacs-a"]["state"] == "up", 5, what="pacs-b drained, pacs-a up")
+        stored_via_b = through_vip("store")
+        assert stored_via_b["ok"], stored_via_b
+        lab.wait_for(lambda: members(cluster, "b")["pacs-a"]["total"] == 1, 3,
+                     what="pacs-a served it through pacs-b's HAProxy")
+        assert cluster.cli("b", "drain", "off").returncode == 0
 
         # Back to snat: the host's part is removed on both nodes, and Orthanc refuses again.
         reload(cluster, SNAT)
@@ -136,9 +168,8 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
         cluster.specs["b"].extra["balance"] = TRANSPARENT
         cluster.write("b")
         assert cluster.cli("b", "reload").returncode == 0
-        lab.wait_for(lambda: "192.0.2.200 via 192.0.2.100" in routing(lab, "b"), 5, what="b routing again")
+        lab.wait_for(lambda: "fwmark 0x68 lookup 104" in routing(lab, "b"), 5, what="b's transparent routing again")
         cluster.kill("b", signal.SIGTERM)
         assert routing(lab, "b") == "", "hapacs removes its routing when it stops"
     finally:
         print(cluster.logs())
-        print((pacs.log("a")).read_text(errors="replace")[-1500:])
