@@ -151,15 +151,11 @@ class HostRouting:
         self.applied = None     # until all of it is in place
         same_rules = before is not None and (before.transparent, before.workstations) == \
             (plan.transparent, plan.workstations)
-        try:
-            async with AsyncIPRoute() as ipr:
-                if not same_rules:      # a VIP that moves changes the return routes only
-                    await self._rules(ipr, plan)
-                    await self._local_table(ipr, plan)
-                await self._return_table(ipr, plan)
-        except NetlinkError as err:
-            raise RoutingError(f"netlink refuses the routing of client_address/outgoing_from_vip: "
-                               f"{err.args[1] if len(err.args) > 1 else err} (errno {err.code})") from None
+        async with AsyncIPRoute() as ipr:
+            if not same_rules:      # a VIP that moves changes the return routes only
+                await self._rules(ipr, plan)
+                await self._local_table(ipr, plan)
+            await self._return_table(ipr, plan)
         self.applied = plan
 
     async def remove(self) -> None:
@@ -169,40 +165,49 @@ class HostRouting:
             await run_nft(["-f", "-"], _replace(""))
         except NftError as err:
             raise RoutingError(f"cannot remove table ip {NFT_TABLE}: {err}") from None
-        try:
-            async with AsyncIPRoute() as ipr:
-                await _flush_rules(ipr)
-                for table in (LOCAL_TABLE, RETURN_TABLE):
-                    await _flush_table(ipr, table)
-        except NetlinkError as err:
-            raise RoutingError(f"cannot remove hapacs's rules and routes: {err}") from None
+        async with AsyncIPRoute() as ipr:
+            await _flush_rules(ipr)
+            for table in (LOCAL_TABLE, RETURN_TABLE):
+                await _flush_table(ipr, table)
 
     async def _rules(self, ipr, plan: Plan) -> None:
         await _flush_rules(ipr)
         if not plan.transparent:
             return
-        await ipr.rule("add", family=socket.AF_INET, fwmark=MARK, table=LOCAL_TABLE,
-                       priority=MARK_RULE_PRIORITY)
+        await _netlink(f"rule fwmark {MARK} lookup {LOCAL_TABLE}", ipr.rule(
+            "add", family=socket.AF_INET, fwmark=MARK, table=LOCAL_TABLE, priority=MARK_RULE_PRIORITY))
         for network in plan.workstations:
-            await ipr.rule("add", family=socket.AF_INET, dst=str(network.network_address),
-                           dst_len=network.prefixlen, table=RETURN_TABLE, priority=RETURN_RULE_PRIORITY)
+            await _netlink(f"rule to {network} lookup {RETURN_TABLE}", ipr.rule(
+                "add", family=socket.AF_INET, dst=str(network.network_address), dst_len=network.prefixlen,
+                table=RETURN_TABLE, priority=RETURN_RULE_PRIORITY))
 
     async def _local_table(self, ipr, plan: Plan) -> None:
         await _flush_table(ipr, LOCAL_TABLE)
         if plan.transparent:
             lo = (await ipr.link_lookup(ifname="lo"))[0]
-            await ipr.route("add", dst="0.0.0.0/0", type="local", oif=lo, table=LOCAL_TABLE, scope=254)
+            await _netlink(f"route local 0.0.0.0/0 dev lo (table {LOCAL_TABLE})", ipr.route(
+                "add", dst="0.0.0.0/0", type="local", oif=lo, table=LOCAL_TABLE, scope=254))
 
     async def _return_table(self, ipr, plan: Plan) -> None:
         await _flush_table(ipr, RETURN_TABLE)
         if plan.transparent and not plan.vip_here:
             for network in plan.workstations:
-                await ipr.route("add", dst=str(network), gateway=str(plan.vip), table=RETURN_TABLE)
+                await _netlink(f"route {network} via {plan.vip} (table {RETURN_TABLE})", ipr.route(
+                    "add", dst=str(network), gateway=str(plan.vip), table=RETURN_TABLE))
+
+
+async def _netlink(what: str, request):
+    """One netlink request; RoutingError naming it and the kernel's answer when it is refused."""
+    try:
+        return await request
+    except NetlinkError as err:
+        raise RoutingError(f"netlink refuses {what}: {err.args[1] if len(err.args) > 1 else err} "
+                           f"(errno {err.code})") from None
 
 
 async def _flush_rules(ipr) -> None:
     """hapacs's own rules: those at its two priorities that look up its two tables."""
-    found = [msg async for msg in await ipr.rule("dump", family=socket.AF_INET)]
+    found = [msg async for msg in await _netlink("rule dump", ipr.rule("dump", family=socket.AF_INET))]
     for msg in found:
         table = msg.get_attr("FRA_TABLE") or msg["table"]
         if msg.get_attr("FRA_PRIORITY") in (MARK_RULE_PRIORITY, RETURN_RULE_PRIORITY) \
@@ -213,11 +218,13 @@ async def _flush_rules(ipr) -> None:
                                dst=msg.get_attr("FRA_DST"), dst_len=msg["dst_len"])
             except NetlinkError as err:
                 if err.code != errno.ENOENT:
-                    raise
+                    raise RoutingError(f"netlink refuses to remove hapacs's rule at priority "
+                                       f"{msg.get_attr('FRA_PRIORITY')}: {err}") from None
 
 
 async def _flush_table(ipr, table: int) -> None:
-    found = [msg async for msg in await ipr.route("dump", family=socket.AF_INET, table=table)]
+    found = [msg async for msg in await _netlink(f"route dump (table {table})",
+                                                 ipr.route("dump", family=socket.AF_INET, table=table))]
     for msg in found:
         if (msg.get_attr("RTA_TABLE") or msg["table"]) != table:
             continue
@@ -226,4 +233,4 @@ async def _flush_table(ipr, table: int) -> None:
                             type=msg["type"], scope=msg["scope"])
         except NetlinkError as err:
             if err.code not in (errno.ESRCH, errno.ENOENT):
-                raise
+                raise RoutingError(f"netlink refuses to remove a route of table {table}: {err}") from None
