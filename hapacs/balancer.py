@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from typing import TYPE_CHECKING, Protocol
 
 from .agentcheck import AgentCheckServer
@@ -126,9 +127,12 @@ class Balancer:
         self._fault_text: str | None = None     # the FAULT this node is in because HAProxy is gone
         self.routing = HostRouting()
         self._routing_fault: str | None = None
+        self._routing_lock = asyncio.Lock()     # the routing loop, a reload and stop take turns
 
     async def start(self) -> None:
         try:
+            if self._plan(self.config) is None:
+                await self._unroute(stale=True)     # left by an agent that was killed with transparent on
             await self._route()
         except RoutingError as err:
             await self._unroute()
@@ -168,6 +172,10 @@ class Balancer:
 
     async def _route(self) -> None:
         """Bring the host's routing to what the configuration and the VIP's place ask (RoutingError)."""
+        async with self._routing_lock:
+            await self._route_now()
+
+    async def _route_now(self) -> None:
         plan = self._plan(self.config)
         if plan is None:
             if self.routing.applied is not None:
@@ -180,13 +188,16 @@ class Balancer:
                                       ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
                 "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
 
-    async def _unroute(self) -> None:
-        if self._plan(self.config) is None and self.routing.applied is None:
+    async def _unroute(self, stale: bool = False) -> None:
+        """Remove hapacs's routing; `stale`: also when this agent set none up (only where nft exists)."""
+        if self._plan(self.config) is None and self.routing.applied is None \
+                and not (stale and shutil.which("nft")):
             return
-        try:
-            await self.routing.remove()
-        except RoutingError as err:
-            log.error("balance: %s", err)
+        async with self._routing_lock:
+            try:
+                await self.routing.remove()
+            except RoutingError as err:
+                log.error("balance: %s", err)
 
     async def _follow_vip(self) -> None:
         """The return routes and the SNAT to the VIP follow the VIP; a refusal is a FAULT until it passes."""
@@ -234,6 +245,10 @@ class Balancer:
         self.members = members_of(new, self.agent.own_address)
         if old.balance == new.balance and old.cluster.peers == new.cluster.peers:
             return
+        try:
+            await self._route()     # before HAProxy connects from the workstations' addresses
+        except RoutingError as err:
+            log.error("balance: %s", err)   # the routing loop retries it, in FAULT meanwhile
         try:
             await self.haproxy.reload(self._render())
             log.info("balance: HAProxy reloaded with the new configuration")

@@ -159,16 +159,18 @@ class HostRouting:
         self.applied = plan
 
     async def remove(self) -> None:
-        """Remove everything hapacs set up here; what is not there is not an error."""
-        self.applied = None
+        """Remove everything hapacs set up here; what is not there is not an error. The two routing
+        tables are emptied only if hapacs's rules were there (or it set them up itself): a host where
+        hapacs never ran transparent keeps whatever its tables 104 and 105 hold."""
+        ours, self.applied = self.applied is not None, None
         try:
             await run_nft(["-f", "-"], _replace(""))
         except NftError as err:
             raise RoutingError(f"cannot remove table ip {NFT_TABLE}: {err}") from None
         async with AsyncIPRoute() as ipr:
-            await _flush_rules(ipr)
-            for table in (LOCAL_TABLE, RETURN_TABLE):
-                await _flush_table(ipr, table)
+            if await _flush_rules(ipr) or ours:
+                for table in (LOCAL_TABLE, RETURN_TABLE):
+                    await _flush_table(ipr, table)
 
     async def _rules(self, ipr, plan: Plan) -> None:
         await _flush_rules(ipr)
@@ -205,13 +207,15 @@ async def _netlink(what: str, request):
                            f"(errno {err.code})") from None
 
 
-async def _flush_rules(ipr) -> None:
-    """hapacs's own rules: those at its two priorities that look up its two tables."""
+async def _flush_rules(ipr) -> int:
+    """Remove hapacs's own rules (those at its two priorities that look up its two tables); how many."""
     found = [msg async for msg in await _netlink("rule dump", ipr.rule("dump", family=socket.AF_INET))]
+    removed = 0
     for msg in found:
         table = msg.get_attr("FRA_TABLE") or msg["table"]
         if msg.get_attr("FRA_PRIORITY") in (MARK_RULE_PRIORITY, RETURN_RULE_PRIORITY) \
                 and table in (LOCAL_TABLE, RETURN_TABLE):
+            removed += 1
             try:
                 await ipr.rule("del", family=socket.AF_INET, priority=msg.get_attr("FRA_PRIORITY"),
                                table=table, fwmark=msg.get_attr("FRA_FWMARK"),
@@ -220,6 +224,7 @@ async def _flush_rules(ipr) -> None:
                 if err.code != errno.ENOENT:
                     raise RoutingError(f"netlink refuses to remove hapacs's rule at priority "
                                        f"{msg.get_attr('FRA_PRIORITY')}: {err}") from None
+    return removed
 
 
 async def _flush_table(ipr, table: int) -> None:

@@ -124,6 +124,8 @@ async def main():
     plan = Plan(**{**json.loads(sys.argv[1]), "vip": ipaddress.ip_address("192.0.2.100"),
                    "workstations": (ipaddress.ip_network("198.51.100.0/24"),)})
     routing, out = HostRouting(), {}
+    await routing.remove()          # at the start of an agent with snat: no rule of hapacs's, nothing flushed
+    out["untouched"] = seen()
     await routing.apply(Plan(**{**plan.__dict__, "vip_here": False}))
     out["elsewhere"] = seen()
     await routing.apply(plan)
@@ -148,11 +150,13 @@ def test_the_host_s_routing_follows_the_vip_and_leaves_other_tables_alone(lab):
     lab.exec("a", ["nft", "add table ip someone_else"])
     lab.exec("a", ["ip", "rule", "add", "fwmark", "7", "lookup", "104", "priority", "200"])   # not hapacs's
     before = lab.exec("a", ["ip", "rule"]).stdout
+    lab.exec("a", ["ip", "route", "add", "203.0.113.0/24", "dev", "lo", "table", "105"])   # not hapacs's either
     plan = {"transparent": True, "outgoing_from_vip": True, "members": ["192.0.2.11", "192.0.2.12"],
             "vip_here": True}
     done = lab.exec("a", [sys.executable, "-c", ROUTING_SCRIPT, json.dumps(plan)], timeout=30)
     seen = json.loads(done.stdout)
     elsewhere, here = seen["elsewhere"], seen["here"]
+    assert seen["untouched"]["return"] == "203.0.113.0/24 dev lo scope link", seen["untouched"]
     assert "104:\tfrom all fwmark 0x68 lookup 104" in elsewhere["rules"]
     assert "105:\tfrom all to 198.51.100.0/24 lookup 105" in elsewhere["rules"]
     assert elsewhere["local"].startswith("local default dev lo")
