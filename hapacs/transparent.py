@@ -119,11 +119,36 @@ def _replace(text: str) -> str:
 
 
 def problems(config, problem) -> None:
-    """What keeps this host from carrying the plan (for hostcheck: run, reload and check-config)."""
+    """What keeps this host from carrying the plan (for hostcheck: run, reload and check-config).
+    It only reads the host."""
     balance = config.balance
-    if plan_for(balance, (), False) is not None and shutil.which("nft") is None:
-        key = "balance.client_address" if balance.transparent else "balance.outgoing_from_vip"
+    if plan_for(balance, (), False) is None:
+        return
+    key = "balance.client_address" if balance.transparent else "balance.outgoing_from_vip"
+    if shutil.which("nft") is None:
         problem(key, "needs the nft command, which is not installed on this host (Debian: apt install nftables)")
+    if not balance.transparent:
+        return
+    # The VIP holder forwards the other members' own connections to the workstations (C-MOVE
+    # sub-associations); an ICMP redirect would send a member around it, answers of balanced
+    # associations included, so the holder must not send any (the kernel sends if all OR the interface says so).
+    interface = next((v.interface for v in config.vips if v.address.ip == balance.vip), config.cluster.interface)
+    if _sysctl("ipv4/ip_forward") == 0:
+        problem(key, "transparent: this node must forward the other members' connections to the workstations "
+                "when it holds the VIP (C-MOVE sub-associations): sysctl -w net.ipv4.ip_forward=1 (and in "
+                "/etc/sysctl.d)")
+    sending = [where for where in ("all", interface) if _sysctl(f"ipv4/conf/{where}/send_redirects") == 1]
+    if sending:
+        problem(key, "transparent: ICMP redirects would send the members around the VIP holder: " + "; ".join(
+            f"sysctl -w net.ipv4.conf.{where}.send_redirects=0" for where in sending) + " (and in /etc/sysctl.d)")
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        with open(f"/proc/sys/net/{name}", encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 class HostRouting:

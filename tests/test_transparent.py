@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,6 +107,9 @@ def test_the_nftables_table():
 
 
 lab = lab_fixture("tp", hosts=("a",), workstation=False)
+AGENT_BALANCE = {"client_address": "transparent", "workstations": ["198.51.100.0/24"],
+                 "members": [{"address": "192.0.2.11"}],
+                 "services": [{"name": "dicom", "address": "192.0.2.100", "port": 104, "target_port": 11112}]}
 
 ROUTING_SCRIPT = r"""
 import asyncio, ipaddress, json, subprocess, sys
@@ -174,15 +178,28 @@ def test_the_host_s_routing_follows_the_vip_and_leaves_other_tables_alone(lab):
     assert lab.exec("a", ["ip", "rule"]).stdout == before
 
 
+def test_check_config_names_what_transparent_needs_from_the_host(lab):
+    """Forwarding off and redirects on (the kernel's defaults): check-config names both, with the key."""
+    cluster = AgentCluster(lab)
+    cluster.add("a", 150, balance=AGENT_BALANCE)
+    checked = subprocess.run(["ip", "netns", "exec", lab.ns("a"), sys.executable, "-m", "hapacs", "check-config",
+                              "-c", cluster.write("a")], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    interface = lab.hosts["a"].ifname
+    assert "balance.client_address: transparent: this node must forward" in checked.stdout + checked.stderr
+    assert (f"balance.client_address: transparent: ICMP redirects would send the members around the VIP holder: "
+            f"sysctl -w net.ipv4.conf.all.send_redirects=0; sysctl -w net.ipv4.conf.{interface}.send_redirects=0"
+            ) in checked.stdout + checked.stderr
+
+
 def test_an_agent_whose_nft_refuses_the_table_does_not_start_and_claims_no_vip(lab):
     fake = Path(lab.mkdtemp("fakenft"))
     (fake / "nft").write_text("#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n")
     (fake / "nft").chmod(0o755)
+    lab.exec("a", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                   f"net.ipv4.conf.{lab.hosts['a'].ifname}.send_redirects=0"])
     cluster = AgentCluster(lab)
-    cluster.add("a", 150, balance={"client_address": "transparent", "workstations": ["198.51.100.0/24"],
-                                   "members": [{"address": "192.0.2.11"}],
-                                   "services": [{"name": "dicom", "address": "192.0.2.100", "port": 104,
-                                                 "target_port": 11112}]})
+    cluster.add("a", 150, balance=AGENT_BALANCE)
     agent = cluster.start("a", env={"PATH": f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin"})
     assert agent.wait(timeout=30) == 1
     log = cluster.logs()
