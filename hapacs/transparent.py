@@ -71,17 +71,13 @@ class Plan:
     members: tuple[str, ...]        # every member's address, this node's included
     vip_here: bool
 
-    @property
-    def empty(self) -> bool:
-        return not (self.transparent or self.outgoing_from_vip)
-
 
 def plan_for(balance, members: tuple[str, ...], vip_here: bool) -> Plan | None:
     """The plan for a balance section, or None when it needs nothing from the host."""
     if balance is None or balance.mode != "proxy" or not (balance.transparent or balance.outgoing_from_vip):
         return None
-    return Plan(balance.transparent, balance.outgoing_from_vip, balance.vip, balance.workstations,
-                tuple(members), vip_here)
+    ipv4 = tuple(m for m in members if ipaddress.ip_address(m).version == 4)   # the VIP is IPv4
+    return Plan(balance.transparent, balance.outgoing_from_vip, balance.vip, balance.workstations, ipv4, vip_here)
 
 
 def render(plan: Plan) -> str:
@@ -102,7 +98,7 @@ def render(plan: Plan) -> str:
                 "\t\t# this node's own PACS answering one of them: back to HAProxy, on this host",
                 f"\t\tmeta l4proto tcp ct direction reply ct mark {MARK} meta mark set {MARK}",
                 "\t}"]
-    if plan.outgoing_from_vip and plan.vip_here:
+    if plan.outgoing_from_vip and plan.vip_here and plan.members:
         out += ["\tchain postrouting {",
                 "\t\ttype nat hook postrouting priority srcnat; policy accept;",
                 "\t\t# connections the members' PACS open to the workstations leave from the VIP (a first SYN:",
