@@ -162,7 +162,8 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
         reload(cluster, SNAT)
         lab.wait_for(lambda: routing(lab, "a") == "" and routing(lab, "b") == "", 5,
                      what="hapacs's table, rules and routes removed by the reload to snat")
-        lab.wait_for(lambda: not through_vip("store")["ok"], 5, what="Orthanc refusing the balancer's address")
+        assert not through_vip("store")["ok"]
+        lab.wait_for(lambda: "192.0.2.12" in rejections(pacs), 3, what="Orthanc refusing pacs-b's address")
 
         # And on exit: transparent again on b, then b stops.
         cluster.specs["b"].extra["balance"] = TRANSPARENT
