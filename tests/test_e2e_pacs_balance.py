@@ -5,8 +5,9 @@ Orthanc checks the calling host (`DicomCheckModalityHost`): with `client_address
 balancing node and refuses the workstation's C-STORE; after a reload to `transparent` it sees the
 workstation and accepts it. A study stored through the VIP is then found (C-FIND) and retrieved (C-MOVE)
 through the VIP, whichever member serves, both members serve, and with `outgoing_from_vip` the C-MOVE's
-sub-associations reach the workstation from the VIP, from either member. On reload back to snat and on
-exit, hapacs's own nftables table, rules and routes are gone."""
+sub-associations reach the workstation from the VIP, from either member; the return route follows the VIP
+to the other node. Back with snat, only the VIP holder's own sub-associations can leave from the VIP. On
+the reload back to snat and on exit, hapacs's own rules and routes are gone."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ CHECK = [{"name": "pacs-dicom", "type": "dicom-echo", "port": PACS_PORT, "called
           "interval": 0.5, "timeout": 2.0, "fall": 2, "rise": 1}]
 SERVICES = [{"name": "dicom", "address": VIP, "port": 104, "target_port": PACS_PORT, "health": "pacs-dicom"}]
 SNAT = {"client_address": "snat", "services": SERVICES, "check_interval": 0.3}
+SNAT_OUTGOING = {**SNAT, "workstations": ["192.0.2.200/32"], "outgoing_from_vip": True}
 TRANSPARENT = {**SNAT, "client_address": "transparent", "workstations": ["192.0.2.200/32"],
                "outgoing_from_vip": True}
 # The workstation is allowed only from its own address, for every operation.
@@ -158,12 +160,27 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
                      what="pacs-a served it through pacs-b's HAProxy")
         assert cluster.cli("b", "drain", "off").returncode == 0
 
-        # Back to snat: the host's part is removed on both nodes, and Orthanc refuses again.
-        reload(cluster, SNAT)
-        lab.wait_for(lambda: routing(lab, "a") == "" and routing(lab, "b") == "", 5,
-                     what="hapacs's table, rules and routes removed by the reload to snat")
+        # Back to snat (with outgoing_from_vip): the transparent routing is removed on both nodes, and
+        # Orthanc refuses the workstation's C-STORE again. A C-MOVE served by the VIP holder (pacs-b) still
+        # reaches the workstation from the VIP; one served by pacs-a leaves from pacs-a's own address (its
+        # route to the workstation does not pass the holder).
+        reload(cluster, SNAT_OUTGOING)
+        lab.wait_for(lambda: routing(lab, "a") == "nft hapacs_proxy" and routing(lab, "b") == "nft hapacs_proxy", 5,
+                     what="hapacs's rules and routes removed by the reload to snat, the SNAT table kept")
         assert not through_vip("store")["ok"]
         lab.wait_for(lambda: "192.0.2.12" in rejections(pacs), 3, what="Orthanc refusing pacs-b's address")
+        seen = len(calling_hosts(inbox / "storescp.log"))
+        for serving, drained in (("b", "a"), ("a", "b")):
+            assert cluster.cli(drained, "drain", "on").returncode == 0
+            lab.wait_for(lambda: members(cluster, "b")[f"pacs-{drained}"]["state"] == "drain", 5,
+                         what=f"pacs-{drained} drained")
+            moved = through_vip("move", "--study", study, "--destination", WORKSTATION_AET)
+            assert moved["ok"] and moved["completed"] == 2, moved
+            assert cluster.cli(drained, "drain", "off").returncode == 0
+            lab.wait_for(lambda: members(cluster, "b")[f"pacs-{drained}"]["state"] == "up", 5,
+                         what=f"pacs-{drained} back")
+        assert set(calling_hosts(inbox / "storescp.log")[seen:]) == {VIP, "192.0.2.11"}, \
+            "snat: the holder's sub-associations from the VIP, the other member's from its own address"
 
         # And on exit: transparent again on b, then b stops.
         cluster.specs["b"].extra["balance"] = TRANSPARENT
