@@ -94,6 +94,8 @@ def read(ctx: Context, sec: Section, vips, checks, peers) -> BalanceConfig | Non
                     "the workstation's own address: leave client_address out")
     if INVALID not in (mode, client, services, workstations, outgoing):
         _routing_rules(sec, mode, client, services, workstations, outgoing)
+        nodes = [m.address for m in members] if members not in ((), INVALID) else list(peers or ())
+        _workstations_apart(sec, workstations, nodes + [s.address for s in services])
     if members == () and peers == ():     # None: cluster: is invalid, reported there
         sec.problem("members", "with multicast heartbeats (no cluster.peers) the members cannot be known in "
                     "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]")
@@ -133,6 +135,17 @@ def _routing_rules(sec: Section, mode, client, services, workstations, outgoing)
     elif len({s.address for s in services}) > 1:
         sec.problem(key, f"{what} needs every service on one VIP (the members' return route and the source "
                     f"address name one address), not {', '.join(sorted({str(s.address) for s in services}))}")
+
+
+def _workstations_apart(sec: Section, workstations, addresses) -> None:
+    """The nodes and the VIP are never routed via the VIP: heartbeats between two nodes would then
+    pass a third, and go when it does."""
+    for index, network in enumerate(workstations):
+        inside = sorted({str(a) for a in addresses if a.version == 4 and a in network})
+        if inside:
+            sec.problem(f"workstations[{index}]", f"{network} contains {', '.join(inside)} (a node or the VIP); "
+                        "list only the workstations' networks (a workstation on the nodes' subnet as a /32)",
+                        line=sec.item_line("workstations", index))
 
 
 def _network(ctx: Context, located, path: str):

@@ -48,6 +48,8 @@ BROKEN = [
      "'198.51.100.1/24' is not an IPv4 network"),
     ("  client_address: transparent\n  workstations: [2001:db8::/64]\n" + SERVICE, 13, "balance.workstations[0]",
      "2001:db8::/64 is IPv6"),
+    ("  client_address: transparent\n  workstations:\n    - 198.51.100.0/24\n    - 192.0.2.0/24\n" + SERVICE, 15,
+     "balance.workstations[1]", "192.0.2.0/24 contains 192.0.2.100, 192.0.2.12 (a node or the VIP)"),
     ("  mode: direct\n  outgoing_from_vip: true\n  workstations: [198.51.100.0/24]\n"
      + SERVICE.replace("      target_port: 11112\n", ""), 13, "balance.outgoing_from_vip", "applies to mode proxy only"),
     ("  client_address: transparent\n  workstations: [198.51.100.0/24]\n" + TWO_VIPS, 13, "balance.client_address",
