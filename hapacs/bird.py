@@ -110,7 +110,7 @@ class BirdClient:
         except BirdAnswerError:
             self.close()
             raise
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as err:
+        except (OSError, EOFError) as err:
             self.close()
             text = getattr(err, "strerror", None) or str(err) or type(err).__name__
             raise BirdUnreachable(f"{self.path}: {text}") from None
@@ -128,7 +128,10 @@ class BirdClient:
     async def _reply(self) -> list[tuple[int, str]]:
         lines = []
         while len(lines) < MAX_REPLY_LINES:
-            raw = await self.reader.readline()
+            try:
+                raw = await self.reader.readline()
+            except ValueError:      # asyncio's word for a line over the reader's limit
+                raise BirdAnswerError(f"a line longer than {MAX_LINE_BYTES} bytes") from None
             if not raw:
                 raise EOFError("BIRD closed the connection")
             try:
@@ -136,6 +139,7 @@ class BirdClient:
             except UnicodeDecodeError:
                 raise BirdAnswerError(f"a line that is not ASCII text: {raw[:60]!r}") from None
             lines.append(line)
+            reply_lines(lines[-1:] if not line.startswith(" ") else [])   # garbage fails now, not at a timeout
             if ends_reply(line):
                 return reply_lines(lines)
         raise BirdAnswerError(f"a reply longer than {MAX_REPLY_LINES} lines")
