@@ -85,27 +85,23 @@ def vip_filter(name: str = "vip_range") -> str:
     return f"define {name.upper()} = [ {VIP_RANGE}{{32,32}} ];\n"
 
 
-def pacs_bird_config(site: Site, router_id: str | None = None) -> str:
-    """The PACS host's BIRD: the VIPs on lo by protocol direct, one BGP session with BFD to the
-    site router (the protocol `uplink`, the name the agents' bgp.protocols gives)."""
-    return f"""log stderr all;
-router id {router_id or site.pacs_ip};
-{vip_filter()}
-protocol device {{ scan time 10; }}
-protocol direct vips {{
-  ipv4 {{ import where net ~ VIP_RANGE; }};
-  interface "lo";
-}}
-protocol bfd {{ interface "*" {{ {BFD} }}; }}
-protocol bgp uplink {{
-  local {site.pacs_ip} as {site.pacs_as};
-  neighbor {site.router_ip} as {site.router_as};
-  bfd on;
-  {SESSION_TIMERS}
-  graceful restart off;
-  ipv4 {{ import none; export where proto = "vips"; }};
-}}
-"""
+SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "bird-hapacs.conf"
+
+
+def pacs_bird_config(site: Site) -> str:
+    """The PACS host's BIRD: the sample etc/bird-hapacs.conf (written for site a's host), with this
+    site's addresses and AS numbers, logging to stderr (the lab's log file) instead of syslog. So the
+    lab runs the documented file: the VIPs on lo by protocol direct, one BGP session `uplink` with
+    BFD to the site router."""
+    a = SITES["a"]
+    text = SAMPLE.read_text().replace("log syslog all;", "log stderr all;")
+    for old, new in ((f"local {a.pacs_ip} as {a.pacs_as};", f"local {site.pacs_ip} as {site.pacs_as};"),
+                     (f"neighbor {a.router_ip} as {a.router_as};", f"neighbor {site.router_ip} as {site.router_as};"),
+                     (f"router id {a.pacs_ip};", f"router id {site.pacs_ip};")):
+        if old not in text:
+            raise RuntimeError(f"{SAMPLE} no longer has {old!r}: lab/sites.py adapts it per site")
+        text = text.replace(old, new)
+    return text
 
 
 def site_router_config(site: Site) -> str:
