@@ -6,6 +6,7 @@ power: its switch port goes silent and its processes are killed. Prints
 the timeline and what the workstation saw. Removes everything at the end.
 
 Run as root:  tools/demo   (or .venv/bin/python bench/demo.py)
+With --sites: two sites on different networks, a routed VIP, BGP (bench/sitesdemo.py).
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--advert-interval", type=float, default=0.1)
     parser.add_argument("--dead-after", type=int, default=3)
+    parser.add_argument("--sites", action="store_true",
+                        help="two sites on different networks, a routed VIP announced by BGP (bench/sitesdemo.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("demo: run as root (it builds network namespaces)")
         return 1
+    if args.sites:
+        from bench import sitesdemo
+        return sitesdemo.main(args.advert_interval, args.dead_after)
     with Lab(unique_prefix("dm")) as lab:
         say(f"Building the lab: namespaces {', '.join(n.ns for n in lab.nodes)} on bridge {lab.bridge}")
         pacs = {host: start_storescp(lab, lab.ns(host), port=104, aet="PACS") for host in ("a", "b")}
