@@ -35,7 +35,8 @@ def say(text: str = "") -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--advert-interval", type=float, default=0.1)
-    parser.add_argument("--dead-after", type=int, default=3)
+    parser.add_argument("--dead-after", type=int, default=None,
+                        help="default 3; with --sites 5, above BFD's 0.3 s detection")
     parser.add_argument("--sites", action="store_true",
                         help="two sites on different networks, a routed VIP announced by BGP (bench/sitesdemo.py)")
     args = parser.parse_args()
@@ -44,7 +45,8 @@ def main() -> int:
         return 1
     if args.sites:
         from bench import sitesdemo
-        return sitesdemo.main(args.advert_interval, args.dead_after)
+        return sitesdemo.main(args.advert_interval, args.dead_after or sitesdemo.AGENT_DEAD_AFTER)
+    args.dead_after = args.dead_after or 3
     with Lab(unique_prefix("dm")) as lab:
         say(f"Building the lab: namespaces {', '.join(n.ns for n in lab.nodes)} on bridge {lab.bridge}")
         pacs = {host: start_storescp(lab, lab.ns(host), port=104, aet="PACS") for host in ("a", "b")}

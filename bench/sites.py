@@ -6,7 +6,7 @@ In one sites lab (real BIRD 2 everywhere, BFD 100 ms x 3), per trial:
   namespaces, so both ends are kernel timestamps);
 - silent host loss: every BGP and BFD packet of site a's PACS host dropped (nftables), until
   the core's route is withdrawn (BFD at the site router);
-- failover with heartbeats: agents on both hosts (advert_interval 0.1, dead_after 3), the
+- failover with heartbeats: agents on both hosts (advert_interval 0.1, dead_after 5), the
   MASTER's agent killed and its link cut; the workstation's outage (C-ECHO every 20 ms, from
   the last answer before the fault to the first after) and the core's route moving. The lost
   host comes back as BACKUP (preempt off) and the next trial loses the other site.
@@ -32,7 +32,7 @@ from lab.cluster import AgentCluster  # noqa: E402
 from lab.dicom import start_storescp  # noqa: E402
 from lab.outage import load, outage  # noqa: E402
 from lab.probe import start_probe  # noqa: E402
-from lab.sites import VIP, SitesLab, agent_extra  # noqa: E402
+from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, agent_extra  # noqa: E402
 
 
 class Monitor:
@@ -91,7 +91,7 @@ def silent_loss(lab, trials: int) -> list[float]:
 def failovers(lab, trials: int) -> list[dict]:
     for host in ("a", "b"):
         start_storescp(lab, host, port=104, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, preempt=False)
+    cluster = AgentCluster(lab, preempt=False, dead_after=AGENT_DEAD_AFTER)
     cluster.add("a", 150, **agent_extra(lab, "a", 1.0))
     cluster.add("b", 100, **agent_extra(lab, "b", 1.0))
     cluster.start_all()

@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import atexit
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from lab.bird import Bird, require_bird, start_bird
 from lab.netns import (
-    _COMMON_SYSCTLS, _HOST_SYSCTLS, Lab, Node, _check_prefix, _require_root_and_tools, _run, list_namespaces,
-    wait_for,
+    _COMMON_SYSCTLS, _HOST_SYSCTLS, Lab, _check_prefix, _require_root_and_tools, _run, in_namespace,
+    list_namespaces, wait_for,
 )
 
 VIP_RANGE = "203.0.113.0/24"
@@ -48,6 +51,9 @@ VIP = "203.0.113.100"
 CORE_AS = 64512
 LAN_PREFIXLEN = 26
 BFD = "interval 100 ms; multiplier 3;"
+# Agents in this lab: Master_Down_Interval (advert_interval 0.1 x dead_after 5 = 0.5 s) above BFD's
+# detection time (0.3 s), so a lost host's route is withdrawn before another site announces the VIP.
+AGENT_DEAD_AFTER = 5
 # Short retries everywhere: BIRD's defaults wait 60-300 s after a failed session, during which a
 # recovered site announces into nothing. Hold time 3 s is the BGP floor; BFD detects loss first.
 SESSION_TIMERS = "hold time 3; keepalive time 1; connect delay time 1; connect retry time 1; error wait time 1, 2;"
@@ -302,6 +308,17 @@ class SitesLab(Lab):
         else:
             self.exec(host, ["nft", "delete", "table", "inet", "labbgp"], check=False)
 
+    def flap_bgp(self, host: str, times: int, period_s: float, between=None) -> None:
+        """Restart the PACS host's BGP session `times` times, every `period_s` (bounded), calling
+        `between()` after each restart (a test's check that nothing took over meanwhile)."""
+        bird = self.pacs_bird(host)
+        for _ in range(min(times, 100)):
+            bird.birdc("restart", "uplink")
+            if between is not None:
+                between(period_s)
+            else:
+                time.sleep(period_s)
+
     def partition(self, host):
         raise NotImplementedError("the sites lab cuts links: link_down, site_down, block_bgp")
 
@@ -315,4 +332,76 @@ def agent_extra(lab: SitesLab, host: str, stable_for: float = 1.0) -> dict:
     return {"vips": [{"address": f"{VIP}/32", "mode": "routed"}],
             "bgp": {"socket": lab.pacs_bird(host).socket, "protocols": ["uplink"], "stable_for": stable_for,
                     "poll_interval": 0.2}}
+
+
+
+class CoreSampler:
+    """The core's routes to the VIP (core_routes) every `interval_s`, in a thread, until stopped
+    (at most `limit_s`): what an operator polling the core would see."""
+
+    def __init__(self, lab: SitesLab, interval_s: float = 0.05, limit_s: float = 120.0, vip: str = VIP):
+        self.lab, self.vip, self.samples = lab, vip, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s, limit_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.samples.append((time.monotonic(), self.lab.core_routes(self.vip)))
+            self._stop.wait(interval_s)
+
+    def stop(self) -> list[tuple[float, list[str]]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.samples
+
+    def via_two_sites(self) -> list[tuple[float, list[str]]]:
+        return [(t, routes) for t, routes in self.samples if len(routes) > 1]
+
+
+class SiteRouteMonitor:
+    """Every change of the VIP's kernel route in both site routers (`ip -ts monitor route`, so
+    nothing between two samples is missed): the intervals in which both sites held a route to
+    the VIP, i.e. announced it to the core at once."""
+
+    def __init__(self, lab: SitesLab, vip: str = VIP):
+        self.lab, self.vip, self.paths, self.processes = lab, vip, {}, {}
+        for site in SITES.values():
+            path = Path(lab.mkdtemp(f"routes-{site.router}")) / "monitor.txt"
+            with open(path, "w") as handle:
+                self.processes[site.name] = lab.spawn(site.router, ["ip", "-ts", "monitor", "route"], stdout=handle)
+            self.paths[site.name] = path
+        # `ip monitor` subscribes right after it starts; wait until it runs in the router's namespace.
+        for site in SITES.values():
+            pid = self.processes[site.name].pid
+            wait_for(lambda: in_namespace(pid, lab.ns(site.router)), 5, what="ip monitor running")
+        self.initial = {site.name: bool(lab.kernel_route(site.router, vip)) for site in SITES.values()}
+
+    def events(self) -> list[tuple[float, str, bool]]:
+        """(wall-clock time, site, the site router has a route now), in time order."""
+        found = []
+        for site, path in self.paths.items():
+            for line in path.read_text().splitlines():
+                if line.startswith("[") and f" {self.vip} via " in f" {line[28:].strip()}".replace("Deleted ", ""):
+                    stamp = datetime.strptime(line[1:27], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+                    found.append((stamp, site, not line[28:].strip().startswith("Deleted")))
+        return sorted(found)
+
+    def overlaps(self) -> list[float]:
+        """Seconds during which both site routers held the VIP, one entry per interval."""
+        held = dict(self.initial)
+        both_since, spans = None, []
+        for stamp, site, present in self.events():
+            held[site] = present
+            if all(held.values()) and both_since is None:
+                both_since = stamp
+            elif not all(held.values()) and both_since is not None:
+                spans.append(stamp - both_since)
+                both_since = None
+        return spans
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            self.lab.stop(process)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
@@ -28,7 +27,7 @@ from lab.dicom import echo, start_storescp
 from lab.netns import unique_prefix
 from lab.outage import load
 from lab.probe import start_probe
-from lab.sites import VIP, SitesLab, agent_extra
+from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER, VIP, CoreSampler, SiteRouteMonitor, SitesLab, agent_extra
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
@@ -47,31 +46,13 @@ def lab():
 def cluster(lab):
     for host in ("a", "b"):
         start_storescp(lab, host, port=104, aet="PACS", fork=True)
-    agents = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]})
+    # Master_Down_Interval 0.5 s, above BFD's 0.3 s: a lost host's route is withdrawn before the
+    # other site announces (with dead_after 3 both are 0.3 s, and the core saw both routes).
+    agents = AgentCluster(lab, checks={"a": [ECHO], "b": [ECHO]}, dead_after=DEAD_AFTER)
     agents.add("a", 150, **agent_extra(lab, "a", STABLE_FOR_S))
     agents.add("b", 100, **agent_extra(lab, "b", STABLE_FOR_S))
     agents.start_all()
     return agents
-
-
-class RouteSampler:
-    """The core's routes to the VIP every 50 ms, in a thread, until stopped."""
-
-    def __init__(self, lab):
-        self.lab, self.samples, self._stop = lab, [], threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        deadline = time.monotonic() + 60      # bounded, whatever the test does
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.samples.append(self.lab.core_routes())
-            self._stop.wait(0.05)
-
-    def stop(self) -> list[list[str]]:
-        self._stop.set()
-        self.thread.join(5)
-        return self.samples
 
 
 def serving(lab, cluster, host: str, timeout: float = 10.0) -> None:
@@ -79,9 +60,10 @@ def serving(lab, cluster, host: str, timeout: float = 10.0) -> None:
     lab.wait_for(lambda: lab.core_routes() == [host], timeout, what=f"the core's route to the VIP via site {host}")
 
 
-def assert_never_two_sites(samples: list[list[str]]) -> None:
+def assert_never_two_sites(sampler: CoreSampler) -> None:
+    samples = sampler.stop()
     assert len(samples) > 10, samples
-    both = [s for s in samples if len(s) > 1]
+    both = sampler.via_two_sites()
     assert not both, f"the core knew the VIP via two sites in {len(both)} of {len(samples)} samples: {both[:3]}"
 
 
@@ -106,31 +88,34 @@ def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cl
     probe = start_probe(lab, out, VIP, port=104, called_ae="PACS", interval=0.02, duration=30, timeout=3.0)
     lab.wait_for(lambda: os.path.exists(out) and sum(r["ok"] for r in load(out)) >= 20, 15,
                  what="the workstation's echoes answered")
-    sampler = RouteSampler(lab)
+    sampler = CoreSampler(lab)
     result = cluster.cli("a", "release")
     assert result.returncode == 0, result.stderr
     serving(lab, cluster, "b")
     moved_at = time.monotonic()     # the probe records monotonic times, system-wide
     lab.wait_for(lambda: sum(1 for r in load(out) if r["ok"] and r["t"] > moved_at) >= 20, 10,
                  what="echoes answered through site b")
-    samples = sampler.stop()
     lab.stop(probe, timeout=5)
     records = load(out)
     failed = [r for r in records if not r["ok"]]
     assert len(records) > 50
     assert failed == [], f"{len(failed)} failed echoes of {len(records)}: {failed[:3]}"
-    assert_never_two_sites(samples)
+    assert_never_two_sites(sampler)
     assert "a" not in lab.core_routes()
 
 
 def test_host_loss_moves_the_route_and_never_via_two_sites(lab, cluster):
     serving(lab, cluster, "b")      # after the release
-    sampler = RouteSampler(lab)
+    sampler, monitor = CoreSampler(lab), SiteRouteMonitor(lab)
     cluster.kill("b", signal.SIGKILL)
     lab.link_down("b")              # the host is gone: its router's BFD sees it, the VIP lease no longer matters
     serving(lab, cluster, "a")
     lab.hold_for(lambda: lab.core_routes() == ["a"], 0.5, what="the route stays via site a")
-    assert_never_two_sites(sampler.stop())
+    assert_never_two_sites(sampler)
+    # Every route change in both site routers: b's was gone before a's came.
+    monitor.stop()
+    assert [(site, present) for _, site, present in monitor.events()] == [("b", False), ("a", True)]
+    assert monitor.overlaps() == []
     assert echo(lab.ns("ws"), VIP, 104, called_ae="PACS")
 
 
@@ -151,9 +136,8 @@ def test_bgp_gate_keeps_a_node_without_a_stable_session_from_mastership(lab, clu
 
     # A flapping session: restarted every 0.6 s (less than stable_for), 6 times.
     bird = lab.start_pacs_bird("b", wait=True)
-    for _ in range(6):
-        bird.birdc("restart", "uplink")
-        lab.hold_for(lambda: cluster.state("b") != "MASTER", 0.6, interval=0.05, what="b not MASTER while flapping")
+    lab.flap_bgp("b", times=6, period_s=0.6, between=lambda period: lab.hold_for(
+        lambda: cluster.state("b") != "MASTER", period, interval=0.05, what="b not MASTER while flapping"))
     assert "not yet the 1 s of bgp.stable_for" in cluster.status("b")["bgp"]["hold"] or \
         "not established" in cluster.status("b")["bgp"]["hold"]
     # Stable now: b takes over once its session has been Established for stable_for.
