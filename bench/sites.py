@@ -97,7 +97,7 @@ def failovers(lab, trials: int) -> list[dict]:
     cluster.start_all()
     lab.wait_for(lambda: cluster.masters() == ["a"] and lab.core_routes() == ["a"], 20, what="a serving")
     out = os.path.join(lab.tmpdir, "failover.jsonl")
-    probe = start_probe(lab, out, VIP, interval=0.02, duration=30 * trials + 30, timeout=1.0)
+    probe = start_probe(lab, out, VIP, interval=0.02, duration=30 * trials + 30, timeout=1.0, overlap=10)
     results = []
     for _ in range(trials):
         master = cluster.masters()[0]
