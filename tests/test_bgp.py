@@ -222,3 +222,112 @@ def test_unreachable_bird_is_down_and_garbage_is_unknown():
     assert gate.fault_text() == "BGP session down (uplink unreachable): this node cannot announce its routed VIPs"
     gate.update(up(), 4.0)
     assert gate.ready(4.0) and not gate.session_down()
+
+
+# --- the shell's part, against real Unix sockets (a recording core, no BIRD) ------------------------
+
+class RecordingCore:
+    """The election's calls the BGP watch makes, and a state to report."""
+
+    def __init__(self, state):
+        self.state, self.holds, self.faults = state, {}, {}
+
+    def view(self, now):
+        return type("View", (), {"state": self.state})()
+
+    def set_hold(self, source, text, now):
+        self.holds[source] = text
+        return []
+
+    def set_fault(self, source, text, now, recovered=""):
+        self.faults[source] = text
+        return []
+
+
+def watch_for(tmp_path, state):
+    from hapacs.bgpconfig import BgpConfig
+    from hapacs.bird import BgpWatch
+
+    class Agent:
+        loop = asyncio.get_running_loop()
+        config = type("Config", (), {"bgp": BgpConfig(str(tmp_path / "bird.ctl"), ("uplink",), 0.0, 0.1)})()
+        core = RecordingCore(state)
+
+        def feed(self, call):
+            return call(self.loop.time())
+
+    return BgpWatch(Agent())
+
+
+def test_a_master_without_bird_is_faulted_a_backup_only_held_and_garbage_faults_nobody(tmp_path, caplog):
+    from hapacs.states import State
+    greeting = b"0001 BIRD 2.0.12 ready.\n"
+    established = greeting + "\n".join(SHOW_PROTOCOLS).encode() + b"\n"
+
+    async def scenario():
+        master, backup = watch_for(tmp_path, State.MASTER), watch_for(tmp_path, State.BACKUP)
+        for _ in range(3):                       # no socket: logged once, not three times
+            await master.poll()
+        await backup.poll()
+        assert master.agent.core.faults["bgp"].startswith("BGP session down (uplink unreachable)")
+        assert backup.agent.core.faults["bgp"] is None
+        assert "not reachable" in backup.agent.core.holds["bgp"]
+        server = await serve(str(tmp_path / "bird.ctl"), b"SSH-2.0-OpenSSH_9.2\n")
+        await master.poll()                      # garbage: unknown, not down; the fault stays until Established
+        assert master.agent.core.holds["bgp"].startswith("BGP session state unknown: unreadable answer")
+        server.close()
+        await server.wait_closed()
+        os.unlink(tmp_path / "bird.ctl")
+        server = await serve(str(tmp_path / "bird.ctl"), established)
+        await master.poll()
+        assert master.agent.core.faults["bgp"] is None and master.agent.core.holds["bgp"] is None
+        server.close()
+        master.client.close()
+        backup.client.close()
+
+    with caplog.at_level("WARNING", logger="hapacs.bgp"):
+        asyncio.run(scenario())
+    unreachable = [r for r in caplog.records if "cannot ask BIRD" in r.getMessage()]
+    assert len(unreachable) == 2, [r.getMessage() for r in caplog.records]   # one per watch, rate-limited
+    assert any("unreadable answer on" in r.getMessage() and "SSH-2.0" in r.getMessage() for r in caplog.records)
+
+
+def test_no_gratuitous_arp_or_na_for_a_routed_vip():
+    import ipaddress
+    from hapacs.config import VipConfig
+    from hapacs.netlink import Link
+    from hapacs.vips import VipManager
+
+    class Announcer:
+        bursts = []
+
+        def burst(self, key, targets):
+            self.bursts.append(targets)
+
+    vips = (VipConfig(ipaddress.ip_interface("203.0.113.100/32"), "lo", "routed"),
+            VipConfig(ipaddress.ip_interface("198.51.100.100/26"), "eth0"))
+    manager = VipManager(None, Announcer(), vips, 3, lambda text: None)
+    for index, name in ((1, "lo"), (2, "eth0")):
+        manager.set_link(Link(index=index, name=name, mac=b"\x02" * 6, up=True, state="UP"))
+    manager.held = {v.label: True for v in vips}
+    manager.announce()
+    assert [[target[3] for target in burst] for burst in Announcer.bursts] == [[ipaddress.ip_address("198.51.100.100")]]
+
+
+def test_the_status_table_json_and_metrics_show_the_session():
+    from hapacs.metrics import render
+    from hapacs.status import render_table
+    from tests.snmp_helpers import make_status
+    gate = SessionGate(("uplink",), 5.0, now=0.0)
+    gate.update(down(), 1.0)
+    status = make_status(bgp=gate.snapshot(4.2))
+    assert status.to_json()["bgp"] == {"protocols": [{"name": "uplink", "state": "Active", "since_s": 3.2}],
+                                       "ready": False, "stable_for_s": 5.0,
+                                       "hold": "BGP session uplink not established (Active for 3.2 s)"}
+    table = render_table(status)
+    assert "BGP gate closed: BGP session uplink not established (Active for 3.2 s)" in table
+    assert "uplink       Active" in table
+    page = render(status).decode()
+    assert 'hapacs_bgp_session_up{cluster_id="51",node="pacs-a",protocol="uplink"} 0.0' in page
+    assert "hapacs_bgp_ready" in page
+    assert "hapacs_bgp" not in render(make_status()).decode()
