@@ -104,11 +104,12 @@ def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cl
     assert "a" not in lab.core_routes()
 
 
-def test_host_loss_moves_the_route_and_never_via_two_sites(lab, cluster):
+def test_host_and_site_loss_moves_the_route_and_never_via_two_sites(lab, cluster):
     serving(lab, cluster, "b")      # after the release
     sampler, monitor = CoreSampler(lab), SiteRouteMonitor(lab)
     cluster.kill("b", signal.SIGKILL)
     lab.link_down("b")              # the host is gone: its router's BFD sees it, the VIP lease no longer matters
+    lab.site_down("b")              # and its site is silent: the core's session to router b goes at once
     serving(lab, cluster, "a")
     lab.hold_for(lambda: lab.core_routes() == ["a"], 0.5, what="the route stays via site a")
     assert_never_two_sites(sampler)
@@ -123,6 +124,7 @@ def test_bgp_gate_keeps_a_node_without_a_stable_session_from_mastership(lab, clu
     # From: a MASTER, b's agent dead and its link down. b comes back without BIRD.
     lab.birds["b"].stop()
     lab.link_up("b")
+    lab.site_up("b")
     cluster.start("b")
     lab.wait_for(lambda: (cluster.status("b") or {}).get("state") == "BACKUP", 10, what="b BACKUP")
     cluster.kill("a", signal.SIGKILL)
