@@ -24,7 +24,7 @@ import pytest
 from lab.bird import require_bird
 from lab.cluster import AgentCluster
 from lab.dicom import echo, start_storescp
-from lab.netns import unique_prefix
+from lab.netns import in_namespace, list_namespaces, unique_prefix
 from lab.outage import load
 from lab.probe import start_probe
 from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER, VIP, CoreSampler, SiteRouteMonitor, SitesLab, agent_extra
@@ -156,3 +156,19 @@ def test_bgp_gate_keeps_a_node_without_a_stable_session_from_mastership(lab, clu
     serving(lab, cluster, "b", timeout=10)
     metrics_free = cluster.status("b")["bgp"]
     assert metrics_free["ready"] is True
+
+
+@pytest.mark.netns
+def test_the_sites_lab_leaves_nothing_behind_and_never_uses_the_systems_bird():
+    with SitesLab(unique_prefix("bg")) as built:
+        built.start_routers(pacs=False)
+        birds = {name: bird.process.pid for name, bird in built.birds.items()}
+        assert set(birds) == {"co", "ra", "rb"}
+        for name, bird in built.birds.items():
+            assert bird.socket.startswith(built.tmpdir) and in_namespace(birds[name], built.ns(name))
+        assert built.exec("ws", ["ip", "route", "show", "default"]).stdout.strip() == ""
+        prefix, tmpdir = built.prefix, built.tmpdir
+    assert [name for name in list_namespaces() if name.startswith(prefix)] == []
+    assert not os.path.exists(tmpdir)
+    for pid in birds.values():
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
