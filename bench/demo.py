@@ -45,7 +45,8 @@ def main() -> int:
         return 1
     if args.sites:
         from bench import sitesdemo
-        return sitesdemo.main(args.advert_interval, args.dead_after or sitesdemo.AGENT_DEAD_AFTER)
+        from lab.sites import AGENT_DEAD_AFTER
+        return sitesdemo.main(args.advert_interval, args.dead_after or AGENT_DEAD_AFTER)
     args.dead_after = args.dead_after or 3
     with Lab(unique_prefix("dm")) as lab:
         say(f"Building the lab: namespaces {', '.join(n.ns for n in lab.nodes)} on bridge {lab.bridge}")

@@ -21,7 +21,7 @@ from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
 from lab.outage import answered, load, outage
 from lab.probe import start_probe
-from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, agent_extra
+from lab.sites import VIP, SitesLab, agent_extra
 
 
 def say(text: str = "") -> None:

@@ -104,7 +104,7 @@ class BirdClient:
     async def show_protocols(self) -> dict[str, Protocol]:
         try:
             return await asyncio.wait_for(self._ask("show protocols"), ANSWER_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:     # asyncio.wait_for's, the builtin since Python 3.11
             self.close()
             raise BirdUnreachable(f"no whole answer from {self.path} within {ANSWER_TIMEOUT_S:g} s") from None
         except BirdAnswerError:

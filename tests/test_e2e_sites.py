@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,8 @@ from lab.dicom import echo, start_storescp
 from lab.netns import in_namespace, list_namespaces, unique_prefix
 from lab.outage import load
 from lab.probe import start_probe
-from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER, VIP, CoreSampler, SiteRouteMonitor, SitesLab, agent_extra
+from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER
+from lab.sites import VIP, CoreSampler, SiteRouteMonitor, SitesLab, agent_extra
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
@@ -171,4 +173,5 @@ def test_the_sites_lab_leaves_nothing_behind_and_never_uses_the_systems_bird():
     assert [name for name in list_namespaces() if name.startswith(prefix)] == []
     assert not os.path.exists(tmpdir)
     for pid in birds.values():
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"      # gone, or a zombie its parent reaps
