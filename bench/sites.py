@@ -9,7 +9,9 @@ In one sites lab (real BIRD 2 everywhere, BFD 100 ms x 3), per trial:
 - failover with heartbeats: agents on both hosts (advert_interval 0.1, dead_after 5), the
   MASTER's agent killed and its link cut; the workstation's outage (C-ECHO every 20 ms, from
   the last answer before the fault to the first after) and the core's route moving. The lost
-  host comes back as BACKUP (preempt off) and the next trial loses the other site.
+  host comes back as BACKUP (preempt off) and the next trial loses the other site;
+- release: `hapacs release` back and forth; how long the core's BGP table (its BIRD's route
+  log, milliseconds) held the VIP via both sites (make before break).
 
 Run as root: .venv/bin/python bench/sites.py [--trials 5]
 """
@@ -118,7 +120,25 @@ def failovers(lab, trials: int) -> list[dict]:
         lab.wait_for(lambda: cluster.state(master) == "BACKUP" and
                      (cluster.status(master) or {}).get("bgp", {}).get("ready"), 20, what="back as BACKUP")
     lab.stop(probe, timeout=5)
-    return results
+    return results, cluster
+
+
+def releases(lab, cluster, trials: int) -> list[float]:
+    """`hapacs release` back and forth: how long the core's BGP table held the VIP via both sites
+    (make before break), per release (0 when it never did)."""
+    spans = []
+    for _ in range(trials):
+        master = cluster.masters()[0]
+        other = "b" if master == "a" else "a"
+        lab.wait_for(lambda: (cluster.status(other) or {}).get("bgp", {}).get("ready"), 20, what="standby ready")
+        table = lab.watch_core_table()
+        result = cluster.cli(master, "release")
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+        lab.wait_for(lambda: cluster.masters() == [other] and lab.core_routes() == [other], 10, what="moved")
+        time.sleep(0.2)     # bench only: let the old route's withdrawal reach the core's log
+        spans.append(sum(table.overlaps()))
+    return spans
 
 
 def summary(values: list[float]) -> str:
@@ -140,11 +160,14 @@ def main() -> int:
         print(f"withdraw at the core after the VIP left lo:  {summary(timings['withdraw_ms'])} ms")
         print(f"silent host loss (BGP+BFD dropped) until the core withdraws: "
               f"{summary(silent_loss(lab, args.trials))} ms")
-        results = failovers(lab, args.trials)
+        results, cluster = failovers(lab, args.trials)
         print("site failover with heartbeats (kill -9 + link down of the MASTER's host):")
         print(f"  workstation outage: {summary([r['outage_s'] * 1000 for r in results])} ms, "
               f"failed echoes {[r['failures'] for r in results]}")
         print(f"  core route moved after: {summary([r['route_moved_s'] * 1000 for r in results])} ms")
+        overlaps = releases(lab, cluster, args.trials)
+        print(f"hapacs release: the core's BGP table held the VIP via both sites for "
+              f"{summary([o * 1000 for o in overlaps])} ms")
     return 0
 
 

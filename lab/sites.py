@@ -144,9 +144,12 @@ def core_router_config() -> str:
   {SESSION_TIMERS}
   graceful restart off;
   ipv4 {{ import where net ~ VIP_RANGE; export none; }};
+  debug {{ routes }};
 }}
 """ for site in SITES.values())
+    # Every change of the core's BGP table is logged with milliseconds (SitesLab.core_table_events).
     return f"""log stderr all;
+timeformat log iso long ms;
 router id {CORE_LAN_IP};
 {vip_filter()}
 protocol device {{ scan time 10; }}
@@ -271,6 +274,24 @@ class SitesLab(Lab):
         """The sites ("a", "b") through which the core router knows `vip`/32, best first."""
         return [name.removeprefix("site_") for name in self.birds["co"].routes(f"{vip}/32")]
 
+    def core_table_events(self, since: float = 0.0, vip: str = VIP) -> list[tuple[float, str, bool]]:
+        """Every change of the core's BGP table for `vip`/32 since `since` (time.time()), from its
+        BIRD's route log (milliseconds): (time, site, the core has a route via that site now)."""
+        found = []
+        for line in self.birds["co"].log_path.read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) < 6 or words[2] != "<TRACE>" or f"{vip}/32" not in words or \
+                    not words[3].startswith("site_") or words[5] not in ("added", "removed"):
+                continue
+            stamp = datetime.strptime(f"{words[0]} {words[1]}", "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if stamp >= since:
+                found.append((stamp, words[3].split(".")[0].removeprefix("site_"), words[5] == "added"))
+        return found
+
+    def watch_core_table(self, vip: str = VIP) -> "CoreTable":
+        """From now on, every change of the core's BGP table for `vip` (CoreTable.overlaps)."""
+        return CoreTable(self, vip)
+
     def kernel_route(self, router: str, vip: str = VIP) -> str:
         """The router's kernel route for the VIP (`ip route get`), e.g. "via 192.0.2.2 dev ..."."""
         return self.exec(router, ["ip", "route", "show", f"{vip}/32"], check=False).stdout.strip()
@@ -360,6 +381,23 @@ class CoreSampler:
         return [(t, routes) for t, routes in self.samples if len(routes) > 1]
 
 
+class CoreTable:
+    """The core's BGP table for the VIP from a moment on (its BIRD logs every change with
+    milliseconds): the intervals in which it held the VIP via both sites at once."""
+
+    def __init__(self, lab: SitesLab, vip: str = VIP):
+        self.lab, self.vip = lab, vip
+        self.since = time.time()
+        routes = lab.core_routes(vip)
+        self.initial = {site: site in routes for site in SITES}
+
+    def events(self) -> list[tuple[float, str, bool]]:
+        return self.lab.core_table_events(self.since, self.vip)
+
+    def overlaps(self) -> list[float]:
+        return both_held(self.initial, self.events())
+
+
 class SiteRouteMonitor:
     """Every change of the VIP's kernel route in both site routers (`ip -ts monitor route`, so
     nothing between two samples is missed): the intervals in which both sites held a route to
@@ -390,18 +428,24 @@ class SiteRouteMonitor:
 
     def overlaps(self) -> list[float]:
         """Seconds during which both site routers held the VIP, one entry per interval."""
-        held = dict(self.initial)
-        both_since, spans = None, []
-        for stamp, site, present in self.events():
-            held[site] = present
-            if all(held.values()) and both_since is None:
-                both_since = stamp
-            elif not all(held.values()) and both_since is not None:
-                spans.append(stamp - both_since)
-                both_since = None
-        return spans
+        return both_held(self.initial, self.events())
 
     def stop(self) -> None:
         for process in self.processes.values():
             self.lab.stop(process)
 
+
+
+def both_held(initial: dict[str, bool], events: list[tuple[float, str, bool]]) -> list[float]:
+    """The lengths of the intervals in which every site held a route, from `initial` and the
+    (time, site, present) events in time order; an interval still open at the end is left out."""
+    held = dict(initial)
+    both_since, spans = None, []
+    for stamp, site, present in events:
+        held[site] = present
+        if all(held.values()) and both_since is None:
+            both_since = stamp
+        elif not all(held.values()) and both_since is not None:
+            spans.append(stamp - both_since)
+            both_since = None
+    return spans

@@ -108,7 +108,7 @@ def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cl
 
 def test_host_and_site_loss_moves_the_route_and_never_via_two_sites(lab, cluster):
     serving(lab, cluster, "b")      # after the release
-    sampler, monitor = CoreSampler(lab), SiteRouteMonitor(lab)
+    sampler, monitor, table = CoreSampler(lab), SiteRouteMonitor(lab), lab.watch_core_table()
     cluster.kill("b", signal.SIGKILL)
     lab.link_down("b")              # the host is gone: its router's BFD sees it, the VIP lease no longer matters
     lab.site_down("b")              # and its site is silent: the core's session to router b goes at once
@@ -119,6 +119,9 @@ def test_host_and_site_loss_moves_the_route_and_never_via_two_sites(lab, cluster
     monitor.stop()
     assert [(site, present) for _, site, present in monitor.events()] == [("b", False), ("a", True)]
     assert monitor.overlaps() == []
+    # And the core's own BGP table (its BIRD logs every change): b's route went before a's came.
+    assert [(site, present) for _, site, present in table.events()] == [("b", False), ("a", True)]
+    assert table.overlaps() == []
     assert echo(lab.ns("ws"), VIP, 104, called_ae="PACS")
 
 
