@@ -180,7 +180,10 @@ class BgpWatch:
     async def _run(self) -> None:
         loop = self.agent.loop
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:     # a bug here must not freeze the gate in its last verdict
+                log.exception("internal error while asking BIRD; asking again at the next poll")
             now = loop.time()
             wait = self.config.poll_interval_s
             opens = self.gate.ready_at()
