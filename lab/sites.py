@@ -25,6 +25,13 @@ core-side end `{prefix}c{router}`. The VIPs are 203.0.113.100-109/32; BGP
 carries nothing else (the LANs are static routes), BFD (100 ms x 3) runs on
 every session, and every BIRD retries a failed session after 1 s.
 
+What the etcd leadership's tests and benchmarks find here: `start_etcd()` (members in ea, eb,
+ec, ~1.5 s); `site_down(site)` cuts a whole site from the core, its etcd member included (left
+in the minority); `link_down(host)` a host; `block_bgp(host)` / `flap_bgp(host, ...)` its BGP
+session; `watch_core_table().overlaps()` every interval in which the core's BGP table held the
+VIP via both sites (its BIRD's route log, milliseconds); `SiteRouteMonitor` the same in the
+site routers' kernel tables; `CoreSampler` what a poller of the core sees.
+
 What it must never do: what lab.netns.Lab must never do (nothing in the root
 namespace, documentation addresses only, private AS numbers only, no default
 route, processes killed by pid), nor touch the system's BIRD.
