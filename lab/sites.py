@@ -299,6 +299,14 @@ class SitesLab(Lab):
         """From now on, every change of the core's BGP table for `vip` (CoreTable.overlaps)."""
         return CoreTable(self, vip)
 
+    def core_forwarding(self, vip: str = VIP) -> list[str]:
+        """The sites ("a", "b") the core's kernel forwards `vip` to (`ip route`): one, or none;
+        two only if BGP multipath were on, which this lab's BIRD does not configure."""
+        by_address = {site.uplink_ip: name for name, site in SITES.items()}
+        route = self.kernel_route("co", vip)
+        return [by_address[word] for previous, word in zip(route.split(), route.split()[1:])
+                if previous == "via" and word in by_address]
+
     def kernel_route(self, router: str, vip: str = VIP) -> str:
         """The router's kernel route for the VIP (`ip route get`), e.g. "via 192.0.2.2 dev ..."."""
         return self.exec(router, ["ip", "route", "show", f"{vip}/32"], check=False).stdout.strip()
@@ -364,11 +372,14 @@ def agent_extra(lab: SitesLab, host: str, stable_for: float = 1.0) -> dict:
 
 
 class CoreSampler:
-    """The core's routes to the VIP (core_routes) every `interval_s`, in a thread, until stopped
-    (at most `limit_s`): what an operator polling the core would see."""
+    """The core's routes to the VIP every `interval_s`, in a thread, until stopped (at most
+    `limit_s`): what an operator polling the core would see. `table`: "bgp" (BIRD's table,
+    core_routes: every route it knows) or "kernel" (what it forwards by, core_forwarding)."""
 
-    def __init__(self, lab: SitesLab, interval_s: float = 0.05, limit_s: float = 120.0, vip: str = VIP):
+    def __init__(self, lab: SitesLab, interval_s: float = 0.05, limit_s: float = 120.0, vip: str = VIP,
+                 table: str = "bgp"):
         self.lab, self.vip, self.samples = lab, vip, []
+        self.read = lab.core_routes if table == "bgp" else lab.core_forwarding
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s, limit_s), daemon=True)
         self._thread.start()
@@ -376,7 +387,7 @@ class CoreSampler:
     def _run(self, interval_s: float, limit_s: float) -> None:
         deadline = time.monotonic() + limit_s
         while not self._stop.is_set() and time.monotonic() < deadline:
-            self.samples.append((time.monotonic(), self.lab.core_routes(self.vip)))
+            self.samples.append((time.monotonic(), self.read(self.vip)))
             self._stop.wait(interval_s)
 
     def stop(self) -> list[tuple[float, list[str]]]:
