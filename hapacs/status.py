@@ -196,7 +196,9 @@ def balance_lines(balance: dict | None) -> list[str]:
     headers = ["SERVICE", "MEMBER", "ADDRESS", "STATE", *(["BUCKETS"] if direct else ["OPEN", "TOTAL"])]
     return ["", f"balancing ({balance['mode']}): {role}", *_table(headers, rows)]
 
+
 def bgp_lines(bgp: dict | None) -> list[str]:
+    """The BGP session gate (hapacs.bgpgate): open or why not, and each session's state."""
     if not bgp:
         return []
     gate = "open: may be MASTER" if bgp["ready"] else f"closed: {bgp['hold']}"
