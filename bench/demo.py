@@ -6,6 +6,7 @@ power: its switch port goes silent and its processes are killed. Prints
 the timeline and what the workstation saw. Removes everything at the end.
 
 Run as root:  tools/demo   (or .venv/bin/python bench/demo.py)
+With --sites: two sites on different networks, a routed VIP, BGP (bench/sitesdemo.py).
 """
 
 from __future__ import annotations
@@ -34,11 +35,19 @@ def say(text: str = "") -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--advert-interval", type=float, default=0.1)
-    parser.add_argument("--dead-after", type=int, default=3)
+    parser.add_argument("--dead-after", type=int, default=None,
+                        help="default 3; with --sites 5, above BFD's 0.3 s detection")
+    parser.add_argument("--sites", action="store_true",
+                        help="two sites on different networks, a routed VIP announced by BGP (bench/sitesdemo.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("demo: run as root (it builds network namespaces)")
         return 1
+    if args.sites:
+        from bench import sitesdemo
+        from lab.sites import AGENT_DEAD_AFTER
+        return sitesdemo.main(args.advert_interval, args.dead_after or AGENT_DEAD_AFTER)
+    args.dead_after = args.dead_after or 3
     with Lab(unique_prefix("dm")) as lab:
         say(f"Building the lab: namespaces {', '.join(n.ns for n in lab.nodes)} on bridge {lab.bridge}")
         pacs = {host: start_storescp(lab, lab.ns(host), port=104, aet="PACS") for host in ("a", "b")}

@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Callable
 
-from . import __version__, balancer, hostcheck, timing, wire
+from . import __version__, balancer, bird, hostcheck, timing, wire
 from .announce import Announcer
 from .book import StatusBook
 from .bootid import next_boot_id
@@ -68,6 +68,7 @@ class Agent:
         self.metrics = None           # hapacs.metrics.MetricsServer, imported only when configured
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
         self.balancer: balancer.Engine | None = None     # HAProxy or nftables direct routing, with balance:
+        self.bgp: bird.BgpWatch | None = None              # the BGP session gate, with bgp:
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
@@ -139,6 +140,7 @@ class Agent:
         self._start_witness()
         await self._open_sockets()
         self.balancer = await balancer.start(self)
+        self.bgp = await bird.start(self)
         if config.snmp is not None:
             await self._start_snmp()
         if config.metrics is not None:
@@ -285,7 +287,7 @@ class Agent:
                 pass
         if self.transport is not None:
             self.transport.close()
-        for server in (self.control, self.snmp, self.metrics, self.balancer):
+        for server in (self.control, self.snmp, self.metrics, self.balancer, self.bgp):
             if server is not None:
                 await server.stop()
         self.announcer.close()
@@ -408,14 +410,8 @@ class Agent:
             vips=self.vips.statuses(), checks=self.checks.snapshot(now) if self.checks else (),
             advert_interval_s=self.config.cluster.advert_interval_s, preempt=self.config.cluster.preempt,
             uptime_s=now - self.started_at, version=__version__, pid=os.getpid(), now=now,
-            bad_requests=self._bad_requests(), balance=self.balancer.snapshot() if self.balancer else None)
-
-    def _bad_requests(self) -> dict[str, int]:
-        """Requests that could not be read, by where they came in (heartbeats: `drops`)."""
-        counts = {"control": self.control.bad_requests if self.control else 0}
-        if self.config.snmp is not None:
-            counts["snmp"] = self.snmp.bad_requests if self.snmp else 0
-        return counts
+            bad_requests=bad_requests(self), balance=self.balancer.snapshot() if self.balancer else None,
+            bgp=self.bgp.snapshot() if self.bgp else None)
 
     # --- reload ---------------------------------------------------------------------------------
 
@@ -453,6 +449,14 @@ class Agent:
             self._start_witness()
             if self.witness is not None:
                 self.witness.request()
+
+
+def bad_requests(agent: Agent) -> dict[str, int]:
+    """Requests that could not be read, by where they came in (heartbeats: `drops`)."""
+    counts = {"control": agent.control.bad_requests if agent.control else 0}
+    if agent.config.snmp is not None:
+        counts["snmp"] = agent.snmp.bad_requests if agent.snmp else 0
+    return counts
 
 
 def run(config: Config) -> int:

@@ -88,7 +88,8 @@ class StatusBook:
     def snapshot(self, *, node: str, cluster_id: int, view: ElectionView, own_address: str, interface: str,
                  vips: tuple[VipStatus, ...], checks: tuple[CheckStatus, ...], advert_interval_s: float,
                  preempt: bool, uptime_s: float, version: str, pid: int, now: float,
-                 bad_requests: dict[str, int], balance: dict | None = None) -> Status:
+                 bad_requests: dict[str, int], balance: dict | None = None,
+                 bgp: dict | None = None) -> Status:
         peers = tuple(PeerStatus(p.name, self.peer_addresses.get(p.name, str(ipaddress.ip_address(p.address))),
                                  p.state.name if p.up else "LOST", p.priority, p.last_seen_s, p.maintenance)
                       for p in view.peers)
@@ -106,6 +107,6 @@ class StatusBook:
             uptime_s=uptime_s, version=version, pid=pid,
             timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000,
             timer_late_recent=tuple((round(t, 3), round(late * 1000, 1)) for t, late in self.late.notable),
-            last_drain=self.drain_record(), bad_requests=bad_requests, balance=balance,
+            last_drain=self.drain_record(), bad_requests=bad_requests, balance=balance, bgp=bgp,
             misconfigured=tuple(MisconfiguredPeer(str(ipaddress.ip_address(m.address)), m.cause, m.claims,
                                                   m.last_seen_s, m.blocking, m.text) for m in view.misconfigured))

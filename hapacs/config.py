@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from . import balanceconfig, keys as keyfile, timing
+from . import balanceconfig, bgpconfig, keys as keyfile, timing
 from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
@@ -28,6 +28,8 @@ DEFAULT_SOCKET = "/run/hapacs/hapacs.sock"
 DEFAULT_MULTICAST_GROUP = "239.255.54.5"
 DEFAULT_MULTICAST_GROUP6 = "ff02::1:5405"
 DEFAULT_METRICS_PORT = 9641
+VIP_MODES = ("arp", "routed")
+ROUTED_INTERFACE = "lo"
 
 WITNESS_TYPES = ("tcp", "dicom-echo")
 QUERY_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -85,6 +87,11 @@ class ClusterConfig:
 class VipConfig:
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     interface: str
+    mode: str = "arp"      # arp: on interface, announced by gratuitous ARP/NA; routed: on lo, announced by BGP
+
+    @property
+    def routed(self) -> bool:
+        return self.mode == "routed"
 
     @property
     def label(self) -> str:
@@ -181,6 +188,7 @@ class Config:
     handover: HandoverConfig
     metrics: MetricsConfig | None = None
     balance: balanceconfig.BalanceConfig | None = None   # load balancing (hapacs.balanceconfig)
+    bgp: bgpconfig.BgpConfig | None = None               # the BGP session gate (hapacs.bgpconfig)
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
@@ -246,10 +254,11 @@ def _build(ctx: Context) -> Config | None:
     metrics = _metrics(top.section("metrics"))
     balance = balanceconfig.read(ctx, top.section("balance"), vips, checks,
                                  cluster.peers if cluster else None) if "balance" in top else None
+    bgp = bgpconfig.read(ctx, top.section("bgp")) if "bgp" in top else None
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance, bgp)
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:
@@ -339,10 +348,13 @@ def _vips(ctx: Context, top: Section, cluster: ClusterConfig | None) -> tuple[Vi
     def one(ctx: Context, located, path: str):
         sec = Section(ctx, located, path)
         address = sec.take("address", vip_address)
+        mode = sec.take("mode", choice(*VIP_MODES), default="arp")
         interface = sec.take("interface", interface_name, default=cluster.interface if cluster else "")
         sec.done()
-        if address is INVALID or interface is INVALID:
+        if address is INVALID or interface is INVALID or mode is INVALID:
             return INVALID
+        if mode == "routed":
+            return _routed(sec, address)
         return VipConfig(address, interface)
 
     vips = top.take("vips", list_of(one, min_items=1))
@@ -359,6 +371,21 @@ def _vips(ctx: Context, top: Section, cluster: ClusterConfig | None) -> tuple[Vi
             top.problem("vips", f"{key} is also a peer address; a VIP must be an address no host owns",
                         line=top.item_line("vips", index))
     return tuple(vips)
+
+
+def _routed(sec: Section, address) -> VipConfig:
+    """A routed VIP: one address on lo, announced by the host's BGP speaker (protocol direct on lo)."""
+    host_length = address.max_prefixlen
+    problems = []
+    if address.network.prefixlen != host_length:
+        problems.append(f"a routed VIP is one host route: write {address.ip}/{host_length}, not "
+                        f"/{address.network.prefixlen} (allowed: /32 for IPv4, /128 for IPv6)")
+    if "interface" in sec:
+        problems.append("a routed VIP lives on lo (the BGP speaker announces it from there): leave out "
+                        "interface, or use mode: arp for a VIP on an interface")
+    for message in problems:
+        sec.problem("mode", message)
+    return INVALID if problems else VipConfig(address, ROUTED_INTERFACE, "routed")
 
 
 def _check(ctx: Context, located, path: str):

@@ -180,8 +180,8 @@ def _vips(config: Config, facts: HostFacts, problem) -> bool:
             problem(f"vips[{index}].address", f"{ip} is this host's own address (on {owner}, on this host); "
                     "a VIP must be an address no host owns: pick a free one in the workstations' subnet")
             continue
-        if vip.interface not in facts.interfaces:
-            continue      # reported as a missing interface
+        if vip.interface not in facts.interfaces or vip.routed:
+            continue      # reported as a missing interface; a routed VIP is a host route on lo, in no subnet
         # The subnets of the interface's own addresses (a VIP's lease, held now, is not one).
         subnets = sorted({str(a.interface.network) for a in facts.addresses(vip.interface)
                           if a.interface.version == ip.version and not a.interface.ip.is_link_local

@@ -91,6 +91,7 @@ def families(status: Status, scrapes: int = 0,
     _peers_and_checks(page, status)
     _counters(page, status)
     _balance(page, status.balance)
+    _bgp(page, status.bgp)
     page.counter("hapacs_metrics_scrapes_total", "Pages served at /metrics.", scrapes)
     page.counter("hapacs_metrics_bad_requests_total",
                  "Requests to the metrics port answered without a page, by cause.",
@@ -203,6 +204,17 @@ def _balance(page: _Page, balance: dict | None) -> None:
                  labels=[(service, m["name"], m["total"]) for service, m in members
                          if m.get("total") is not None],
                  label_names=("service", "member"))
+
+
+def _bgp(page: _Page, bgp: dict | None) -> None:
+    """The BGP session gate (no series without bgp:)."""
+    if bgp is None:
+        return
+    page.gauge("hapacs_bgp_session_up", "1 while the host's BGP speaker has this session Established.",
+               labels=[(p["name"], _flag(p["state"] == "Established")) for p in bgp["protocols"]],
+               label_names=("protocol",))
+    page.gauge("hapacs_bgp_ready", "1 while the BGP gate lets this node be MASTER (a session Established "
+               "for bgp.stable_for).", _flag(bgp["ready"]))
 
 
 class _Families:

@@ -20,6 +20,7 @@ _FIXED = (
     ("balance (added or removed)", lambda c: c.balance is None),
     ("balance.mode", lambda c: c.balance.mode if c.balance else None),
     ("balance.agent_port", lambda c: c.balance.agent_port if c.balance else None),
+    ("bgp", lambda c: c.bgp),
 )
 
 

@@ -115,6 +115,8 @@ class Status:
     misconfigured: tuple[MisconfiguredPeer, ...] = ()
     # Load balancing (balance: configured): hapacs.balancer.balance_status, already JSON-shaped.
     balance: dict | None = None
+    # The BGP session gate (bgp: configured): hapacs.bgpgate.SessionGate.snapshot, already JSON-shaped.
+    bgp: dict | None = None
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -152,6 +154,7 @@ class Status:
                                "last_seen_s": round(m.last_seen_s, 3), "blocking": m.blocking,
                                "message": m.message} for m in self.misconfigured],
             **({"balance": self.balance} if self.balance is not None else {}),
+            **({"bgp": self.bgp} if self.bgp is not None else {}),
         }
 
 
@@ -192,6 +195,15 @@ def balance_lines(balance: dict | None) -> list[str]:
         role += "  [drain on: this node's PACS takes no new association]"
     headers = ["SERVICE", "MEMBER", "ADDRESS", "STATE", *(["BUCKETS"] if direct else ["OPEN", "TOTAL"])]
     return ["", f"balancing ({balance['mode']}): {role}", *_table(headers, rows)]
+
+
+def bgp_lines(bgp: dict | None) -> list[str]:
+    """The BGP session gate (hapacs.bgpgate): open or why not, and each session's state."""
+    if not bgp:
+        return []
+    gate = "open: may be MASTER" if bgp["ready"] else f"closed: {bgp['hold']}"
+    rows = [[p["name"], p["state"], _age(p["since_s"])] for p in bgp["protocols"]]
+    return ["", f"BGP gate {gate}", *_table(["BGP SESSION", "STATE", "SINCE"], rows)]
 
 
 def render_table(status: Status, history: int = 5) -> str:
@@ -237,6 +249,7 @@ def render_table(status: Status, history: int = 5) -> str:
                           "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms",
                           _age(c.since_s), c.message] for c in status.checks])
     lines += balance_lines(status.balance)
+    lines += bgp_lines(status.bgp)
     recent = status.transitions[-history:]
     if recent:
         lines.append("")

@@ -119,10 +119,12 @@ class VipManager:
         return [v.label for v in added], [v.label for v in removed]
 
     def announce(self) -> None:
+        """Gratuitous ARP / unsolicited NA for the held VIPs on an interface. A routed VIP is
+        announced by the host's BGP speaker when it appears on lo, never on the wire by us."""
         targets = []
         for vip in self.vips:
             link = self.links.get(vip.interface)
-            if link is not None and self.held.get(vip.label):
+            if link is not None and self.held.get(vip.label) and not vip.routed:
                 targets.append((link.name, link.index, link.mac, vip.address.ip))
         if targets:
             self.announcer.burst("vips", targets)

@@ -125,8 +125,12 @@ def readable_columns_and_scalars(nodes: dict, prefix: str) -> dict[str, dict]:
             and node.get("access") in ("readonly", "readwrite", "readcreate")}
 
 
+BGP = {"protocols": [{"name": "uplink", "state": "Established", "since_s": 12.3}], "ready": True,
+       "stable_for_s": 5.0, "hold": None}
+
+
 def served():
-    status = make_status(balance=BALANCE)
+    status = make_status(balance=BALANCE, bgp=BGP)
     return render(status, lambda name: IF_INDEX, "hapacs", 0).items()
 
 

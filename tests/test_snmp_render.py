@@ -250,3 +250,16 @@ def test_direct_mode_rows_show_the_state_and_zero_associations():
     snap = snapshot(make_status(balance=DIRECT_BALANCE))
     assert [value(snap, oids.hapacsBalanceMemberState + (1, i)) for i in (1, 2)] == [1, 3]    # up, down
     assert snap.get(oids.hapacsBalanceMemberAssociations + (1, 1)) == r.Value("Gauge32", 0)
+
+
+def test_bgp_gate_and_sessions_follow_the_status():
+    bgp = {"protocols": [{"name": "uplink", "state": "Established", "since_s": 12.3},
+                         {"name": "uplink6", "state": "Active", "since_s": 1.5},
+                         {"name": "odd", "state": "Bogus", "since_s": None}],
+           "ready": True, "stable_for_s": 5.0, "hold": None}
+    items = dict(r.render_bgp(bgp))
+    assert items[oids.hapacsBgpReady + (0,)].value == 1
+    assert items[oids.hapacsBgpSessionName + (1,)].value == b"uplink"
+    assert [items[oids.hapacsBgpSessionState + (i,)].value for i in (1, 2, 3)] == [6, 3, 11]
+    assert items[oids.hapacsBgpSessionTimeInState + (1,)].value == 1230
+    assert r.render_bgp(None) == []

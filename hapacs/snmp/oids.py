@@ -95,6 +95,13 @@ hapacsBalanceMemberState = hapacsBalanceMemberEntry + (8,)
 hapacsBalanceMemberAssociations = hapacsBalanceMemberEntry + (9,)
 hapacsBalanceMemberTotal = hapacsBalanceMemberEntry + (10,)
 
+# bgp: the BGP session gate, with one row per bgp.protocols entry, indexed by its position
+hapacsBgpReady = hapacsObjects + (8, 1)
+hapacsBgpSessionEntry = hapacsObjects + (8, 2, 1)
+hapacsBgpSessionName = hapacsBgpSessionEntry + (2,)
+hapacsBgpSessionState = hapacsBgpSessionEntry + (3,)
+hapacsBgpSessionTimeInState = hapacsBgpSessionEntry + (4,)
+
 # accessible-for-notify: values that only travel in notifications
 hapacsNotifyObjects = hapacsObjects + (6,)
 hapacsSplitBrainWinner = hapacsNotifyObjects + (1,)

@@ -85,6 +85,8 @@ STATE = {"INIT": 1, "BACKUP": 2, "MASTER": 3, "FAULT": 4, "LOST": 5}     # Hapac
 VRRP_STATUS = {"INIT": 1, "BACKUP": 2, "MASTER": 3, "FAULT": 1}        # initialize(1) backup(2) master(3)
 CHECK_STATUS = {True: 1, False: 2, None: 3}                            # up(1) down(2) pending(3)
 MEMBER_STATE = {"up": 1, "drain": 2, "down": 3, "maint": 4}           # hapacsBalanceMemberState
+BGP_STATE = {"Idle": 1, "Connect": 2, "Active": 3, "OpenSent": 4, "OpenConfirm": 5, "Established": 6,  # hapacsBgp-
+             "Close": 7, "Down": 8, "missing": 9, "unreachable": 10, "unknown": 11}          # SessionState
 # vrrpv3StatisticsNewMasterReason: notMaster(0) priority(1) preempted(2) masterNoResponse(3),
 # from effects.Why codes; every other way to MASTER counts as priority(1).
 NEW_MASTER_REASON = {"master-down": 3, "handover-to-me": 2}
@@ -195,7 +197,7 @@ def render_hapacs(status: Status) -> list[tuple[Oid, Value]]:
             _row(o.hapacsVipInterface, (index,), text(vip.interface, 32)),
             _row(o.hapacsVipHeld, (index,), truth(vip.held)),
         ]
-    return items + render_balance(status.balance)
+    return items + render_balance(status.balance) + render_bgp(status.bgp)
 
 
 def render_balance(balance: dict | None) -> list[tuple[Oid, Value]]:
@@ -219,6 +221,21 @@ def render_balance(balance: dict | None) -> list[tuple[Oid, Value]]:
                 _row(o.hapacsBalanceMemberAssociations, index, gauge(member.get("associations") or 0)),
                 _row(o.hapacsBalanceMemberTotal, index, counter32(member.get("total") or 0)),
             ]
+    return items
+
+
+def render_bgp(bgp: dict | None) -> list[tuple[Oid, Value]]:
+    """hapacsBgpReady and hapacsBgpSessionTable from the status's "bgp" object (hapacs.bgpgate);
+    nothing without bgp:. A state this table has no name for shows as unknown(11)."""
+    if bgp is None:
+        return []
+    items = [_scalar(o.hapacsBgpReady, truth(bool(bgp.get("ready"))))]
+    for index, protocol in enumerate(bgp.get("protocols", [])[:65535], start=1):
+        items += [
+            _row(o.hapacsBgpSessionName, (index,), text(protocol.get("name"), 64)),
+            _row(o.hapacsBgpSessionState, (index,), integer(BGP_STATE.get(protocol.get("state"), 11))),
+            _row(o.hapacsBgpSessionTimeInState, (index,), ticks(protocol.get("since_s"))),
+        ]
     return items
 
 
