@@ -85,8 +85,19 @@ def test_every_direct_mode_mistake_is_a_config_error_with_its_line(tmp_path, key
 
 
 def test_a_handover_does_not_wait_for_the_associations_that_carry_on_through_the_next_balancer(tmp_path, key):
-    assert load(tmp_path, key).drain_ports == ()
-    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_ports == (104,)   # the check's
+    vip, other = ipaddress.ip_address("192.0.2.100"), ipaddress.ip_address("192.0.2.101")
+    assert load(tmp_path, key).drain_targets == ()
+    # a service on another port: the check's port 104 on the VIP is drained, the service's 105 is not
+    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_targets == ((vip, 104),)
+    # a second VIP that is not balanced keeps its drain and hold on the same port
+    path = tmp_path / "hapacs.yaml"
+    path.write_text(BASE.format(key=key, services=SERVICE).replace(
+        "  - address: 192.0.2.100/24\n", "  - address: 192.0.2.100/24\n  - address: 192.0.2.101/24\n"))
+    assert cfg.load(str(path)).drain_targets == ((other, 104),)
+    # mode proxy drains every VIP on the checks' and services' ports
+    path.write_text(path.read_text().replace("mode: direct", "mode: proxy").replace(
+        "      port: 104\n", "      port: 104\n      target_port: 11112\n"))
+    assert cfg.load(str(path)).drain_targets == ((vip, 104), (other, 104))
 
 
 def test_changing_the_mode_needs_a_restart(tmp_path, key):

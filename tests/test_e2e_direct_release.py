@@ -1,0 +1,100 @@
+"""A planned release with direct routing moves the VIP at once: no drain, no held SYN.
+
+Two members (pacs-a MASTER, pacs-b), each a forking storescp on port 104 with the balanced VIP
+on lo, and a second VIP that is not balanced (plain ARP, served by the holder's own PACS). Held
+associations through the balanced VIP lie on both members; one association is held on the
+other VIP. A workstation C-ECHOes the balanced VIP every 20 ms. `hapacs release` on pacs-a
+drains and holds only the unbalanced VIP (it counts the one association there, not the
+balanced VIP's), and the VIP moves: every held association through the balanced VIP answers
+through pacs-b, no echo fails, and the workstation's TCP never had to send a SYN again (a held
+SYN would have cost its association TCP's 1 s retransmission)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from lab.cluster import AgentCluster
+from lab.dicom import start_storescp
+from lab.outage import load, slowest
+from lab.probe import start_probe
+
+from .e2e import VIP
+from .fixtures import lab_fixture
+from .test_e2e_balance import HOLDER, holder_lines
+from .test_e2e_direct import BALANCE, CHECK, _need_tools, make_member, workstation_sessions
+
+lab = lab_fixture("lb", before=_need_tools, hosts=("a", "b"))
+OTHER_VIP = "192.0.2.101"
+HELD = 8
+
+
+def syn_retransmissions(lab) -> int:
+    """SYNs the workstation's TCP has sent again since its namespace was made (TcpExtTCPSynRetrans)."""
+    for line in lab.exec("ws", ["nstat", "-asz", "TcpExtTCPSynRetrans"]).stdout.splitlines():
+        if line.startswith("TcpExtTCPSynRetrans"):
+            return int(line.split()[1])
+    raise AssertionError("nstat shows no TcpExtTCPSynRetrans")
+
+
+def hold(lab, address: str, count: int):
+    output = Path(lab.mkdtemp("holder")) / "out"
+    with open(output, "w") as out:
+        holder = lab.spawn("ws", [sys.executable, HOLDER, address, "104", str(count)], stdout=out, stderr=out)
+    lab.wait_for(lambda: f"established {count} of {count}" in holder_lines(output), 20,
+                 what=f"{count} association(s) held on {address}")
+    return holder, output
+
+
+def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbalanced_vip(lab):
+    for host in "ab":
+        make_member(lab, host)
+        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, vips=(f"{VIP}/24", f"{OTHER_VIP}/24"), checks={"a": CHECK, "b": CHECK})
+    for host, priority in (("a", 150), ("b", 100)):
+        cluster.add(host, priority, balance=BALANCE)
+    cluster.start_all()
+    try:
+        lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(OTHER_VIP) == ["a"], 15, what="pacs-a MASTER")
+        lab.wait_for(lambda: all(m["state"] == "up" for m in cluster.status("a")["balance"]["services"][0]["members"])
+                     and len(cluster.status("a")["balance"]["services"][0]["members"]) == 2, 10, what="both members up")
+        holder, balanced = hold(lab, VIP, HELD)
+        on_a, on_b = workstation_sessions(lab, "a"), workstation_sessions(lab, "b")
+        assert on_a + on_b == HELD and on_a > 0 and on_b > 0, (on_a, on_b)
+        hold(lab, OTHER_VIP, 1)
+
+        path = os.path.join(lab.tmpdir, "ws.jsonl")
+        probe = start_probe(lab, path, VIP, port=104, called_ae="PACS", interval=0.02, duration=60,
+                            timeout=3.0, overlap=50)
+        lab.wait_for(lambda: sum(r["ok"] for r in load(path)) >= 20 if os.path.exists(path) else False, 20,
+                     what="the workstation answered")
+        retransmitted = syn_retransmissions(lab)
+        commanded = time.monotonic()
+        released = cluster.cli("a", "release", "--drain-timeout", "1")
+        assert released.returncode == 0, released.stderr + released.stdout
+        lab.wait_for(lambda: cluster.masters() == ["b"] and lab.holders(VIP) == ["b"]
+                     and lab.holders(OTHER_VIP) == ["b"], 10, what="pacs-b MASTER and holder of both VIPs")
+
+        # The drain counted and held only the unbalanced VIP: its one association, cut after 1 s.
+        drain = cluster.status("a")["last_drain"]
+        assert (drain["open_at_start"], drain["cut"], drain["held_new_connections"]) == (1, 1, True), drain
+        lab.kill(holder, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(balanced), 10,
+                     what="every held association through the balanced VIP answers through pacs-b")
+
+        moved = time.monotonic()
+        lab.wait_for(lambda: sum(1 for r in load(path) if r["ok"] and r["t"] > moved) >= 25, 20,
+                     what="echoes answered through pacs-b")
+        lab.stop(probe, timeout=5)
+        records = [r for r in load(path) if r["t"] >= commanded]
+        failed = [r for r in records if not r["ok"]]
+        worst = slowest(records, commanded)
+        print(f"release: {released.stdout.strip()}; {len(records)} echoes from the command on, "
+              f"slowest {worst['end'] - worst['t']:.3f} s")
+        assert failed == [], failed[:5]
+        assert syn_retransmissions(lab) == retransmitted, "a SYN to the balanced VIP was held during the release"
+    finally:
+        print(cluster.logs())
