@@ -114,3 +114,22 @@ def split(mapping: dict[int, str | None], members: Iterable[str], own: str) -> t
         else:
             forward.append((bucket, member))
     return tuple(local), tuple(forward)
+
+
+def drained_to(members: Iterable[str], alive: Iterable[str], own: str) -> tuple[tuple[int, str], ...]:
+    """Where a drained member `own` passes its buckets' new associations: each bucket it serves,
+    to the member that would serve it were `own` not alive. Buckets no other member could serve
+    are left out (they stay with `own`)."""
+    living = set(alive)
+    mapping, without = assign(members, living), assign(members, living - {own})
+    return tuple((bucket, other) for bucket, member in sorted(mapping.items())
+                 if member == own and (other := without[bucket]) is not None)
+
+
+def passed_on(forward: tuple[tuple[int, str], ...], macs: dict[str, str]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(MAC, buckets) for each member this node sends buckets to and whose MAC is known: the
+    packets of those buckets that come from that member are its drain passing them on."""
+    buckets: dict[str, list[int]] = {}
+    for bucket, member in forward:
+        buckets.setdefault(member, []).append(bucket)
+    return tuple((macs[member], tuple(found)) for member, found in sorted(buckets.items()) if member in macs)

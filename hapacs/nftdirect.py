@@ -16,6 +16,19 @@ old table deleted and the new one created atomically), so a change of the
 map never leaves a moment without rules. Python's nftables bindings are not
 used: Debian ships them for the system Python only, not for a virtualenv.
 
+Drain (`hapacs drain on` on a member) without moving a live association.
+The map does not change: every packet of the drained member's buckets still
+reaches it. Its own second table (`ip`/`ip6` hapacs_direct_drain, at
+prerouting, where the kernel's socket lookup works) accepts a packet that
+belongs to one of its PACS's open associations (`socket wildcard 0`: an
+established socket bound to the VIP; the PACS's listener on every address
+has wildcard 1) and passes every other packet (a new SYN, and every later
+packet of an association that began elsewhere) unchanged to the member that
+would serve the bucket without it (`dup to ... device`, then drop). So that
+member does not send it back: every node accepts a bucket's packets that come
+from the MAC address of the member serving that bucket (that member never
+sends its own buckets on otherwise), before the `fwd` rule.
+
 nft 1.0.6 details this relies on: `fwd ip to EXPR map {...} device "IF"`
 must name the device; an anonymous map or set may not be empty (a rule
 whose set would be empty is left out); a bucket in no map falls through to
@@ -36,6 +49,7 @@ from .buckets import BUCKETS
 
 NFT = "nft"
 TABLE = "hapacs_direct"
+DRAIN_TABLE = "hapacs_direct_drain"
 # Pinned: a balancer that takes over must hash every packet to the same bucket as the one before it.
 # Changing it in a new release moves live associations on the upgrade's first failover.
 SEED = 0x7
@@ -56,6 +70,12 @@ class ServiceRules:
     device: str                              # where the VIP's packets arrive and where members are reached
     local: tuple[int, ...]                   # buckets this node's own PACS serves
     forward: tuple[tuple[int, str], ...]     # (bucket, member address) pairs sent on
+    # (MAC address, buckets): packets of those buckets that come from the member serving them are
+    # its drain passing them on: served here, never sent back
+    passed_on: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # this member drained: (bucket, member address) where packets not of its own open
+    # associations go
+    drain_to: tuple[tuple[int, str], ...] = ()
 
 
 def _hash(family: str) -> str:
@@ -66,12 +86,37 @@ def _rules(service: ServiceRules) -> list[str]:
     family = "ip" if service.address.version == 4 else "ip6"
     match = f"{family} daddr {service.address} tcp dport {service.port}"
     lines = [f"# service {service.name}"]
+    for mac, buckets in service.passed_on:
+        lines.append(f"{match} ether saddr {mac} {_hash(family)} {{ {', '.join(str(b) for b in buckets)} }} accept")
     if service.local:
         lines.append(f"{match} {_hash(family)} {{ {', '.join(str(b) for b in service.local)} }} accept")
     if service.forward:
         pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.forward)
         lines.append(f'{match} fwd {family} to {_hash(family)} map {{ {pairs} }} device "{service.device}"')
     return lines
+
+
+def _drain_rules(service: ServiceRules) -> list[str]:
+    family = "ip" if service.address.version == 4 else "ip6"
+    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    buckets = ", ".join(str(b) for b, _ in service.drain_to)
+    pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.drain_to)
+    return [f"# service {service.name}: drained", f"{match} socket wildcard 0 accept",
+            f'{match} {_hash(family)} {{ {buckets} }} dup to {_hash(family)} map {{ {pairs} }} '
+            f'device "{service.device}" drop']
+
+
+def render_drain(services: list[ServiceRules]) -> str:
+    """The drain tables (one per address family that has a drained service); "" when none."""
+    out = []
+    for family, version in (("ip", 4), ("ip6", 6)):
+        drained = [s for s in services if s.drain_to and s.address.version == version]
+        if drained:
+            out += [f"table {family} {DRAIN_TABLE} {{", "\tchain prerouting {",
+                    "\t\ttype filter hook prerouting priority -150; policy accept;"]
+            out += [f"\t\t{line}" for s in drained for line in _drain_rules(s)]
+            out += ["\t}", "}"]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def render(services: list[ServiceRules]) -> str:
@@ -88,9 +133,10 @@ def render(services: list[ServiceRules]) -> str:
 
 
 def _replace(text: str) -> str:
-    """Delete the old table and load the new one in one transaction (`table` first, so the
+    """Delete the old tables and load the new ones in one transaction (`table` first, so the
     delete never fails on a host that has none yet)."""
-    return f"table netdev {TABLE}\ndelete table netdev {TABLE}\n{text}"
+    old = [("netdev", TABLE), ("ip", DRAIN_TABLE), ("ip6", DRAIN_TABLE)]
+    return "".join(f"table {family} {name}\ndelete table {family} {name}\n" for family, name in old) + text
 
 
 async def _nft(args: list[str], text: str) -> None:
@@ -112,14 +158,14 @@ async def _nft(args: list[str], text: str) -> None:
 
 async def check(services: list[ServiceRules]) -> None:
     """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
-    await _nft(["-c", "-f", "-"], _replace(render(services)))
+    await _nft(["-c", "-f", "-"], _replace(render(services) + render_drain(services)))
 
 
 async def apply(services: list[ServiceRules]) -> None:
     """Load the table, replacing the one before in the same transaction."""
-    await _nft(["-f", "-"], _replace(render(services)))
+    await _nft(["-f", "-"], _replace(render(services) + render_drain(services)))
 
 
 async def remove() -> None:
-    """Delete the table (and nothing else); no table is not an error."""
+    """Delete the tables (and nothing else); no table is not an error."""
     await _nft(["-f", "-"], _replace(""))

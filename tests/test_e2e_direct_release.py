@@ -98,3 +98,53 @@ def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbal
         assert syn_retransmissions(lab) == retransmitted, "a SYN to the balanced VIP was held during the release"
     finally:
         print(cluster.logs())
+
+
+def test_a_drained_member_keeps_its_open_associations_and_takes_no_new_one(lab):
+    """`hapacs drain on` on pacs-b (a member, not the balancer): its held associations go on
+    answering, every new association lands on pacs-a, also those whose packets pacs-b passes on;
+    `drain off`: pacs-b takes new ones again."""
+    for host in "ab":
+        make_member(lab, host)
+        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, checks={"a": CHECK, "b": CHECK})
+    for host, priority in (("a", 150), ("b", 100)):
+        cluster.add(host, priority, balance=BALANCE)
+    cluster.start_all()
+    try:
+        lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(VIP) == ["a"], 15, what="pacs-a MASTER")
+        lab.wait_for(lambda: [m["state"] for m in cluster.status("b")["balance"]["services"][0]["members"]]
+                     == ["up", "up"], 10, what="both members up")
+        first, first_out = hold(lab, VIP, HELD)
+        on_a, on_b = workstation_sessions(lab, "a"), workstation_sessions(lab, "b")
+        assert on_b > 0, (on_a, on_b)
+
+        drained = cluster.cli("b", "drain", "on")
+        assert drained.returncode == 0 and drained.stdout.startswith("drain on"), drained.stderr + drained.stdout
+        lab.wait_for(lambda: "socket wildcard 0" in lab.exec("b", ["nft", "list", "ruleset"]).stdout, 5,
+                     what="pacs-b's drain table")
+        assert {m["name"]: m["state"] for m in cluster.status("b")["balance"]["services"][0]["members"]} \
+            == {"pacs-a": "up", "pacs-b": "drain"}
+        lab.kill(first, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(first_out), 10,
+                     what="the held associations answer, pacs-b's too")
+
+        second, second_out = hold(lab, VIP, HELD)
+        assert (workstation_sessions(lab, "a"), workstation_sessions(lab, "b")) == (on_a + HELD, on_b)
+        lab.kill(second, signal.SIGUSR1)
+        lab.kill(first, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(second_out)
+                     and holder_lines(first_out).count(f"echo {HELD} of {HELD}") == 2, 10,
+                     what="new associations on pacs-b's buckets answer from pacs-a, the old ones from pacs-b")
+        lab.stop(second)
+
+        undrained = cluster.cli("b", "drain", "off")
+        assert undrained.returncode == 0, undrained.stderr + undrained.stdout
+        lab.wait_for(lambda: "socket wildcard" not in lab.exec("b", ["nft", "list", "ruleset"]).stdout, 5,
+                     what="pacs-b's drain table gone")
+        third, _ = hold(lab, VIP, 12)
+        assert workstation_sessions(lab, "b") > on_b, "no new association on pacs-b after drain off"
+        lab.stop(third)
+        lab.stop(first)
+    finally:
+        print(cluster.logs())
