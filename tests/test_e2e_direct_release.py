@@ -61,28 +61,28 @@ def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbal
         lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(OTHER_VIP) == ["a"], 15, what="pacs-a MASTER")
         lab.wait_for(lambda: all(m["state"] == "up" for m in cluster.status("a")["balance"]["services"][0]["members"])
                      and len(cluster.status("a")["balance"]["services"][0]["members"]) == 2, 10, what="both members up")
-        holder, balanced = hold(lab, VIP, HELD)
-        on_a, on_b = workstation_sessions(lab, "a"), workstation_sessions(lab, "b")
-        assert on_a + on_b == HELD and on_a > 0 and on_b > 0, (on_a, on_b)
-        hold(lab, OTHER_VIP, 1)
-
         path = os.path.join(lab.tmpdir, "ws.jsonl")
         probe = start_probe(lab, path, VIP, port=104, called_ae="PACS", interval=0.02, duration=60,
                             timeout=3.0, overlap=50)
         lab.wait_for(lambda: sum(r["ok"] for r in load(path)) >= 20 if os.path.exists(path) else False, 20,
                      what="the workstation answered")
+        # The holders' associations end after 5 s without traffic: held just before the release.
+        holder, balanced = hold(lab, VIP, HELD)
+        hold(lab, OTHER_VIP, 1)
+        lab.kill(holder, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(balanced), 10, what="held associations answer")
         retransmitted = syn_retransmissions(lab)
         commanded = time.monotonic()
-        released = cluster.cli("a", "release", "--drain-timeout", "1")
+        released = cluster.cli("a", "release", "--drain-timeout", "0.5")
         assert released.returncode == 0, released.stderr + released.stdout
         lab.wait_for(lambda: cluster.masters() == ["b"] and lab.holders(VIP) == ["b"]
                      and lab.holders(OTHER_VIP) == ["b"], 10, what="pacs-b MASTER and holder of both VIPs")
 
-        # The drain counted and held only the unbalanced VIP: its one association, cut after 1 s.
+        # The drain counted and held only the unbalanced VIP: its one association, cut after 0.5 s.
         drain = cluster.status("a")["last_drain"]
         assert (drain["open_at_start"], drain["cut"], drain["held_new_connections"]) == (1, 1, True), drain
         lab.kill(holder, signal.SIGUSR1)
-        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(balanced), 10,
+        lab.wait_for(lambda: holder_lines(balanced).count(f"echo {HELD} of {HELD}") == 2, 10,
                      what="every held association through the balanced VIP answers through pacs-b")
 
         moved = time.monotonic()
@@ -103,7 +103,8 @@ def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbal
 def test_a_drained_member_keeps_its_open_associations_and_takes_no_new_one(lab):
     """`hapacs drain on` on pacs-b (a member, not the balancer): its held associations go on
     answering, every new association lands on pacs-a, also those whose packets pacs-b passes on;
-    `drain off`: pacs-b takes new ones again."""
+    `drain off`: pacs-b takes new ones again. Then the balancer pacs-a drained: every new
+    association lands on pacs-b."""
     for host in "ab":
         make_member(lab, host)
         start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
@@ -146,5 +147,17 @@ def test_a_drained_member_keeps_its_open_associations_and_takes_no_new_one(lab):
         assert workstation_sessions(lab, "b") > on_b, "no new association on pacs-b after drain off"
         lab.stop(third)
         lab.stop(first)
+
+        # The balancer itself drained: the workstation's packets reach pacs-a first, and it passes
+        # the new associations of its buckets to pacs-b.
+        lab.wait_for(lambda: workstation_sessions(lab, "a") + workstation_sessions(lab, "b") == 0, 10,
+                     what="every association released")
+        assert cluster.cli("a", "drain", "on").returncode == 0
+        lab.wait_for(lambda: "socket wildcard 0" in lab.exec("a", ["nft", "list", "ruleset"]).stdout, 5,
+                     what="pacs-a's drain table")
+        fourth, fourth_out = hold(lab, VIP, HELD)
+        assert (workstation_sessions(lab, "a"), workstation_sessions(lab, "b")) == (0, HELD)
+        lab.kill(fourth, signal.SIGUSR1)
+        lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(fourth_out), 10, what="they answer")
     finally:
         print(cluster.logs())
