@@ -14,10 +14,12 @@ runs a C-STORE loop. Scenarios, in this order:
 3. drain: `hapacs drain on` on pacs-b with 16 associations held: when pacs-b's drain table was
    loaded, how many new associations (16 more) reached pacs-b, whether the held ones on pacs-b
    still answer, failed attempts.
-4. balancer loss (--trials): pacs-c's link cut (the switch port goes silent) with 16
-   associations held and a 0.2 s client timeout (the workstation retries every 20 ms): the
-   outage of the echoes, and how many held associations answer through pacs-a afterwards. Then
-   the link comes back, pacs-c takes the VIP again, and the next trial starts.
+4. balancer loss (--trials): pacs-c lost as a host (its switch port silent, its agent killed;
+   --loss link cuts its link instead, so the switch forgets its MAC address and floods its
+   frames to every port) with 16 associations held and a 0.2 s client timeout (the workstation
+   retries every 20 ms): the outage of the echoes, and how many held associations answer
+   through pacs-a afterwards. Then pacs-c comes back, takes the VIP again, and the next trial
+   starts.
 
 Each figure comes with the load average (the 2 cores are shared). --png FILE draws the echoes
 of the release and of one balancer loss (bench/direct.png).
@@ -33,6 +35,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,7 +84,9 @@ def member_states(cluster, host: str) -> dict[str, str]:
 
 
 class Held:
-    """HELD associations held open through the VIP by lab/holdassociations.py."""
+    """HELD associations held open through the VIP by lab/holdassociations.py. The holder ends an
+    association after 5 s without traffic: a C-ECHO on each every 2 s keeps them open, as a
+    viewer's traffic would, however slowly the loaded machine gets through the steps between."""
 
     def __init__(self, lab, count: int = HELD):
         self.lab, self.count = lab, count
@@ -89,16 +94,24 @@ class Held:
         with open(self.out, "w") as handle:
             self.process = lab.spawn("ws", [sys.executable, HOLDER, VIP, "104", str(count)],
                                      stdout=handle, stderr=handle)
-        lab.wait_for(lambda: f"established {count} of {count}" in self.out.read_text(), 30, what="held")
+        lab.wait_for(lambda: f"established {count} of {count}" in self.out.read_text(), 60, what="held")
+        # only now: before its handler is in place, SIGUSR1 would end the holder
+        self.done = threading.Event()
+        threading.Thread(target=self._keep, daemon=True).start()
+
+    def _keep(self) -> None:
+        while not self.done.wait(2.0) and self.process.poll() is None:
+            self.lab.kill(self.process, signal.SIGUSR1)
 
     def echo(self) -> int:
         """C-ECHO on every held association; how many answered."""
         before = self.out.read_text().count("echo ")
         self.lab.kill(self.process, signal.SIGUSR1)
         self.lab.wait_for(lambda: self.out.read_text().count("echo ") > before, 15, what="held echo")
-        return int(self.out.read_text().strip().splitlines()[-1].split()[1])
+        return int([line for line in self.out.read_text().splitlines() if line.startswith("echo ")][-1].split()[1])
 
     def stop(self) -> None:
+        self.done.set()
         self.lab.stop(self.process)
 
 
@@ -206,12 +219,15 @@ def drain(lab, cluster) -> dict:
     lab.wait_for(lambda: answered(path, since=after) >= 5, 10, what="served")
     lab.stop(probe)
     row.update(attempts(path, started), syn_retransmissions=syn_retransmissions(lab) - retransmitted)
+    # what the agents did meanwhile (a bucket map that changes under load shows here)
+    row["logs"] = {host: [line.strip()[24:] for line in Path(cluster.log_path(host)).read_text().splitlines()
+                          if "balance" in line or "->" in line or "peer" in line][-8:] for host in "bc"}
     assert cluster.cli("b", "drain", "off").returncode == 0
     print(f"  drain: {row}", flush=True)
     return row
 
 
-def balancer_loss(lab, cluster, trials: int) -> dict:
+def balancer_loss(lab, cluster, trials: int, how: str) -> dict:
     path = os.path.join(lab.tmpdir, "loss.jsonl")
     probe = start_probe(lab, path, VIP, interval=0.02, duration=30 * trials + 60, timeout=0.2, overlap=50)
     lab.wait_for(lambda: answered(path) >= 20, 30, what="workstation served")
@@ -219,7 +235,11 @@ def balancer_loss(lab, cluster, trials: int) -> dict:
     for number in range(trials):
         holder = Held(lab)
         fault = time.monotonic()
-        lab.link_down("c")
+        if how == "link":
+            lab.link_down("c")
+        else:
+            lab.partition("c")
+            cluster.kill("c")
         lab.wait_for(lambda: cluster.state("a") == "MASTER" and "a" in lab.holders(VIP), 10, what="a MASTER")
         lab.wait_for(lambda: answered(path, since=fault) >= 10, 10, what="served again")
         answering = holder.echo()
@@ -230,14 +250,18 @@ def balancer_loss(lab, cluster, trials: int) -> dict:
                "held_answering": answering, "fault_t": fault, "load": load_average()}
         print(f"  balancer loss {number + 1}: {row}", flush=True)
         rows.append(row)
-        lab.link_up("c")
+        if how == "link":
+            lab.link_up("c")
+        else:
+            lab.heal("c")
+            cluster.start("c")
         lab.wait_for(lambda: cluster.masters() == ["c"] and lab.holders(VIP) == ["c"], 30, what="c MASTER again")
         back = time.monotonic()
         lab.wait_for(lambda: answered(path, since=back) >= 10, 10, what="served by c")
     lab.stop(probe)
     outages = sorted(r["outage_s"] for r in rows)
     p95 = outages[min(len(outages) - 1, round(0.95 * (len(outages) - 1)))]
-    return {"rows": rows, "records": path, "outage_median_s": statistics.median(outages), "outage_p95_s": p95,
+    return {"how": how, "rows": rows, "records": path, "outage_median_s": statistics.median(outages), "outage_p95_s": p95,
             "outage_max_s": outages[-1], "held_answering": sum(r["held_answering"] for r in rows),
             "held": HELD * len(rows)}
 
@@ -249,7 +273,8 @@ def picture(png: str, release_path: str, release_t: float, loss_path: str, loss_
     figure, panels = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
     for panel, (path, fault, title) in zip(panels, (
             (release_path, release_t, "planned release of the balancer (3 s client timeout)"),
-            (loss_path, loss_t, "balancer host loss: its link cut (0.2 s client timeout, retried every 20 ms)"))):
+            (loss_path, loss_t, "balancer host loss: switch port silent, agent killed "
+                                 "(0.2 s client timeout, retried every 20 ms)"))):
         records = [r for r in load(path) if fault - 1.0 <= r["t"] <= fault + 2.0 and r["kind"] == "echo"]
         ok = [r for r in records if r["ok"]]
         bad = [r for r in records if not r["ok"]]
@@ -275,6 +300,7 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--png")
     parser.add_argument("--scenarios", default="release,member,drain,loss")
+    parser.add_argument("--loss", choices=("host", "link"), default="host")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/direct.py: run as root", file=sys.stderr)
@@ -301,7 +327,7 @@ def main() -> int:
             results["drain"] = drain(lab, cluster)
         if "loss" in wanted:
             print("balancer loss:", flush=True)
-            results["balancer_loss"] = balancer_loss(lab, cluster, min(args.trials, 50))
+            results["balancer_loss"] = balancer_loss(lab, cluster, min(args.trials, 50), args.loss)
         if args.png and "release" in wanted and "loss" in wanted:
             picture(args.png, results["release"]["records"], results["release"]["first_release_t"],
                     results["balancer_loss"]["records"], results["balancer_loss"]["rows"][0]["fault_t"])
