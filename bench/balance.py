@@ -6,10 +6,11 @@
    shows pacs-b down, and how many of the C-ECHOes in the 3 s after the kill failed.
 3. drain: `hapacs drain on` on pacs-b; the time until pacs-a's status shows it draining
    (the status reads HAProxy every 0.5 s: the figure includes up to that much).
-4. slow (--slow-ms, before the kills): pacs-b's replies delayed (tc netem on its card), then
+4. slow (--slow-ms, before the kills): pacs-b's PACS replaced by one that answers each C-ECHO
+   --slow-ms late (pynetdicom, SLOW_SCP below; this kernel has no netem to delay its card), then
    --parallel clients open associations back to back through the VIP for 4 s (each
    A-ASSOCIATE, C-ECHO, A-RELEASE): how many each member got (HAProxy's totals), against the
-   same load with no delay.
+   same load with both storescp.
 
 Run as root: .venv/bin/python bench/balance.py [--trials 5] [--held 32] [--check-interval 2] [--slow-ms 20]
     [--parallel 8]
@@ -63,14 +64,31 @@ def parallel_load(lab, cluster, parallel: int, seconds: float = 4.0) -> dict:
             "load": "/".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
-def slow_member(lab, cluster, delay_ms: int, parallel: int) -> dict:
+SLOW_SCP = """
+import sys, time
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+delay = float(sys.argv[2]) / 1000
+ae = AE(ae_title="PACS"); ae.add_supported_context(Verification); ae.maximum_associations = 64
+ae.start_server(("0.0.0.0", int(sys.argv[1])), block=True,
+                evt_handlers=[(evt.EVT_C_ECHO, lambda event: time.sleep(delay) or 0x0000)])
+"""
+
+
+def slow_member(lab, cluster, scp: dict, delay_ms: int, parallel: int) -> dict:
+    """The same parallel load with both storescp, then with pacs-b's PACS answering late."""
     results = {"delay_ms": delay_ms, "parallel": parallel, "even": parallel_load(lab, cluster, parallel)}
-    device = lab.node("b").ifname
-    lab.exec("b", ["tc", "qdisc", "add", "dev", device, "root", "netem", "delay", f"{delay_ms}ms"])
+    kill_with_children(lab, scp["b"])
+    slow = lab.spawn("b", [sys.executable, "-c", SLOW_SCP, str(PORT), str(delay_ms)])
+    lab.wait_for(lambda: echo(lab.ns("ws"), "192.0.2.12", PORT, called_ae="PACS", timeout=2.0), 20,
+                 what="the slow PACS answers")
+    lab.wait_for(lambda: member_states(cluster)["pacs-b"][0] == "up", 20, what="pacs-b up with its slow PACS")
     try:
         results["b_slow"] = parallel_load(lab, cluster, parallel)
     finally:
-        lab.exec("b", ["tc", "qdisc", "del", "dev", device, "root"])
+        lab.stop(slow)
+    scp["b"] = start_storescp(lab, lab.ns("b"), port=PORT, aet="PACS", fork=True)
+    lab.wait_for(lambda: member_states(cluster)["pacs-b"][0] == "up", 20, what="pacs-b back")
     return results
 
 
@@ -97,7 +115,7 @@ def run(trials: int, held: int, check_interval: float, slow_ms: int = 20, parall
         results["spread_load"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
         lab.stop(holder)
         if slow_ms:
-            results["slow"] = slow_member(lab, cluster, slow_ms, parallel)
+            results["slow"] = slow_member(lab, cluster, scp, slow_ms, parallel)
         kills, failures, drains = [], [], []
         for _ in range(trials):
             started = time.monotonic()

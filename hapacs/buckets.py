@@ -116,10 +116,10 @@ def split(mapping: dict[int, str | None], members: Iterable[str], own: str) -> t
     return tuple(local), tuple(forward)
 
 
-def drained_to(members: Iterable[str], alive: Iterable[str], own: str) -> tuple[tuple[int, str], ...]:
-    """Where a drained member `own` passes its buckets' new associations: each bucket it serves,
-    to the member that would serve it were `own` not alive. Buckets no other member could serve
-    are left out (they stay with `own`)."""
+def fallbacks(members: Iterable[str], alive: Iterable[str], own: str) -> tuple[tuple[int, str], ...]:
+    """(bucket, member) for each bucket `own` serves: the member that would serve it were `own`
+    not alive, where `own` passes the packets it does not take (its PACS gone, or drained).
+    Buckets no other member could serve are left out (they stay with `own`)."""
     living = set(alive)
     mapping, without = assign(members, living), assign(members, living - {own})
     return tuple((bucket, other) for bucket, member in sorted(mapping.items())

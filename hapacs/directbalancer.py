@@ -14,14 +14,14 @@ before any VIP is claimed. nft refusing a later change puts this node in
 FAULT (its buckets then move to the others, and it holds no VIP) until the
 table loads again.
 
-Drain (`hapacs drain on`): the map does not change (taking buckets from a
-living member would move its open associations too, and cut them). The
-drained member keeps every packet of its own open associations and passes
-every other packet of its buckets to the member that would serve them
-without it (hapacs.nftdirect); every node serves the packets a bucket's own
-member passes on, which it tells by that member's MAC address
-(hapacs.directdrain). Only the drained node knows it is drained: the others'
-status shows it up.
+A member passes on, to the member that would serve the bucket without it,
+every packet of its buckets that no socket of its own takes (its PACS gone
+before its check has seen it); drained (`hapacs drain on`), every packet
+but those of its open associations. The map does not change (taking buckets
+from a living member would move its open associations too, and cut them).
+Every node serves the packets a bucket's own member passes on, which it
+tells by that member's MAC address (hapacs.directdrain). Only the drained
+node knows it is drained: the others' status shows it up.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from . import directdrain, nftdirect
 from .balancer import balance_status, members_of
-from .buckets import assign, counts, drained_to, passed_on, split
+from .buckets import assign, counts, fallbacks, passed_on, split
 from .hostsetup import StartupError
 from .model import CommandRefused, ElectionView
 from .nftdirect import NftError, ServiceRules
@@ -69,9 +69,10 @@ def service_rules(config: Config, members: tuple[Member, ...], alive: set[str], 
     interfaces = {v.address.ip: v.interface for v in config.vips}
     addresses = [m.server for m in members]
     local, forward = split(assign(addresses, alive), addresses, own_address)
-    drain_to = drained_to(addresses, alive, own_address) if drained else ()
+    pass_to = fallbacks(addresses, alive, own_address) if own_address in addresses else ()
     return [ServiceRules(s.name, s.address, s.port, interfaces.get(s.address, config.cluster.interface),
-                         local, forward, passed_on(forward, macs or {}), drain_to) for s in config.balance.services]
+                         local, forward, passed_on(forward, macs or {}), pass_to, drained)
+            for s in config.balance.services]
 
 
 class DirectBalancer:

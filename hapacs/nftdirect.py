@@ -16,18 +16,22 @@ old table deleted and the new one created atomically), so a change of the
 map never leaves a moment without rules. Python's nftables bindings are not
 used: Debian ships them for the system Python only, not for a virtualenv.
 
-Drain (`hapacs drain on` on a member) without moving a live association.
-The map does not change: every packet of the drained member's buckets still
-reaches it. Its own second table (`ip`/`ip6` hapacs_direct_drain, at
-prerouting, where the kernel's socket lookup works) accepts a packet that
-belongs to one of its PACS's open associations (`socket wildcard 0`: an
-established socket bound to the VIP; the PACS's listener on every address
-has wildcard 1) and passes every other packet (a new SYN, and every later
-packet of an association that began elsewhere) unchanged to the member that
-would serve the bucket without it (`dup to ... device`, then drop). So that
-member does not send it back: every node accepts a bucket's packets that come
-from the MAC address of the member serving that bucket (that member never
-sends its own buckets on otherwise), before the `fwd` rule.
+Passing on what a member cannot serve. Every member has a second table
+(`ip`/`ip6` hapacs_direct_pass, at prerouting, where the kernel's socket
+lookup works). A packet of its buckets that finds a socket here is served
+here; any other packet goes on, unchanged, to the member that would serve
+the bucket without this one (`dup to ... device`, then drop). While its PACS
+listens, every packet finds a socket (the listener, an open or a closing
+association), so nothing changes; when its PACS is gone, new associations
+go on to the next member at once, before the health check has seen it. A
+drained member (`hapacs drain on`) accepts only its open associations
+(`socket wildcard 0`: an established socket bound to the VIP; the PACS's
+listener on every address has wildcard 1), so new SYNs, and every later
+packet of an association that began elsewhere, go on. The map does not
+change, so no open association moves. So that the next member does not send
+such a packet back: every node accepts a bucket's packets that come from the
+MAC address of the member serving that bucket (that member never sends its
+own buckets on otherwise), before the `fwd` rule.
 
 nft 1.0.6 details this relies on: `fwd ip to EXPR map {...} device "IF"`
 must name the device; an anonymous map or set may not be empty (a rule
@@ -49,7 +53,7 @@ from .buckets import BUCKETS
 
 NFT = "nft"
 TABLE = "hapacs_direct"
-DRAIN_TABLE = "hapacs_direct_drain"
+PASS_TABLE = "hapacs_direct_pass"
 # Pinned: a balancer that takes over must hash every packet to the same bucket as the one before it.
 # Changing it in a new release moves live associations on the upgrade's first failover.
 SEED = 0x7
@@ -73,9 +77,9 @@ class ServiceRules:
     # (MAC address, buckets): packets of those buckets that come from the member serving them are
     # its drain passing them on: served here, never sent back
     passed_on: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    # this member drained: (bucket, member address) where packets not of its own open
-    # associations go
-    drain_to: tuple[tuple[int, str], ...] = ()
+    # (bucket, member address): where this member passes packets of its buckets it does not take
+    pass_to: tuple[tuple[int, str], ...] = ()
+    drained: bool = False                    # takes only the packets of its open associations
 
 
 def _hash(family: str) -> str:
@@ -96,25 +100,30 @@ def _rules(service: ServiceRules) -> list[str]:
     return lines
 
 
-def _drain_rules(service: ServiceRules) -> list[str]:
+def _pass_rules(service: ServiceRules) -> list[str]:
     family = "ip" if service.address.version == 4 else "ip6"
     match = f"{family} daddr {service.address} tcp dport {service.port}"
-    buckets = ", ".join(str(b) for b, _ in service.drain_to)
-    pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.drain_to)
-    return [f"# service {service.name}: drained", f"{match} socket wildcard 0 accept",
-            f'{match} {_hash(family)} {{ {buckets} }} dup to {_hash(family)} map {{ {pairs} }} '
-            f'device "{service.device}" drop']
+    buckets = ", ".join(str(b) for b, _ in service.pass_to)
+    pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.pass_to)
+    if service.drained:
+        taken = [f"# service {service.name}: drained, only its open associations", f"{match} socket wildcard 0 accept"]
+    else:
+        taken = [f"# service {service.name}: whatever a socket here takes",
+                 f"{match} socket transparent 0 accept", f"{match} socket transparent 1 accept"]
+    return taken + [f'{match} {_hash(family)} {{ {buckets} }} dup to {_hash(family)} map {{ {pairs} }} '
+                    f'device "{service.device}" drop']
 
 
-def render_drain(services: list[ServiceRules]) -> str:
-    """The drain tables (one per address family that has a drained service); "" when none."""
+def render_pass(services: list[ServiceRules]) -> str:
+    """The pass-on tables (one per address family with a service that passes buckets on); ""
+    when none."""
     out = []
     for family, version in (("ip", 4), ("ip6", 6)):
-        drained = [s for s in services if s.drain_to and s.address.version == version]
-        if drained:
-            out += [f"table {family} {DRAIN_TABLE} {{", "\tchain prerouting {",
+        passing = [s for s in services if s.pass_to and s.address.version == version]
+        if passing:
+            out += [f"table {family} {PASS_TABLE} {{", "\tchain prerouting {",
                     "\t\ttype filter hook prerouting priority -150; policy accept;"]
-            out += [f"\t\t{line}" for s in drained for line in _drain_rules(s)]
+            out += [f"\t\t{line}" for s in passing for line in _pass_rules(s)]
             out += ["\t}", "}"]
     return "\n".join(out) + "\n" if out else ""
 
@@ -135,7 +144,7 @@ def render(services: list[ServiceRules]) -> str:
 def _replace(text: str) -> str:
     """Delete the old tables and load the new ones in one transaction (`table` first, so the
     delete never fails on a host that has none yet)."""
-    old = [("netdev", TABLE), ("ip", DRAIN_TABLE), ("ip6", DRAIN_TABLE)]
+    old = [("netdev", TABLE), ("ip", PASS_TABLE), ("ip6", PASS_TABLE)]
     return "".join(f"table {family} {name}\ndelete table {family} {name}\n" for family, name in old) + text
 
 
@@ -158,12 +167,12 @@ async def _nft(args: list[str], text: str) -> None:
 
 async def check(services: list[ServiceRules]) -> None:
     """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
-    await _nft(["-c", "-f", "-"], _replace(render(services) + render_drain(services)))
+    await _nft(["-c", "-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def apply(services: list[ServiceRules]) -> None:
     """Load the table, replacing the one before in the same transaction."""
-    await _nft(["-f", "-"], _replace(render(services) + render_drain(services)))
+    await _nft(["-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def remove() -> None:

@@ -251,17 +251,21 @@ def test_listening_on_tells_a_listener_on_one_address_from_one_on_every_address(
         assert not directdrain.listening_on("127.0.0.1", every.getsockname()[1])
 
 
-def test_the_drained_member_passes_its_own_buckets_on_and_every_node_knows_the_members_macs(tmp_path, key):
+def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_members_macs(tmp_path, key):
     config = load(tmp_path, key)
     members = members_of(config, ipaddress.ip_address("192.0.2.11"))
     alive = {"192.0.2.11", "192.0.2.12", "192.0.2.13"}
     macs = {"192.0.2.12": "02:00:00:00:00:12", "192.0.2.13": "02:00:00:00:00:13"}
     rules = service_rules(config, members, alive, "192.0.2.11", drained=True, macs=macs)[0]
     # each bucket pacs-a serves goes, for new associations, to the member that serves it were pacs-a dead
-    assert {b for b, _ in rules.drain_to} == set(rules.local) and len(rules.local) in (21, 22)
-    assert {m for _, m in rules.drain_to} == {"192.0.2.12", "192.0.2.13"}
+    assert rules.drained and {b for b, _ in rules.pass_to} == set(rules.local) and len(rules.local) in (21, 22)
+    assert {m for _, m in rules.pass_to} == {"192.0.2.12", "192.0.2.13"}
     # what a member passes on of its own buckets is served here (by its MAC), never sent back
     assert dict(rules.passed_on) == {mac: tuple(b for b, m in rules.forward if m == address)
                                      for address, mac in macs.items()}
     undrained = service_rules(config, members, alive, "192.0.2.11", macs={})[0]
-    assert (undrained.drain_to, undrained.passed_on) == ((), ())
+    assert (undrained.drained, undrained.pass_to, undrained.passed_on) == (False, rules.pass_to, ())
+    # a node that only balances takes no bucket, so it passes nothing on
+    listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
+    balancer_only = members_of(listed, ipaddress.ip_address("192.0.2.11"))
+    assert service_rules(listed, balancer_only, alive, "192.0.2.11")[0].pass_to == ()

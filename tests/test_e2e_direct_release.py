@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from lab.cluster import AgentCluster
-from lab.dicom import start_storescp
+from lab.dicom import kill_with_children, start_storescp
 from lab.outage import load, slowest
 from lab.probe import start_probe
 
 from .e2e import VIP
 from .fixtures import lab_fixture
 from .test_e2e_balance import HOLDER, holder_lines
-from .test_e2e_direct import BALANCE, CHECK, _need_tools, make_member, workstation_sessions
+from .test_e2e_direct import BALANCE, CHECK, _need_tools, buckets, echoes, make_member, workstation_sessions
 
 lab = lab_fixture("lb", before=_need_tools, hosts=("a", "b"))
 OTHER_VIP = "192.0.2.101"
@@ -159,5 +159,30 @@ def test_a_drained_member_keeps_its_open_associations_and_takes_no_new_one(lab):
         assert (workstation_sessions(lab, "a"), workstation_sessions(lab, "b")) == (0, HELD)
         lab.kill(fourth, signal.SIGUSR1)
         lab.wait_for(lambda: f"echo {HELD} of {HELD}" in holder_lines(fourth_out), 10, what="they answer")
+    finally:
+        print(cluster.logs())
+
+
+def test_a_member_whose_pacs_is_gone_passes_new_associations_on_before_its_check_sees_it(lab):
+    """pacs-b's PACS killed, its check slow to notice (10 s): the map still gives pacs-b its
+    buckets, and every new association still succeeds: pacs-b finds no socket for them and passes
+    them on to pacs-a."""
+    slow_check = [{**CHECK[0], "interval": 1.0, "fall": 10}]
+    pacs = {}
+    for host in "ab":
+        make_member(lab, host)
+        pacs[host] = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, checks={"a": slow_check, "b": slow_check})
+    for host, priority in (("a", 150), ("b", 100)):
+        cluster.add(host, priority, balance=BALANCE)
+    cluster.start_all()
+    try:
+        both_up = {"pacs-a": ("up", 32), "pacs-b": ("up", 32)}
+        lab.wait_for(lambda: cluster.masters() == ["a"] and buckets(cluster, "a") == both_up, 20,
+                     what="pacs-a MASTER, both members up")
+        kill_with_children(lab, pacs["b"])
+        answered = echoes(lab, 16)
+        assert buckets(cluster, "a") == both_up, "pacs-b's check noticed before the echoes ended"
+        assert all(answered), answered
     finally:
         print(cluster.logs())
