@@ -189,6 +189,9 @@ def member_death(lab, cluster, scp_b) -> dict:
     lab.stop(probe)
     failed = [r for r in load(path) if r["t"] >= killed - 3.0 and not r["ok"]]
     row = {"map_moved_s": round(moved, 3), "failed": len(failed),
+           "failed_open_at_the_kill": sum(r["t"] < killed for r in failed),
+           "failed_started_after": sorted(f"{r['kind']} +{r['t'] - killed:.3f} s: {r['err'][:60]}"
+                                          for r in failed if r["t"] >= killed),
            "failed_kinds": sorted({r["kind"] for r in failed}),
            "last_failure_started_s": round(max(r["t"] for r in failed) - killed, 3) if failed else None,
            "load": load_average(), **attempts(path, killed)}
