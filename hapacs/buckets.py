@@ -117,13 +117,21 @@ def split(mapping: dict[int, str | None], members: Iterable[str], own: str) -> t
 
 
 def fallbacks(members: Iterable[str], alive: Iterable[str], own: str) -> tuple[tuple[int, str], ...]:
-    """(bucket, member) for each bucket `own` serves: the member that would serve it were `own`
-    not alive, where `own` passes the packets it does not take (its PACS gone, or drained).
-    Buckets no other member could serve are left out (they stay with `own`)."""
+    """(bucket, member) for each bucket node `own` serves itself (split's local list): where it
+    passes the packets it does not take (its PACS gone, or drained). For a bucket it owns, the
+    member that would serve it were `own` not alive; for one it serves only because it comes
+    before the owner in the bucket's preference (while `own` is not alive, or the nodes disagree
+    for a moment), the owner. Buckets no other member could serve are left out."""
+    ordered = order(members)
     living = set(alive)
-    mapping, without = assign(members, living), assign(members, living - {own})
-    return tuple((bucket, other) for bucket, member in sorted(mapping.items())
-                 if member == own and (other := without[bucket]) is not None)
+    mapping, without = assign(ordered, living), assign(ordered, living - {own})
+    local, _ = split(mapping, ordered, own)
+    found = []
+    for bucket in local:
+        target = without[bucket] if mapping[bucket] == own else mapping[bucket]
+        if target is not None and target != own:
+            found.append((bucket, target))
+    return tuple(found)
 
 
 def passed_on(forward: tuple[tuple[int, str], ...], macs: dict[str, str]) -> tuple[tuple[str, tuple[int, ...]], ...]:

@@ -265,6 +265,11 @@ def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_membe
                                      for address, mac in macs.items()}
     undrained = service_rules(config, members, alive, "192.0.2.11", macs={})[0]
     assert (undrained.drained, undrained.pass_to, undrained.passed_on) == (False, rules.pass_to, ())
+    # not alive (its PACS gone, the others already know): the buckets it still serves itself because
+    # it comes before their owner go on to that owner
+    gone = service_rules(config, members, alive - {"192.0.2.11"}, "192.0.2.11")[0]
+    assert gone.pass_to and dict(gone.pass_to) == {b: m for b, m in gone.pass_to if m in alive - {"192.0.2.11"}}
+    assert {b for b, _ in gone.pass_to} == set(gone.local)
     # a node that only balances takes no bucket, so it passes nothing on
     listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
     balancer_only = members_of(listed, ipaddress.ip_address("192.0.2.11"))
