@@ -1,7 +1,7 @@
 """Direct routing (balance: mode direct) as the workstation sees it, in one lab.
 
 pacs-c (priority 200) only balances (its storescp only answers its own health check); pacs-a (150) and pacs-b (100) are the members, each a
-forking dcmtk storescp on port 104 with the VIP on lo, checked every 0.2 s (fall 2). The
+forking dcmtk storescp on port 104 with the VIP on lo, checked every 0.2 s (fall 3, timeout 2 s). The
 workstation's probe (lab.probe) C-ECHOes the VIP every 20 ms (echoes overlap) and, where said,
 runs a C-STORE loop. Scenarios, in this order:
 
@@ -50,7 +50,7 @@ from lab.probe import start_probe               # noqa: E402
 VIP = "192.0.2.100"
 HELD = 16
 CHECK = [{"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
-          "interval": 0.2, "timeout": 1.0, "fall": 2, "rise": 2}]
+          "interval": 0.2, "timeout": 2.0, "fall": 3, "rise": 2}]   # a loaded machine answers late
 MEMBERS = [{"name": "pacs-a", "address": "192.0.2.11"}, {"name": "pacs-b", "address": "192.0.2.12"}]
 BALANCE = {"mode": "direct", "members": MEMBERS,
            "services": [{"name": "dicom", "address": VIP, "port": 104, "health": "pacs-dicom"}]}
@@ -153,6 +153,7 @@ def releases(lab, cluster, count: int) -> dict:
     rows, first = [], None
     for number in range(count):
         holder = Held(lab)
+        before = holder.echo()     # what answers before the move (the holder ends idle ones after 5 s)
         master = cluster.masters()[0]
         retransmitted = syn_retransmissions(lab)
         started = time.monotonic()
@@ -166,7 +167,8 @@ def releases(lab, cluster, count: int) -> dict:
         after = time.monotonic()
         lab.wait_for(lambda: answered(path, since=after) >= 5, 10, what="served after")
         row = {"from": master, "to": cluster.masters()[0], "command_s": round(took, 3), "answer": done.stdout.strip(),
-               "held_answering": answering, "load": load_average(), **attempts(path, started, started + 3.0),
+               "held_answering_before": before, "held_answering": answering, "load": load_average(),
+               **attempts(path, started, started + 3.0),
                "syn_retransmissions": syn_retransmissions(lab) - retransmitted}
         print(f"  release {number + 1}: {row}", flush=True)
         rows.append(row)
