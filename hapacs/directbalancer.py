@@ -49,6 +49,7 @@ log = logging.getLogger("hapacs.balance")
 FOLLOW_PERIOD_S = 0.1
 RETRY_DELAY_S = 2.0      # after nft refused a table: not a new nft process every turn
 MAC_REFRESH_S = 5.0      # how often the members' MAC addresses are read again (a card may be replaced)
+MAC_MISSING_S = 1.0      # how often while one is missing (a member down may stay so for long)
 FAULT_SOURCE = "nftables"
 SERVING = (State.BACKUP, State.MASTER)
 
@@ -134,10 +135,11 @@ class DirectBalancer:
 
     async def _read_macs(self) -> None:
         """The MAC addresses of the members this node sends buckets to: read again every
-        MAC_REFRESH_S, or at once while one is missing (after asking the kernel to resolve it)."""
+        MAC_REFRESH_S, or every MAC_MISSING_S while one is missing (after asking the kernel to
+        resolve it)."""
         wanted = [m.server for m in self.members if m.server != self.own]
         missing = [a for a in wanted if a not in self.macs]
-        if not missing and self.agent.loop.time() - self._macs_read_at < MAC_REFRESH_S:
+        if self.agent.loop.time() - self._macs_read_at < (MAC_MISSING_S if missing else MAC_REFRESH_S):
             return
         for address in missing:
             directdrain.ask_for(address)
