@@ -56,12 +56,15 @@ def established(targets: set[tuple[str, int]]) -> int:
 
 def hold_ruleset(targets: tuple[Target, ...]) -> str:
     """An nftables table that drops new connections (SYN without ACK) to the drained (VIP, port)s."""
+    ports: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, set[int]] = {}
+    for vip, port in targets:
+        ports.setdefault(vip, set()).add(port)
     rules = []
-    for family, match in ((4, "ip daddr"), (6, "ip6 daddr")):
-        pairs = sorted({(str(v), p) for v, p in targets if v.version == family})
-        if pairs:
-            rules.append(f"    {match} . tcp dport {{ {', '.join(f'{v} . {p}' for v, p in pairs)} }} "
-                         "tcp flags & (fin | syn | rst | ack) == syn drop")
+    for vip in sorted(ports, key=str):      # one rule per VIP, with that VIP's own ports
+        family = "ip" if vip.version == 4 else "ip6"
+        port_set = ", ".join(str(p) for p in sorted(ports[vip]))
+        rules.append(f"    {family} daddr {vip} tcp dport {{ {port_set} }} "
+                     "tcp flags & (fin | syn | rst | ack) == syn drop")
     return (f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -150; policy accept;\n"
             + "\n".join(rules) + "\n  }\n}\n")
 
