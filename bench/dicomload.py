@@ -1,6 +1,6 @@
 """A fast DICOM load client for bench/throughput.py, run inside the workstation's namespace.
 
-    python bench/dicomload.py echo HOST PORT CALLED_AE --count N --seconds S
+    python bench/dicomload.py echo HOST PORT CALLED_AE --count N --seconds S [--parallel P]
 
 opens sequential associations, each A-ASSOCIATE-RQ (Verification), one C-ECHO, A-RELEASE,
 over plain blocking sockets (pynetdicom would measure its own Python, not the path), and
@@ -17,6 +17,7 @@ import socket
 import struct
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,7 +79,7 @@ def one_echo(host: str, port: int, request: bytes, message_id: int) -> None:
 def echo_loop(host: str, port: int, called_ae: str, count: int, seconds: float) -> dict:
     request = associate_rq(called_ae, "BENCH")
     done = failed = 0
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     while done + failed < count and time.monotonic() - started < seconds:
         try:
             one_echo(host, port, request, done + failed + 1)
@@ -87,7 +88,8 @@ def echo_loop(host: str, port: int, called_ae: str, count: int, seconds: float) 
             failed += 1
     elapsed = time.monotonic() - started
     return {"associations": done, "failed": failed, "seconds": round(elapsed, 3),
-            "per_second": round(done / elapsed, 1) if elapsed else 0.0}
+            "per_second": round(done / elapsed, 1) if elapsed else 0.0,
+            "cpu_s": round(time.process_time() - cpu_started, 3)}     # this client's own user + system time
 
 
 def main() -> None:
@@ -98,9 +100,17 @@ def main() -> None:
     parser.add_argument("called_ae")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--parallel", type=int, default=1, help="this many clients at once (threads)")
     args = parser.parse_args()
-    print(json.dumps(echo_loop(args.host, args.port, args.called_ae, min(args.count, 100_000),
-                               min(args.seconds, 60.0))))
+    count, seconds = min(args.count, 100_000), min(args.seconds, 60.0)
+    if args.parallel <= 1:
+        print(json.dumps(echo_loop(args.host, args.port, args.called_ae, count, seconds)))
+        return
+    with ThreadPoolExecutor(min(args.parallel, 64)) as pool:
+        done = list(pool.map(lambda _: echo_loop(args.host, args.port, args.called_ae, count, seconds),
+                             range(min(args.parallel, 64))))
+    print(json.dumps({"associations": sum(d["associations"] for d in done), "failed": sum(d["failed"] for d in done),
+                      "seconds": max(d["seconds"] for d in done), "clients": len(done)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Throughput through the balancer vs straight to one member, in one run.
+"""Throughput through the balancer vs straight to one member, in one run, for each mode.
 
-Two nodes (balance: mode proxy, HAProxy on both), each with a dcmtk storescp as its PACS
+Two nodes (balance: mode proxy, HAProxy on both; then mode direct, nftables), each with a dcmtk
+storescp as its PACS
 (one association at a time, TCP_NODELAY, --ignore: it receives every byte but writes
 nothing, so the disk is not measured). From the workstation, alternating rounds:
 
@@ -10,12 +11,16 @@ nothing, so the disk is not measured). From the workstation, alternating rounds:
   image, MB/s (10^6 bytes of the files per second, from the start of storescu to its end);
   straight vs through the VIP.
 
-Prints the medians, every round, and the ratios balancer/straight (goal: >= 70 %).
+Prints the medians, every round, and the ratios balancer/straight (goal: proxy >= 70 %, direct
+>= 95 %). Where the CPU goes, per echo round: the client's own CPU time, each storescp's, HAProxy's
+(all its processes), and the whole machine's busy time (/proc/stat, which also counts the kernel's
+packet work, the client's Python start and anything else running), each per association.
 The machine's cores are shared: alternating rounds put the noise on both paths alike, and
 the ratios are the median of each round's pair. The lab's namespaces reuse TIME_WAIT ports
 (net.ipv4.tcp_tw_reuse=1, ports 1024-65000), as a load generator must.
 
 Run as root: .venv/bin/python bench/throughput.py [--rounds 5] [--echo-seconds 3] [--megabytes 32] [--stores 4]
+    [--modes proxy,direct]
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import psutil                                   # noqa: E402
+
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import NODELAY_ENV, STORESCP, _wait_until_serving   # noqa: E402
@@ -41,17 +48,43 @@ PORT = 11112
 STORESCU = "/usr/bin/storescu"
 LOAD = str(Path(__file__).resolve().parent / "dicomload.py")
 PATHS = {"straight": (MEMBER, PORT), "balancer": (VIP, 104)}
+DIRECT_PATHS = {"straight": (MEMBER, 104), "balancer": (VIP, 104)}   # direct: the PACS listens on the VIP's port
 
 
-def start_pacs(lab, host: str):
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent working so far (all cores; /proc/stat: user, nice, system,
+    irq, softirq; not idle, iowait or the time the hypervisor gave to other machines)."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq = [int(x) for x in handle.readline().split()[1:8]]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(processes: list) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def haproxies(directory: str) -> list:
+    """The HAProxy processes the lab's agents started (their configuration lies under `directory`)."""
+    return [p for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "haproxy" and directory in " ".join(p.info["cmdline"] or [])]
+
+
+def start_pacs(lab, host: str, port: int = PORT):
     """A storescp that receives and drops what it gets (no disk), one association at a time."""
     directory = Path(lab.mkdtemp(f"scp-{host}"))
     log = directory / "storescp.log"
     argv = [STORESCP, "--aetitle", "PACS", "--output-directory", str(directory), "--disable-host-lookup",
-            "--ignore", "--acse-timeout", "5", "--dimse-timeout", "5", str(PORT)]
+            "--ignore", "--acse-timeout", "5", "--dimse-timeout", "5", str(port)]
     with open(log, "ab") as handle:
         process = lab.spawn(host, argv, env=NODELAY_ENV, stdout=handle, stderr=subprocess.STDOUT)
-    _wait_until_serving(lab, process, lab.ns(host), [PORT], lambda: True, "storescp", log, 5.0)
+    _wait_until_serving(lab, process, lab.ns(host), [port], lambda: True, "storescp", log, 5.0)
     return process
 
 
@@ -73,15 +106,28 @@ def member_states(cluster) -> dict[str, str]:
     return {m["name"]: m["state"] for m in services[0]["members"]} if services else {}
 
 
-def echo_round(lab, path: str, seconds: float) -> dict:
-    host, port = PATHS[path]
+def echo_round(lab, paths: dict, path: str, seconds: float, watched: dict) -> dict:
+    """One round of sequential associations; with the CPU seconds per association of the client,
+    the PACS (both storescp), HAProxy and the whole machine."""
+    host, port = paths[path]
+    before = {name: cpu_s(processes) for name, processes in watched.items()}
+    busy, started = machine_busy_s(), time.monotonic()
     done = lab.exec("ws", [sys.executable, LOAD, "echo", host, str(port), "PACS", "--count", "100000",
                            "--seconds", str(seconds)], timeout=seconds + 30)
-    return json.loads(done.stdout)
+    busy, wall = machine_busy_s() - busy, time.monotonic() - started
+    result = json.loads(done.stdout)
+    count = max(result["associations"], 1)
+    result["cpu_ms_per_association"] = {
+        "client": round(1000 * result["cpu_s"] / count, 3),
+        **{name: round(1000 * (cpu_s(processes) - before[name]) / count, 3) for name, processes in watched.items()},
+        "machine": round(1000 * busy / count, 3)}
+    # over the whole client process, its Python start included (about 0.2 s of one core)
+    result["machine_busy_cores"] = round(busy / wall, 2)
+    return result
 
 
-def store_round(lab, path: str, image: Path, stores: int) -> dict:
-    host, port = PATHS[path]
+def store_round(lab, paths: dict, path: str, image: Path, stores: int) -> dict:
+    host, port = paths[path]
     started = time.monotonic()
     done = lab.exec("ws", [STORESCU, "--aetitle", "WS", "--call", "PACS",
                            host, str(port), *[str(image)] * stores], check=False, timeout=120)
@@ -93,12 +139,16 @@ def store_round(lab, path: str, image: Path, stores: int) -> dict:
             **({} if ok else {"error": (done.stdout + done.stderr)[-300:]})}
 
 
-def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
-    check = [{"name": "pacs-dicom", "type": "dicom-echo", "port": PORT, "called_ae": "PACS",
+def run(rounds: int, echo_seconds: float, megabytes: int, stores: int, mode: str = "proxy") -> dict:
+    port = PORT if mode == "proxy" else 104
+    paths = PATHS if mode == "proxy" else DIRECT_PATHS
+    check = [{"name": "pacs-dicom", "type": "dicom-echo", "port": port, "called_ae": "PACS",
               "interval": 1.0, "timeout": 2.0, "fall": 3, "rise": 2}]
-    balance = {"services": [{"name": "dicom", "address": VIP, "port": 104, "target_port": PORT,
-                             "health": "pacs-dicom"}]}
-    results: dict = {"rounds": rounds, "echo_seconds": echo_seconds, "stores": stores}
+    service = {"name": "dicom", "address": VIP, "port": 104, "health": "pacs-dicom"}
+    balance = ({"services": [{**service, "target_port": PORT}]} if mode == "proxy"
+               else {"mode": "direct", "services": [service]})
+    results: dict = {"mode": mode, "rounds": rounds, "echo_seconds": echo_seconds, "stores": stores,
+                     "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     with Lab(unique_prefix("lo")) as lab:
         # Thousands of short associations a second leave their ports in TIME_WAIT for 60 s (on the
         # workstation, and on the balancing node for HAProxy's own connections to the members):
@@ -106,8 +156,14 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
         for host in ("ws", "a", "b"):
             lab.exec(host, ["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
                             "net.ipv4.ip_local_port_range=1024 65000"])
+        pacs = {}
         for host in "ab":
-            start_pacs(lab, host)
+            if mode == "direct":     # what every member needs (README): the VIP on lo, the ARP sysctls
+                ifname = lab.node(host).ifname
+                lab.exec(host, ["ip", "address", "add", f"{VIP}/32", "dev", "lo"])
+                lab.exec(host, ["sysctl", "-qw", f"net.ipv4.conf.{ifname}.arp_ignore=1",
+                                f"net.ipv4.conf.{ifname}.arp_announce=2"])
+            pacs[host] = psutil.Process(start_pacs(lab, host, port).pid)
         cluster = AgentCluster(lab, checks={"a": check, "b": check})
         for host, priority in (("a", 150), ("b", 100)):
             cluster.add(host, priority, balance=balance)
@@ -116,13 +172,15 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
                      30, what="cluster balancing over both members")
         image = Path(lab.mkdtemp("image")) / "ct.dcm"
         results["image_bytes"] = write_image(image, megabytes)
-        rows: dict = {path: {"echo": [], "store": []} for path in PATHS}
+        watched = {"storescp_a": [pacs["a"]], "storescp_b": [pacs["b"]], "haproxy": haproxies(cluster.dir),
+                   "agents": [psutil.Process(p.pid) for p in cluster.procs.values()]}
+        rows: dict = {path: {"echo": [], "store": []} for path in paths}
         for number in range(rounds):
-            order = list(PATHS) if number % 2 == 0 else list(reversed(PATHS))
+            order = list(paths) if number % 2 == 0 else list(reversed(paths))
             for path in order:
-                rows[path]["echo"].append(echo_round(lab, path, echo_seconds))
+                rows[path]["echo"].append(echo_round(lab, paths, path, echo_seconds, watched))
             for path in order:
-                rows[path]["store"].append(store_round(lab, path, image, stores))
+                rows[path]["store"].append(store_round(lab, paths, path, image, stores))
         results["rounds_detail"] = rows
         results["members_after"] = member_states(cluster)
     summary = {}
@@ -133,12 +191,16 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int) -> dict:
             "store_mb_per_s": statistics.median(r["mb_per_s"] for r in row["store"] if r["ok"])
             if any(r["ok"] for r in row["store"]) else None,
             "store_failed": sum(not r["ok"] for r in row["store"]),
+            "cpu_ms_per_association": {name: statistics.median(r["cpu_ms_per_association"][name] for r in row["echo"])
+                                       for name in row["echo"][0]["cpu_ms_per_association"]},
+            "machine_busy_cores": statistics.median(r["machine_busy_cores"] for r in row["echo"]),
         }
     results["summary"] = summary
     # Each round's balancer figure over the same round's straight one, then their median: the
     # load of other programs drifts, and a pair measured seconds apart shares most of it.
     results["ratio_echo"] = _paired(rows, "echo", "per_second")
     results["ratio_store"] = _paired(rows, "store", "mb_per_s")
+    results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 
@@ -156,9 +218,14 @@ def main() -> None:
     parser.add_argument("--echo-seconds", type=float, default=3.0)
     parser.add_argument("--megabytes", type=int, default=32)
     parser.add_argument("--stores", type=int, default=4)
+    parser.add_argument("--modes", default="proxy,direct")
+    parser.add_argument("--detail", action="store_true", help="print every round too")
     args = parser.parse_args()
-    print(json.dumps(run(min(args.rounds, 50), min(args.echo_seconds, 30.0), min(args.megabytes, 256),
-                         min(args.stores, 32)), indent=1))
+    for mode in args.modes.split(","):
+        result = run(min(args.rounds, 50), min(args.echo_seconds, 30.0), min(args.megabytes, 256),
+                     min(args.stores, 32), mode)
+        print(json.dumps(result if args.detail else {k: v for k, v in result.items() if k != "rounds_detail"},
+                         indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -184,8 +184,7 @@ class Agent:
             if not link.up:
                 self.core.set_fault(f"link:{link.name}", f"link {link.name} down ({link.state})", now)
         promote_secondaries(config)
-        self.drainer = Drainer([v.address.ip for v in config.vips], config.drain_ports,
-                               config.handover.hold_new_connections)
+        self.drainer = Drainer(config.drain_targets, config.handover.hold_new_connections)
         await self.drainer.clear_stale()
         present = await self.vips.find_present()
         if present:
@@ -430,7 +429,7 @@ class Agent:
         lease = timing.lease_seconds(new.master_down_interval_s, new.cluster.advert_interval_s)
         async with self.effects.vip_lock:
             await self.vips.update(new.vips, lease)
-        self.drainer.reconfigure([v.address.ip for v in new.vips], new.drain_ports, new.handover.hold_new_connections)
+        self.drainer.reconfigure(new.drain_targets, new.handover.hold_new_connections)
         self.feed(lambda now: self.core.reconfigure(election_params(new, self.own_address), now))
         if self.balancer is not None:
             await self.balancer.reconfigure(new)

@@ -114,3 +114,30 @@ def split(mapping: dict[int, str | None], members: Iterable[str], own: str) -> t
         else:
             forward.append((bucket, member))
     return tuple(local), tuple(forward)
+
+
+def fallbacks(members: Iterable[str], alive: Iterable[str], own: str) -> tuple[tuple[int, str], ...]:
+    """(bucket, member) for each bucket node `own` serves itself (split's local list): where it
+    passes the packets it does not take (its PACS gone, or drained). For a bucket it owns, the
+    member that would serve it were `own` not alive; for one it serves only because it comes
+    before the owner in the bucket's preference (while `own` is not alive, or the nodes disagree
+    for a moment), the owner. Buckets no other member could serve are left out."""
+    ordered = order(members)
+    living = set(alive)
+    mapping, without = assign(ordered, living), assign(ordered, living - {own})
+    local, _ = split(mapping, ordered, own)
+    found = []
+    for bucket in local:
+        target = without[bucket] if mapping[bucket] == own else mapping[bucket]
+        if target is not None and target != own:
+            found.append((bucket, target))
+    return tuple(found)
+
+
+def passed_on(forward: tuple[tuple[int, str], ...], macs: dict[str, str]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(MAC, buckets) for each member this node sends buckets to and whose MAC is known: the
+    packets of those buckets that come from that member are its drain passing them on."""
+    buckets: dict[str, list[int]] = {}
+    for bucket, member in forward:
+        buckets.setdefault(member, []).append(bucket)
+    return tuple((macs[member], tuple(found)) for member, found in sorted(buckets.items()) if member in macs)

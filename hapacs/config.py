@@ -193,16 +193,24 @@ class Config:
     @property
     def drain_ports(self) -> tuple[int, ...]:
         """The DICOM ports a handover drains: handover.drain_ports, else the DICOM checks' ports and
-        the balanced services' ports (their associations end at this node's HAProxy, on the VIP).
-        With direct routing the services' ports are left out: those associations carry on through
-        the next VIP holder, which forwards them by the same bucket map."""
+        the balanced services' ports (their associations end at this node's HAProxy, on the VIP)."""
         if self.handover.drain_ports:
             return self.handover.drain_ports
         balanced = {s.port for s in self.balance.services} if self.balance else set()
         checked = {c.port for c in self.checks if c.type in DICOM_CHECK_TYPES}
-        if self.balance is not None and self.balance.mode == "direct":
-            return tuple(sorted(checked - balanced))
         return tuple(sorted(checked | balanced))
+
+    @property
+    def drain_targets(self) -> tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...]:
+        """The (VIP, port) pairs a handover drains, and whose new connections it holds back: every
+        VIP on every drained port, except the services balanced by direct routing. Their
+        associations carry on through the next VIP holder, which forwards them by the same bucket
+        map, so waiting for them gains nothing, and holding their SYNs would only delay new ones by
+        TCP's 1 s retransmission."""
+        carried_on = {(s.address, s.port) for s in self.balance.services} \
+            if self.balance is not None and self.balance.mode == "direct" else set()
+        return tuple((v.address.ip, port) for v in self.vips for port in self.drain_ports
+                     if (v.address.ip, port) not in carried_on)
 
     @property
     def interfaces(self) -> tuple[str, ...]:

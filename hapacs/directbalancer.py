@@ -14,9 +14,14 @@ before any VIP is claimed. nft refusing a later change puts this node in
 FAULT (its buckets then move to the others, and it holds no VIP) until the
 table loads again.
 
-Drain: the kernel keeps no state per association, so taking buckets from a
-living member moves its open associations too (they are cut). There is no
-graceful drain in this mode; `hapacs drain` is refused and says so.
+A member passes on, to the member that would serve the bucket without it,
+every packet of its buckets that no socket of its own takes (its PACS gone
+before its check has seen it); drained (`hapacs drain on`), every packet
+but those of its open associations. The map does not change (taking buckets
+from a living member would move its open associations too, and cut them).
+Every node serves the packets a bucket's own member passes on, which it
+tells by that member's MAC address (hapacs.directdrain). Only the drained
+node knows it is drained: the others' status shows it up.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
-from . import nftdirect
+from . import directdrain, nftdirect
 from .balancer import balance_status, members_of
-from .buckets import assign, counts, split
+from .buckets import assign, counts, fallbacks, passed_on, split
 from .hostsetup import StartupError
 from .model import CommandRefused, ElectionView
 from .nftdirect import NftError, ServiceRules
@@ -43,6 +48,8 @@ log = logging.getLogger("hapacs.balance")
 
 FOLLOW_PERIOD_S = 0.1
 RETRY_DELAY_S = 2.0      # after nft refused a table: not a new nft process every turn
+MAC_REFRESH_S = 5.0      # how often the members' MAC addresses are read again (a card may be replaced)
+MAC_MISSING_S = 1.0      # how often while one is missing (a member down may stay so for long)
 FAULT_SOURCE = "nftables"
 SERVING = (State.BACKUP, State.MASTER)
 
@@ -56,14 +63,17 @@ def alive_members(view: ElectionView, own_address: str) -> set[str]:
     return alive
 
 
-def service_rules(config: Config, members: tuple[Member, ...], alive: set[str], own_address: str) \
-        -> list[ServiceRules]:
-    """The table's content for this node: every service on the interface of its VIP."""
+def service_rules(config: Config, members: tuple[Member, ...], alive: set[str], own_address: str,
+                  drained: bool = False, macs: dict[str, str] | None = None) -> list[ServiceRules]:
+    """The table's content for this node: every service on the interface of its VIP; `macs`: the
+    members' MAC addresses known so far."""
     interfaces = {v.address.ip: v.interface for v in config.vips}
     addresses = [m.server for m in members]
     local, forward = split(assign(addresses, alive), addresses, own_address)
+    pass_to = fallbacks(addresses, alive, own_address) if own_address in addresses else ()
     return [ServiceRules(s.name, s.address, s.port, interfaces.get(s.address, config.cluster.interface),
-                         local, forward) for s in config.balance.services]
+                         local, forward, passed_on(forward, macs or {}), pass_to, drained)
+            for s in config.balance.services]
 
 
 class DirectBalancer:
@@ -75,6 +85,9 @@ class DirectBalancer:
         self.alive: set[str] = set()
         self.loaded: list[ServiceRules] | None = None
         self._fault_text: str | None = None
+        self.drained = False
+        self.macs: dict[str, str] = {}
+        self._macs_read_at = float("-inf")
 
     async def start(self) -> None:
         self.alive = alive_members(self.agent.core.view(self.agent.loop.time()), self.own)
@@ -115,9 +128,26 @@ class DirectBalancer:
         """Keep the kernel's table equal to the map of the members alive now."""
         while True:
             self.alive = alive_members(self.agent.core.view(self.agent.loop.time()), self.own)
-            rules = service_rules(self.config, self.members, self.alive, self.own)
+            await self._read_macs()
+            rules = service_rules(self.config, self.members, self.alive, self.own, self.drained, self.macs)
             loaded = rules == self.loaded or await self._load(rules)
             await asyncio.sleep(FOLLOW_PERIOD_S if loaded else RETRY_DELAY_S)
+
+    async def _read_macs(self) -> None:
+        """The MAC addresses of the members this node sends buckets to: read again every
+        MAC_REFRESH_S, or every MAC_MISSING_S while one is missing (after asking the kernel to
+        resolve it)."""
+        wanted = [m.server for m in self.members if m.server != self.own]
+        missing = [a for a in wanted if a not in self.macs]
+        if self.agent.loop.time() - self._macs_read_at < (MAC_MISSING_S if missing else MAC_REFRESH_S):
+            return
+        for address in missing:
+            directdrain.ask_for(address)
+        try:
+            self.macs = await asyncio.to_thread(directdrain.neighbour_macs, wanted)
+        except OSError as err:
+            log.warning("balance: cannot read the members' MAC addresses: %s", err)
+        self._macs_read_at = self.agent.loop.time()
 
     async def _load(self, rules: list[ServiceRules]) -> bool:
         try:
@@ -140,14 +170,35 @@ class DirectBalancer:
         self.agent.feed(lambda now: self.agent.core.set_fault(FAULT_SOURCE, text, now, "nftables takes the table"))
 
     def set_drain(self, on: bool) -> str:
-        raise CommandRefused(
-            "mode direct has no graceful drain: the kernel keeps no state per association, so taking "
-            "buckets from a living member cuts the associations open on them. To take a PACS out, stop "
-            "it (its node goes to FAULT, its buckets move and its open associations end), or use mode proxy")
+        if on == self.drained:
+            return f"drain was already {'on' if on else 'off'}"
+        if on:
+            self._may_drain()
+        self.drained = on
+        log.info("balance: drain %s by command", "on" if on else "off")
+        return ("drain on: this node's PACS takes no new association; its open ones finish here, the "
+                "other members take the new ones of its buckets" if on
+                else "drain off: this node's PACS takes new associations again")
+
+    def _may_drain(self) -> None:
+        """CommandRefused unless a drain can work here (reads the host's sockets: a few ms)."""
+        if self.own not in {m.server for m in self.members}:
+            raise CommandRefused("this node is no member of the balance (it only balances): nothing to drain")
+        if not self.alive - {self.own}:
+            raise CommandRefused("no other member is up to take the new associations")
+        for s in self.config.balance.services:
+            if directdrain.listening_on(str(s.address), s.port):
+                raise CommandRefused(
+                    f"the PACS listens on {s.address} port {s.port} itself: a drain tells its open associations "
+                    "from new ones only when the PACS listens on every address (0.0.0.0 or ::)")
 
     def snapshot(self) -> dict:
         """The status JSON's "balance" object; no association counts: the balancer keeps no state."""
         share = counts(assign([m.server for m in self.members], self.alive))
+        def state(member: Member) -> str:
+            if member.server not in self.alive:
+                return "down"
+            return "drain" if self.drained and member.server == self.own else "up"
         return balance_status(self.agent, self.config, self.members, lambda _service, m: {
-            "state": "up" if m.server in self.alive else "down", "buckets": share.get(m.server, 0),
-            "associations": None, "total": None}, drain=False)
+            "state": state(m), "buckets": share.get(m.server, 0), "associations": None, "total": None},
+            drain=self.drained)

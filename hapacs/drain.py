@@ -2,7 +2,9 @@
 
 A MASTER that hands over (release, takeover, preempt, stop) first waits
 until no association is established to a VIP's DICOM ports, so that no
-transfer is cut. While it waits, new connections to those ports are held
+transfer is cut. What it drains is a list of (VIP, port) pairs
+(Config.drain_targets): services balanced by direct routing are left out,
+since their associations carry on through the next VIP holder. While it waits, new connections to those ports are held
 back: an nftables rule drops their first packet (SYN), the workstation's
 TCP sends it again one second later, and by then the VIP lives on the new
 MASTER. Without the hold, a workstation whose association started in the
@@ -39,33 +41,37 @@ class DrainResult:
     held: bool          # new connections were held back
 
 
-def established(vips: set[str], ports: set[int]) -> int:
-    """Associations (TCP connections) established to a VIP on a drained port."""
+Target = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]     # (VIP, port)
+
+
+def established(targets: set[tuple[str, int]]) -> int:
+    """Associations (TCP connections) established to a drained (VIP, port)."""
     count = 0
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.laddr.port in ports \
-                and conn.laddr.ip.removeprefix("::ffff:") in vips:
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr \
+                and (conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port) in targets:
             count += 1
     return count
 
 
-def hold_ruleset(vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: list[int]) -> str:
-    """An nftables table that drops new connections (SYN without ACK) to the VIPs' ports."""
-    port_set = ", ".join(str(p) for p in sorted(ports))
+def hold_ruleset(targets: tuple[Target, ...]) -> str:
+    """An nftables table that drops new connections (SYN without ACK) to the drained (VIP, port)s."""
+    ports: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, set[int]] = {}
+    for vip, port in targets:
+        ports.setdefault(vip, set()).add(port)
     rules = []
-    for family, match in ((4, "ip daddr"), (6, "ip6 daddr")):
-        addresses = [str(v) for v in vips if v.version == family]
-        if addresses:
-            rules.append(f"    {match} {{ {', '.join(addresses)} }} tcp dport {{ {port_set} }} "
-                         "tcp flags & (fin | syn | rst | ack) == syn drop")
+    for vip in sorted(ports, key=str):      # one rule per VIP, with that VIP's own ports
+        family = "ip" if vip.version == 4 else "ip6"
+        port_set = ", ".join(str(p) for p in sorted(ports[vip]))
+        rules.append(f"    {family} daddr {vip} tcp dport {{ {port_set} }} "
+                     "tcp flags & (fin | syn | rst | ack) == syn drop")
     return (f"table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority -150; policy accept;\n"
             + "\n".join(rules) + "\n  }\n}\n")
 
 
 class Drainer:
-    def __init__(self, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: tuple[int, ...],
-                 hold_new_connections: bool):
-        self.reconfigure(vips, ports, hold_new_connections)
+    def __init__(self, targets: tuple[Target, ...], hold_new_connections: bool):
+        self.reconfigure(targets, hold_new_connections)
         self.nft = shutil.which("nft")
         self.holding = False
         self._hold_lock = asyncio.Lock()
@@ -73,13 +79,11 @@ class Drainer:
             log.warning("the nft command is missing (Debian package nftables): during a handover new "
                         "associations are not held back, and one that starts in the last moment is cut")
 
-    def reconfigure(self, vips: list[ipaddress.IPv4Address | ipaddress.IPv6Address], ports: tuple[int, ...],
-                    hold_new_connections: bool) -> None:
+    def reconfigure(self, targets: tuple[Target, ...], hold_new_connections: bool) -> None:
         """What to count and hold from now on (a reload). The same drainer stays, so a hold it
         placed, even during the reload, is still removed by its `release_hold()`."""
-        self.vips = vips
-        self.ports = ports
-        self.hold_wanted = hold_new_connections and bool(ports)
+        self.targets = targets
+        self.hold_wanted = hold_new_connections and bool(targets)
 
     async def _nft(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
         try:
@@ -102,13 +106,13 @@ class Drainer:
         async with self._hold_lock:
             if not self.hold_wanted or self.nft is None or self.holding:
                 return self.holding
-            code, err = await self._nft("-f", "-", stdin=hold_ruleset(self.vips, list(self.ports)))
+            code, err = await self._nft("-f", "-", stdin=hold_ruleset(self.targets))
             if code != 0:
                 log.warning("cannot hold new associations during the handover (nft: %s)", err)
                 return False
             self.holding = True
-            log.info("holding new connections to the VIPs' port(s) %s until the handover is done "
-                     "(nftables table inet %s)", ", ".join(str(p) for p in sorted(self.ports)), TABLE)
+            log.info("holding new connections to %s until the handover is done (nftables table inet %s)",
+                     ", ".join(f"{v}:{p}" if v.version == 4 else f"[{v}]:{p}" for v, p in self.targets), TABLE)
             return True
 
     async def release_hold(self, retry_later: bool = False) -> None:
@@ -140,7 +144,7 @@ class Drainer:
 
     async def _count(self) -> int:
         try:
-            return await asyncio.to_thread(established, {str(v) for v in self.vips}, set(self.ports))
+            return await asyncio.to_thread(established, {(str(v), p) for v, p in self.targets})
         except (psutil.Error, OSError) as error:
             log.warning("cannot count DICOM associations: %s", error)
             return 0
@@ -154,7 +158,7 @@ class Drainer:
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
-        if not self.ports:
+        if not self.targets:
             return DrainResult(0, 0, 0.0, False)
         first = count = await self._count()
         while count and loop.time() - start < min(timeout_s, QUIET_WAIT_S):

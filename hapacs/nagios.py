@@ -19,7 +19,7 @@ rule is there and nowhere else:
 | any other check down (a BACKUP's, or one with a negative weight on the MASTER) | WARNING |
 | maintenance on | WARNING |
 | a peer LOST, or no peer heard at all (no standby) | WARNING |
-| a balanced member (balance:) down, drained or in maint (in this node's HAProxy; direct mode: down) | WARNING |
+| a balanced member (balance:) down, drained or in maint (in this node's HAProxy; direct mode: down, or this node drained) | WARNING |
 | otherwise | OK |
 | the agent does not answer, answers garbage, or the config cannot be read | UNKNOWN |
 

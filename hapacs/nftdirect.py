@@ -16,6 +16,23 @@ old table deleted and the new one created atomically), so a change of the
 map never leaves a moment without rules. Python's nftables bindings are not
 used: Debian ships them for the system Python only, not for a virtualenv.
 
+Passing on what a member cannot serve. Every member has a second table
+(`ip`/`ip6` hapacs_direct_pass, at prerouting, where the kernel's socket
+lookup works). A packet of its buckets that finds a socket here is served
+here; any other packet goes on, unchanged, to the member that would serve
+the bucket without this one (`dup to ... device`, then drop). While its PACS
+listens, every packet finds a socket (the listener, an open or a closing
+association), so nothing changes; when its PACS is gone, new associations
+go on to the next member at once, before the health check has seen it. A
+drained member (`hapacs drain on`) accepts only its open associations
+(`socket wildcard 0`: an established socket bound to the VIP; the PACS's
+listener on every address has wildcard 1), so new SYNs, and every later
+packet of an association that began elsewhere, go on. The map does not
+change, so no open association moves. So that the next member does not send
+such a packet back: every node accepts a bucket's packets that come from the
+MAC address of the member serving that bucket (that member never sends its
+own buckets on otherwise), before the `fwd` rule.
+
 nft 1.0.6 details this relies on: `fwd ip to EXPR map {...} device "IF"`
 must name the device; an anonymous map or set may not be empty (a rule
 whose set would be empty is left out); a bucket in no map falls through to
@@ -36,6 +53,7 @@ from .buckets import BUCKETS
 
 NFT = "nft"
 TABLE = "hapacs_direct"
+PASS_TABLE = "hapacs_direct_pass"
 # Pinned: a balancer that takes over must hash every packet to the same bucket as the one before it.
 # Changing it in a new release moves live associations on the upgrade's first failover.
 SEED = 0x7
@@ -56,6 +74,12 @@ class ServiceRules:
     device: str                              # where the VIP's packets arrive and where members are reached
     local: tuple[int, ...]                   # buckets this node's own PACS serves
     forward: tuple[tuple[int, str], ...]     # (bucket, member address) pairs sent on
+    # (MAC address, buckets): packets of those buckets that come from the member serving them are
+    # its drain passing them on: served here, never sent back
+    passed_on: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # (bucket, member address): where this member passes packets of its buckets it does not take
+    pass_to: tuple[tuple[int, str], ...] = ()
+    drained: bool = False                    # takes only the packets of its open associations
 
 
 def _hash(family: str) -> str:
@@ -66,12 +90,42 @@ def _rules(service: ServiceRules) -> list[str]:
     family = "ip" if service.address.version == 4 else "ip6"
     match = f"{family} daddr {service.address} tcp dport {service.port}"
     lines = [f"# service {service.name}"]
+    for mac, buckets in service.passed_on:
+        lines.append(f"{match} ether saddr {mac} {_hash(family)} {{ {', '.join(str(b) for b in buckets)} }} accept")
     if service.local:
         lines.append(f"{match} {_hash(family)} {{ {', '.join(str(b) for b in service.local)} }} accept")
     if service.forward:
         pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.forward)
         lines.append(f'{match} fwd {family} to {_hash(family)} map {{ {pairs} }} device "{service.device}"')
     return lines
+
+
+def _pass_rules(service: ServiceRules) -> list[str]:
+    family = "ip" if service.address.version == 4 else "ip6"
+    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    buckets = ", ".join(str(b) for b, _ in service.pass_to)
+    pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.pass_to)
+    if service.drained:
+        taken = [f"# service {service.name}: drained, only its open associations", f"{match} socket wildcard 0 accept"]
+    else:
+        taken = [f"# service {service.name}: whatever a socket here takes",
+                 f"{match} socket transparent 0 accept", f"{match} socket transparent 1 accept"]
+    return taken + [f'{match} {_hash(family)} {{ {buckets} }} dup to {_hash(family)} map {{ {pairs} }} '
+                    f'device "{service.device}" drop']
+
+
+def render_pass(services: list[ServiceRules]) -> str:
+    """The pass-on tables (one per address family with a service that passes buckets on); ""
+    when none."""
+    out = []
+    for family, version in (("ip", 4), ("ip6", 6)):
+        passing = [s for s in services if s.pass_to and s.address.version == version]
+        if passing:
+            out += [f"table {family} {PASS_TABLE} {{", "\tchain prerouting {",
+                    "\t\ttype filter hook prerouting priority -150; policy accept;"]
+            out += [f"\t\t{line}" for s in passing for line in _pass_rules(s)]
+            out += ["\t}", "}"]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def render(services: list[ServiceRules]) -> str:
@@ -88,9 +142,10 @@ def render(services: list[ServiceRules]) -> str:
 
 
 def _replace(text: str) -> str:
-    """Delete the old table and load the new one in one transaction (`table` first, so the
+    """Delete the old tables and load the new ones in one transaction (`table` first, so the
     delete never fails on a host that has none yet)."""
-    return f"table netdev {TABLE}\ndelete table netdev {TABLE}\n{text}"
+    old = [("netdev", TABLE), ("ip", PASS_TABLE), ("ip6", PASS_TABLE)]
+    return "".join(f"table {family} {name}\ndelete table {family} {name}\n" for family, name in old) + text
 
 
 async def _nft(args: list[str], text: str) -> None:
@@ -112,14 +167,14 @@ async def _nft(args: list[str], text: str) -> None:
 
 async def check(services: list[ServiceRules]) -> None:
     """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
-    await _nft(["-c", "-f", "-"], _replace(render(services)))
+    await _nft(["-c", "-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def apply(services: list[ServiceRules]) -> None:
     """Load the table, replacing the one before in the same transaction."""
-    await _nft(["-f", "-"], _replace(render(services)))
+    await _nft(["-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def remove() -> None:
-    """Delete the table (and nothing else); no table is not an error."""
+    """Delete the tables (and nothing else); no table is not an error."""
     await _nft(["-f", "-"], _replace(""))

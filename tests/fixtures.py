@@ -26,11 +26,11 @@ def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: st
     return lab
 
 
-def drain_command(agent) -> dict:
-    """`hapacs drain on` through the commands' public entry, as the control socket calls it."""
+def drain_command(agent, on: bool = True) -> dict:
+    """`hapacs drain on|off` through the commands' public entry, as the control socket calls it."""
     from hapacs.commands import Commands
 
     async def no_progress(wait_s: float) -> None:
         return None
 
-    return asyncio.run(Commands(agent).handle({"command": "drain", "on": True}, no_progress))
+    return asyncio.run(Commands(agent).handle({"command": "drain", "on": on}, no_progress))

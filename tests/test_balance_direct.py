@@ -1,6 +1,7 @@
 """Direct routing without namespaces: the `mode: direct` rules of the balance section, who is
 alive for the bucket map, the table each node loads, what a member host needs (VIP on lo,
-ARP sysctls), the status table, and drain refused with its reason."""
+ARP sysctls), the status table, and drain (refused where it cannot work, the tables of a drained
+member)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hapacs import config as cfg, directhost
+from hapacs import config as cfg, directdrain, directhost
 from hapacs.balancer import members_of
 from hapacs.buckets import BUCKETS
 from hapacs.directbalancer import DirectBalancer, alive_members, service_rules
@@ -85,8 +86,19 @@ def test_every_direct_mode_mistake_is_a_config_error_with_its_line(tmp_path, key
 
 
 def test_a_handover_does_not_wait_for_the_associations_that_carry_on_through_the_next_balancer(tmp_path, key):
-    assert load(tmp_path, key).drain_ports == ()
-    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_ports == (104,)   # the check's
+    vip, other = ipaddress.ip_address("192.0.2.100"), ipaddress.ip_address("192.0.2.101")
+    assert load(tmp_path, key).drain_targets == ()
+    # a service on another port: the check's port 104 on the VIP is drained, the service's 105 is not
+    assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_targets == ((vip, 104),)
+    # a second VIP that is not balanced keeps its drain and hold on the same port
+    path = tmp_path / "hapacs.yaml"
+    path.write_text(BASE.format(key=key, services=SERVICE).replace(
+        "  - address: 192.0.2.100/24\n", "  - address: 192.0.2.100/24\n  - address: 192.0.2.101/24\n"))
+    assert cfg.load(str(path)).drain_targets == ((other, 104),)
+    # mode proxy drains every VIP on the checks' and services' ports
+    path.write_text(path.read_text().replace("mode: direct", "mode: proxy").replace(
+        "      port: 104\n", "      port: 104\n      target_port: 11112\n"))
+    assert cfg.load(str(path)).drain_targets == ((vip, 104), (other, 104))
 
 
 def test_changing_the_mode_needs_a_restart(tmp_path, key):
@@ -180,7 +192,7 @@ def test_a_member_needs_the_vip_on_lo_and_the_arp_sysctls(tmp_path, key, monkeyp
         "must have 2: sysctl -w net.ipv4.conf.eth0.arp_announce=2 (and in /etc/sysctl.d)"]
 
 
-def test_status_shows_buckets_and_drain_is_refused_with_its_reason():
+def test_status_shows_buckets():
     balance = {"mode": "direct", "active": False, "drain": False, "services": [
         {"name": "dicom", "address": "192.0.2.100", "port": 104, "active": False, "members": [
             {"name": "pacs-a", "address": "192.0.2.11", "state": "up", "buckets": 64, "associations": None,
@@ -191,7 +203,74 @@ def test_status_shows_buckets_and_drain_is_refused_with_its_reason():
     assert lines[1] == "balancing (direct): standby, same bucket map loaded"
     assert lines[2].split() == ["SERVICE", "MEMBER", "ADDRESS", "STATE", "BUCKETS"]
     assert lines[4].split() == ["dicom", "192.0.2.100:104", "pacs-b", "192.0.2.12", "down", "0"]
-    agent = SimpleNamespace(balancer=DirectBalancer.__new__(DirectBalancer))
-    reply = drain_command(agent)
-    assert reply["ok"] is False and reply["message"].startswith(
-        "refused: mode direct has no graceful drain: the kernel keeps no state per association")
+
+
+def direct_balancer(config, own: str, alive: set[str]) -> DirectBalancer:
+    """A DirectBalancer with what `hapacs drain` looks at: its config, members and who is alive."""
+    balancer = DirectBalancer.__new__(DirectBalancer)
+    balancer.config, balancer.own, balancer.alive, balancer.drained = config, own, alive, False
+    balancer.members = members_of(config, ipaddress.ip_address(own))
+    return balancer
+
+
+def drain(balancer: DirectBalancer, on: bool = True) -> dict:
+    return drain_command(SimpleNamespace(balancer=balancer), on)
+
+
+def test_drain_is_refused_where_it_cannot_work_and_says_why(tmp_path, key, monkeypatch):
+    config = load(tmp_path, key)
+    alone = direct_balancer(config, "192.0.2.11", {"192.0.2.11"})
+    assert drain(alone) == {"ok": False, "message": "refused: no other member is up to take the new associations"}
+    listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
+    outside = direct_balancer(listed, "192.0.2.11", {"192.0.2.12", "192.0.2.13"})
+    assert drain(outside)["message"].startswith("refused: this node is no member of the balance")
+    monkeypatch.setattr(directdrain, "listening_on", lambda address, port: (address, port) == ("192.0.2.100", 104))
+    bound = direct_balancer(config, "192.0.2.11", {"192.0.2.11", "192.0.2.12"})
+    assert drain(bound)["message"] == (
+        "refused: the PACS listens on 192.0.2.100 port 104 itself: a drain tells its open associations from "
+        "new ones only when the PACS listens on every address (0.0.0.0 or ::)")
+    assert not bound.drained
+
+
+def test_drain_on_and_off_with_another_member_up(tmp_path, key):
+    balancer = direct_balancer(load(tmp_path, key), "192.0.2.11", {"192.0.2.11", "192.0.2.12"})
+    assert drain(balancer)["message"].startswith("drain on: this node's PACS takes no new association")
+    assert balancer.drained and drain(balancer)["message"] == "drain was already on"
+    assert drain(balancer, False)["message"] == "drain off: this node's PACS takes new associations again"
+    assert not balancer.drained
+
+
+def test_listening_on_tells_a_listener_on_one_address_from_one_on_every_address():
+    import socket
+    with socket.socket() as one, socket.socket() as every:
+        one.bind(("127.0.0.1", 0))
+        one.listen()
+        every.bind(("0.0.0.0", 0))
+        every.listen()
+        assert directdrain.listening_on("127.0.0.1", one.getsockname()[1])
+        assert not directdrain.listening_on("127.0.0.1", every.getsockname()[1])
+
+
+def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_members_macs(tmp_path, key):
+    config = load(tmp_path, key)
+    members = members_of(config, ipaddress.ip_address("192.0.2.11"))
+    alive = {"192.0.2.11", "192.0.2.12", "192.0.2.13"}
+    macs = {"192.0.2.12": "02:00:00:00:00:12", "192.0.2.13": "02:00:00:00:00:13"}
+    rules = service_rules(config, members, alive, "192.0.2.11", drained=True, macs=macs)[0]
+    # each bucket pacs-a serves goes, for new associations, to the member that serves it were pacs-a dead
+    assert rules.drained and {b for b, _ in rules.pass_to} == set(rules.local) and len(rules.local) in (21, 22)
+    assert {m for _, m in rules.pass_to} == {"192.0.2.12", "192.0.2.13"}
+    # what a member passes on of its own buckets is served here (by its MAC), never sent back
+    assert dict(rules.passed_on) == {mac: tuple(b for b, m in rules.forward if m == address)
+                                     for address, mac in macs.items()}
+    undrained = service_rules(config, members, alive, "192.0.2.11", macs={})[0]
+    assert (undrained.drained, undrained.pass_to, undrained.passed_on) == (False, rules.pass_to, ())
+    # not alive (its PACS gone, the others already know): the buckets it still serves itself because
+    # it comes before their owner go on to that owner
+    gone = service_rules(config, members, alive - {"192.0.2.11"}, "192.0.2.11")[0]
+    assert gone.pass_to and dict(gone.pass_to) == {b: m for b, m in gone.pass_to if m in alive - {"192.0.2.11"}}
+    assert {b for b, _ in gone.pass_to} == set(gone.local)
+    # a node that only balances takes no bucket, so it passes nothing on
+    listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
+    balancer_only = members_of(listed, ipaddress.ip_address("192.0.2.11"))
+    assert service_rules(listed, balancer_only, alive, "192.0.2.11")[0].pass_to == ()

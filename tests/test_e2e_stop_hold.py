@@ -26,7 +26,7 @@ from .fixtures import lab_fixture
 
 ROUNDS = 5
 HOLD_ERROR = "cannot remove the connection hold"
-HOLDING = "holding new connections to the VIPs' port(s) 104"
+HOLDING = "holding new connections to 192.0.2.100:104"
 HANDOVER = {"drain_ports": [104], "hold_new_connections": True, "shutdown_drain_timeout": 2}
 # An nft that does everything but delete, as when the kernel or a policy refuses it.
 FAILING_NFT = """#!/bin/sh

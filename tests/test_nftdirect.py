@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import re
@@ -11,7 +12,7 @@ import re
 import pytest
 
 from hapacs import nftdirect
-from hapacs.buckets import BUCKETS, assign, split
+from hapacs.buckets import BUCKETS, assign, fallbacks, split
 from hapacs.nftdirect import NftError, ServiceRules
 
 pytestmark = pytest.mark.root
@@ -64,6 +65,25 @@ def test_the_kernel_takes_the_table_for_ipv4_and_ipv6_and_every_mix_of_local_and
         asyncio.run(nftdirect.check(services))
     assert " fwd " not in nftdirect.render(cases[2]) and "jhash" not in nftdirect.render(cases[3])
     assert "fwd ip6 to jhash ip6 saddr . tcp sport" in nftdirect.render(cases[5])
+
+
+def test_the_kernel_takes_a_member_s_pass_on_tables_for_ipv4_and_ipv6_drained_or_not():
+    need_root()
+    four = ["192.0.2.11", "192.0.2.12"]
+    six = ["2001:db8::11", "2001:db8::12"]
+    drained = [dataclasses.replace(service(members=four, alive=four), pass_to=fallbacks(four, four, four[0]),
+                                   passed_on=(("02:00:00:00:00:12", (1, 3)),), drained=True),
+               dataclasses.replace(service(address="2001:db8::100", own=six[0], members=six, alive=six),
+                                   pass_to=fallbacks(six, six, six[0]))]
+    asyncio.run(nftdirect.check(drained))
+    text = nftdirect.render_pass(drained)
+    assert "table ip hapacs_direct_pass {" in text and "table ip6 hapacs_direct_pass {" in text
+    assert "ip daddr 192.0.2.100 tcp dport 104 socket wildcard 0 accept" in text     # drained: open ones only
+    assert "ip6 daddr 2001:db8::100 tcp dport 104 socket transparent 0 accept" in text   # any socket
+    assert 'dup to jhash ip saddr . tcp sport mod 64 seed 0x7 map { 0 : 192.0.2.12, 2 : 192.0.2.12' in text
+    assert ("ip daddr 192.0.2.100 tcp dport 104 ether saddr 02:00:00:00:00:12 jhash ip saddr . tcp sport mod 64 "
+            "seed 0x7 { 1, 3 } accept") in nftdirect.render(drained)
+    assert nftdirect.render_pass([service()]) == ""
 
 
 def test_a_ruleset_the_kernel_refuses_is_an_error_with_nft_s_words():
