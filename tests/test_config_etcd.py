@@ -1,0 +1,108 @@
+"""`cluster.authority: etcd` and the `etcd:` section: valid files load, every mistake is named
+with its file, line and dotted key; reload treats the section as restart-only."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from hapacs import config as cfg, reload
+
+BASE = """\
+node:
+  name: pacs-a
+cluster:
+  interface: eth0
+  peers: [192.0.2.12]
+  auth_key_file: {key}
+  authority: etcd
+vips:
+  - address: 192.0.2.100/24
+etcd:
+  endpoints: ["http://198.51.100.1:2379", "http://198.51.100.2:2379"]
+  prefix: /hapacs/51/
+"""
+
+
+def load(tmp_path, text: str, key: str):
+    path = tmp_path / "hapacs.yaml"
+    path.write_text(textwrap.dedent(text).replace("{key}", key))
+    return cfg.load(str(path))
+
+
+def problems(tmp_path, text: str, key: str) -> list[str]:
+    with pytest.raises(cfg.ConfigError) as caught:
+        load(tmp_path, text, key)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_authority_etcd_loads_with_defaults(tmp_path, key):
+    loaded = load(tmp_path, BASE, key)
+    assert loaded.cluster.authority == "etcd"
+    assert loaded.etcd.endpoints == ("http://198.51.100.1:2379", "http://198.51.100.2:2379")
+    assert loaded.etcd.prefix == "/hapacs/51/" and loaded.etcd.ttl_s == 3
+    assert loaded.etcd.leader_key == b"/hapacs/51/leader"
+    assert loaded.etcd.ca_file is None and loaded.etcd.cert_file is None
+
+
+def test_heartbeats_is_the_default_and_takes_no_etcd(tmp_path, key):
+    text = BASE.replace("  authority: etcd\n", "")
+    found = problems(tmp_path, text, key)
+    assert len(found) == 1 and ":9: etcd: an etcd: section needs cluster.authority: etcd" in found[0]
+    plain = load(tmp_path, text.split("etcd:\n")[0], key)
+    assert plain.cluster.authority == "heartbeats" and plain.etcd is None
+
+
+def test_authority_etcd_without_the_section(tmp_path, key):
+    found = problems(tmp_path, BASE.split("etcd:\n")[0], key)
+    assert len(found) == 1 and ":7: cluster.authority: is etcd but there is no etcd: section" in found[0]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("prefix: /hapacs/51/", "prefix: hapacs/51"), ":12: etcd.prefix: 'hapacs/51' must start and end with '/'"),
+    (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  ttl: 1\n"), ":13: etcd.ttl: 1 is out of range; allowed: 2 to 60"),
+    (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  ttl: 2.5\n"), ":13: etcd.ttl: must be a whole number from 2 to 60"),
+    (("http://198.51.100.2:2379", "ftp://198.51.100.2"), ":11: etcd.endpoints[1]: 'ftp://198.51.100.2' is not an etcd endpoint"),
+    (("http://198.51.100.2:2379", "http://198.51.100.1:2379"), ":11: etcd.endpoints: lists the same endpoint twice"),
+    (("  prefix: /hapacs/51/\n", ""), ":10: etcd.prefix: is required but missing"),
+    (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  tll: 3\n"), ":13: etcd.tll: unknown key (did you mean ttl?)"),
+    (("  authority: etcd\n", "  authority: etcd\n  quorum: majority\n"), ":8: cluster.quorum: majority cannot go with authority: etcd"),
+    (("  authority: etcd\n", "  authority: raft\n"), ":7: cluster.authority: 'raft' is not allowed; use one of: heartbeats, etcd"),
+])
+def test_every_mistake_is_named_with_its_line(tmp_path, key, change, expected):
+    found = problems(tmp_path, BASE.replace(*change), key)
+    assert any(expected in line for line in found), found
+
+
+def test_witness_is_refused_beside_etcd(tmp_path, key):
+    text = BASE.replace("  authority: etcd\n", "  authority: etcd\n  witness:\n    - {type: tcp, host: 192.0.2.1, port: 22}\n")
+    found = problems(tmp_path, text, key)
+    assert any(":8: cluster.witness: cannot go with authority: etcd" in line for line in found), found
+
+
+def test_tls_files_must_exist_be_readable_and_come_in_pairs(tmp_path, key):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    secure = BASE.replace("http://", "https://")
+    loaded = load(tmp_path, secure + f"  ca_file: {ca}\n", key)
+    assert loaded.etcd.ca_file == str(ca)
+    found = problems(tmp_path, secure + f"  ca_file: {tmp_path}/missing.pem\n", key)
+    assert any(f":13: etcd.ca_file: {tmp_path}/missing.pem does not exist" in line for line in found), found
+    found = problems(tmp_path, secure + f"  cert_file: {ca}\n", key)
+    assert any(":13: etcd.key_file: cert_file and key_file go together" in line for line in found), found
+    found = problems(tmp_path, BASE + f"  ca_file: {ca}\n", key)
+    assert any("etcd.endpoints: ca_file/cert_file are set but no endpoint is https://" in line for line in found)
+    if os.geteuid() != 0:   # root reads any file: the unreadable case needs another user
+        ca.chmod(0)
+        found = problems(tmp_path, secure + f"  ca_file: {ca}\n", key)
+        assert any("cannot be read by this user" in line for line in found), found
+
+
+def test_the_etcd_settings_need_a_restart(tmp_path, key):
+    old = load(tmp_path, BASE, key)
+    new = load(tmp_path, BASE.replace("prefix: /hapacs/51/", "prefix: /hapacs/52/"), key)
+    assert reload.restart_needed(old, new) == ["etcd"]
+    plain = load(tmp_path, BASE.replace("  authority: etcd\n", "").split("etcd:\n")[0], key)
+    assert reload.restart_needed(old, plain) == ["cluster.authority", "etcd"]
