@@ -191,6 +191,15 @@ class EtcdClient:
     async def get(self, key: bytes) -> KeyValue | None:
         return wire.parse_range(await self.call("/v3/kv/range", wire.range_body(key), "get"))
 
+    async def get_at(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The key and the store's revision it was read at (a watch from the next one misses nothing)."""
+        answer = await self.call("/v3/kv/range", wire.range_body(key), "get")
+        return wire.parse_range(answer), wire.header_revision(answer, "get")
+
+    async def status(self) -> dict:
+        """The member's status (answers without a quorum): is this endpoint an etcd that answers?"""
+        return await self.call("/v3/maintenance/status", {}, "status")
+
     async def delete_if_value(self, key: bytes, value: bytes) -> bool:
         """Delete the key only while it still holds `value` (a holder giving up, not a rival's key)."""
         answer = await self.call("/v3/kv/txn", wire.delete_if_value_body(key, value), "delete")

@@ -280,7 +280,7 @@ class LeaseGate:
         if self.phase in (LeasePhase.TAKING, LeasePhase.WAITING):
             self.owner.set_hold(SOURCE, None, now)
         self.phase = LeasePhase.UNREACHABLE
-        return self.owner.set_fault(SOURCE, f"etcd unreachable: {event.text}", now)
+        return self.owner.set_fault(SOURCE, f"cannot use etcd: {event.text}", now)
 
     def _reachable(self, now: float) -> list[Effect]:
         """Any answer from etcd: an unreachable etcd is back."""

@@ -311,7 +311,7 @@ def test_etcd_unreachable_at_start_is_a_fault_until_it_answers():
     sim.run(8)
     a = sim.nodes["a"]
     assert a.state == State.FAULT and not a.holds_vip
-    assert any("etcd unreachable" in f for f in a.election.faults.values())
+    assert any("cannot use etcd" in f for f in a.election.faults.values())
     probes = [at for at, e in a.effects if isinstance(e, ProbeAuthority)]
     gaps = [later - earlier for earlier, later in zip(probes, probes[1:])]
     assert gaps and max(gaps) <= timing.LEASE_RETRY_MAX_S + UNREACHABLE_AFTER_S + 0.01   # bounded backoff
