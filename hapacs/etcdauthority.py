@@ -103,13 +103,13 @@ class EtcdAuthority:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        for lease_id in list(self.held):
+        if self.held:
             try:
-                await asyncio.wait_for(self.client.revoke(lease_id), STOP_REVOKE_S)
-                log.info("gave the etcd lease %x up at stop", lease_id)
-            except (EtcdError, TimeoutError) as err:
-                log.warning("could not give the etcd lease %x up at stop (it expires within %d s): %s",
-                            lease_id, self.config.ttl_s, err)
+                await asyncio.wait_for(asyncio.gather(*(self._revoke(lease_id, "the agent stops")
+                                                        for lease_id in list(self.held))), STOP_REVOKE_S)
+            except TimeoutError:
+                log.warning("could not give the etcd lease up at stop within %g s (it expires within %d s)",
+                            STOP_REVOKE_S, self.config.ttl_s)
 
     def _spawn(self, coroutine, name: str) -> None:
         task = self.agent.loop.create_task(coroutine, name=name)
@@ -168,7 +168,7 @@ class EtcdAuthority:
         name = holder_name(holder)
         self._warn("held-by", "etcd lease held by %s: waiting for it to be given up or to expire", name)
         self._feed(KeyHolder(name, holder.mod_revision if holder else result.revision,
-                             holder.lease if holder else 0))
+                             holder.lease if holder else 0, refused_take=True))
 
     async def _renew(self, lease_id: int) -> None:
         sent_at = self.agent.loop.time()

@@ -75,10 +75,12 @@ class LeaseRenewed:
 
 @dataclass(frozen=True)
 class KeyHolder:
-    """Who holds the key now (None: nobody), from a refused take, a read or a watch."""
+    """Who holds the key now (None: nobody), from a read or a watch; `refused_take`: the answer
+    to this node's TakeLease, which found the key held."""
     holder: str | None
     revision: int = 0
     lease_id: int = 0
+    refused_take: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,8 @@ class LeaseGate:
         if self.phase == LeasePhase.HELD and not mine:
             who = f"{event.holder} holds it" if event.holder else "the key was deleted"
             return effects + self._lost(f"lost the etcd lease: {who}", now)
-        if self.phase == LeasePhase.TAKING and event.holder is not None and not mine:
+        if self.phase == LeasePhase.TAKING and event.refused_take:
+            # Only the take's own answer decides: watch news of this node's own new key may come first.
             self.phase = LeasePhase.WAITING
         if self.phase == LeasePhase.WAITING:
             if event.holder is None:
@@ -267,7 +270,8 @@ class LeaseGate:
                 self.phase = LeasePhase.IDLE
                 self.owner.set_hold(SOURCE, None, now)
             else:
-                earlier = " (an earlier run of this node; it expires within the TTL)" if mine else ""
+                earlier = ", an earlier run of this node: it expires within the TTL" \
+                    if event.holder == self.name else ""
                 self.owner.set_hold(SOURCE, f"waiting for the etcd lease (held by {event.holder}{earlier})", now)
         return effects
 

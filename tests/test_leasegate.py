@@ -100,7 +100,8 @@ class FakeEtcd:
                         self.sim.tell(other, KeyHolder(name, self.revision, lease_id), now)
             else:
                 del self.leases[lease_id]
-                self.sim.later(answer_at, name, KeyHolder(self.key.holder, self.key.revision, self.key.lease_id))
+                self.sim.later(answer_at, name, KeyHolder(self.key.holder, self.key.revision, self.key.lease_id,
+                                                          refused_take=True))
         elif isinstance(effect, RenewLease):
             alive = effect.lease_id in self.leases
             if alive:
@@ -327,3 +328,27 @@ def test_a_lease_taken_when_no_longer_wanted_is_given_back():
     sim.command("a", "set_fault", "checks", "check pacs down")
     sim.run(1)
     assert node.state == State.FAULT and sim.effects_of("a", RevokeLease) and sim.etcd.key is None
+
+
+def test_watch_news_of_its_own_new_key_before_the_take_answers_changes_nothing():
+    """The watch may report this node's own PUT before the transaction's answer arrives."""
+    sim = LeaseSim()
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.run_until(lambda: sim.effects_of("a", TakeLease), 2, "a asks for the lease")
+    election = node.election
+    sent = sim.now
+    assert election.view(sent).lease.phase == LeasePhase.TAKING
+    sim.apply(node, election.authority(KeyHolder("a", 7, 555), sent + 0.01))
+    assert election.view(sent).lease.phase == LeasePhase.TAKING
+    sim.apply(node, election.authority(LeaseTaken(555, TTL, sent, 7), sent + 0.02))
+    assert node.state == State.MASTER and not sim.effects_of("a", RevokeLease)
+
+
+def test_a_key_left_by_an_earlier_run_of_this_node_is_waited_out():
+    sim = LeaseSim()
+    sim.etcd.grant_foreign("a", sim.now)       # the key names this node, under a lease it does not know
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.run(3)
+    assert node.state == State.BACKUP
+    assert "(held by a, an earlier run of this node: it expires within the TTL)" in \
+        " ".join(node.election.view(sim.now).holds)
