@@ -106,3 +106,26 @@ def test_the_etcd_settings_need_a_restart(tmp_path, key):
     assert reload.restart_needed(old, new) == ["etcd"]
     plain = load(tmp_path, BASE.replace("  authority: etcd\n", "").split("etcd:\n")[0], key)
     assert reload.restart_needed(old, plain) == ["cluster.authority", "etcd"]
+
+
+def test_the_samples_etcd_section_is_valid_once_uncommented(tmp_path, key):
+    """etc/hapacs.yaml documents every etcd key; uncommented (without the TLS files, which
+    must exist) and with authority etcd, it loads."""
+    from pathlib import Path
+    sample = (Path(__file__).resolve().parent.parent / "etc" / "hapacs.yaml").read_text()
+    for name in ("authority", "endpoints", "prefix", "ttl", "ca_file", "cert_file", "key_file"):
+        assert f"{name}:" in sample, f"the sample does not document {name}"
+    lines, inside = [], False
+    for line in sample.replace("/etc/hapacs/cluster.key", key).splitlines():
+        if line.startswith("# etcd:"):
+            inside = True
+        elif inside and not line.startswith("#   "):
+            inside = False
+        if inside and line.startswith("#   ") and line[4:].split(":")[0] in ("ca_file", "cert_file", "key_file"):
+            continue
+        lines.append(line[2:] if inside and line.startswith("# ") else line)
+    text = "\n".join(lines).replace("  authority: heartbeats", "  authority: etcd")
+    path = tmp_path / "sample.yaml"
+    path.write_text(text)
+    loaded = cfg.load(str(path))
+    assert loaded.cluster.authority == "etcd" and loaded.etcd.ttl_s == 3 and len(loaded.etcd.endpoints) == 3
