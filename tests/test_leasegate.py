@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from hapacs import timing
-from hapacs.effects import AcquireVips, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why
+from hapacs.effects import AcquireVips, CommandDone, CommandPending, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why
 from hapacs.election import Election, Params
 from hapacs.leasegate import KeyHolder, LeaseFailed, LeasePhase, LeaseRenewed, LeaseTaken
 from hapacs.states import State
@@ -352,3 +352,17 @@ def test_a_key_left_by_an_earlier_run_of_this_node_is_waited_out():
     assert node.state == State.BACKUP
     assert "(held by a, an earlier run of this node: it expires within the TTL)" in \
         " ".join(node.election.view(sim.now).holds)
+
+
+def test_takeover_waits_for_the_lease_before_it_answers():
+    sim = LeaseSim()
+    foreign = sim.etcd.grant_foreign("pacs-far", sim.now)
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.run(2)
+    effects = sim.command("a", "takeover")
+    assert not [e for e in effects if isinstance(e, CommandDone)]
+    assert [e for e in effects if isinstance(e, CommandPending)]
+    sim.etcd.revoke(foreign, sim.now)
+    sim.run_until(lambda: sim.masters() == ["a"], 2, "a MASTER once the key is free")
+    done = sim.effects_of("a", CommandDone)
+    assert len(done) == 1 and done[0].ok and node.election.sticky
