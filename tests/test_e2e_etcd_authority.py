@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
-from lab.etcd import CLIENT_PORT, require_etcd_tools, start_etcd_cluster
+from lab.etcd import CLIENT_PORT, make_certificates, require_etcd_tools, start_etcd_cluster
 from lab.outage import load
 from lab.probe import start_probe
 
@@ -29,6 +30,7 @@ from .fixtures import lab_fixture
 TTL = 2
 ETCD_HOSTS = ("c", "d", "e")
 NOT_ETCD_PORT = 8080
+TLS_PORT = 8443
 
 lab = lab_fixture("ea", before=require_etcd_tools, scope="module", hosts=("a", "b", "c", "d", "e"))
 
@@ -215,19 +217,32 @@ class Garbage(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Garbage).serve_forever()
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Garbage)
+if len(sys.argv) > 3:    # TLS with this certificate and key
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 """
 
 
 def test_no_usable_etcd_at_start_is_a_fault_without_vip_until_etcd_answers(lab, etcd):
-    server = lab.spawn("c", [sys.executable, "-c", NOT_ETCD_SERVER, lab.node("c").ipv4, str(NOT_ETCD_PORT)])
-    garbage = f"http://{lab.node('c').ipv4}:{NOT_ETCD_PORT}"
+    address = lab.node("c").ipv4
+    served = make_certificates(Path(lab.mkdtemp("served")), [address], name="served-ca")
+    other_ca = make_certificates(Path(lab.mkdtemp("other")), [address], name="other-ca")["ca"]
+    server = lab.spawn("c", [sys.executable, "-c", NOT_ETCD_SERVER, address, str(NOT_ETCD_PORT)])
+    tls_server = lab.spawn("c", [sys.executable, "-c", NOT_ETCD_SERVER, address, str(TLS_PORT),
+                                 served["server"], served["server_key"]])
+    garbage = f"http://{address}:{NOT_ETCD_PORT}"
     nothing = f"http://{lab.node('d').ipv4}:{CLIENT_PORT + 7}"
+    wrong_ca = f"https://{address}:{TLS_PORT}"
     cluster = etcd_cluster(lab, etcd, "/hapacs/start/", hosts=(("a", 150),))
-    wrong = etcd_cluster(lab, etcd, "/hapacs/start/", endpoints=[garbage, nothing], hosts=(("b", 100),))
+    wrong = etcd_cluster(lab, etcd, "/hapacs/start/", endpoints=[garbage, nothing, wrong_ca], hosts=(("b", 100),),
+                         ca_file=other_ca)
     try:
-        lab.wait_for(lambda: server.poll() is None and lab.exec(
-            "c", ["ss", "-ltn", f"sport = :{NOT_ETCD_PORT}"]).stdout.count("LISTEN") == 1, 5, what="garbage server")
+        lab.wait_for(lambda: server.poll() is None and tls_server.poll() is None and lab.exec(
+            "c", ["ss", "-ltn"]).stdout.count(f"{address}:") >= 2, 5, what="the garbage servers")
         cut_from_etcd(lab, "a", True)
         cluster.start("a")
         wrong.start("b")
@@ -239,6 +254,7 @@ def test_no_usable_etcd_at_start_is_a_fault_without_vip_until_etcd_answers(lab, 
         faults_b = " ".join(wrong.status("b")["faults"])
         assert "cannot use etcd" in faults_a and "no answer within" in faults_a, faults_a
         assert "the answer is not JSON" in faults_b and "connection refused" in faults_b, faults_b
+        assert "etcd's certificate was refused" in faults_b and "check etcd.ca_file" in faults_b, faults_b
         with open(wrong.log_path("b")) as handle:
             log_b = handle.read()
         assert "etcd watch failed (not-etcd)" in log_b or "etcd watch failed (unreachable)" in log_b, log_b[-2000:]
@@ -251,3 +267,4 @@ def test_no_usable_etcd_at_start_is_a_fault_without_vip_until_etcd_answers(lab, 
         stop_agents(cluster)
         stop_agents(wrong)
         lab.kill(server, signal.SIGKILL)
+        lab.kill(tls_server, signal.SIGKILL)
