@@ -4,7 +4,7 @@ One lab: agents in hosts a (priority 150) and b (100), one VIP; etcd in c, d, e.
 with a fresh key prefix and fresh agents (TTL 2 s, heartbeats every 0.1 s):
 - kill -9: SIGKILL of the MASTER a; seconds until b is MASTER (its transition's monotonic time);
 - cut: a's traffic to every etcd member dropped with nftables in its namespace (b still hears a);
-  seconds from the cut until a dropped the VIP (its MASTER -> FAULT), until b became MASTER,
+  seconds from the cut (once the rule is in) until a dropped the VIP (its MASTER -> FAULT), until b became MASTER,
   and whether both ever held the VIP (sampled every 20 ms);
 - release: `hapacs release` on a; seconds until b is MASTER.
 
@@ -83,8 +83,8 @@ def cut_trial(lab, etcd, prefix) -> tuple[float, float, bool]:
     sampler = threading.Thread(target=sample_holders, args=(lab, done, samples))
     sampler.start()
     try:
-        cut = time.monotonic()
         lab.exec("a", ["nft", "-f", "-"], input=rules)
+        cut = time.monotonic()    # after the rule is in: a slow exec must not count as time held
         lab.wait_for(lambda: cluster.state("b") == "MASTER", 15, what="b MASTER")
         done.set()
         sampler.join()

@@ -112,9 +112,19 @@ class EtcdAuthority:
                             STOP_REVOKE_S, self.config.ttl_s)
 
     def _spawn(self, coroutine, name: str) -> None:
-        task = self.agent.loop.create_task(coroutine, name=name)
+        task = self.agent.loop.create_task(self._guarded(coroutine, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coroutine, name: str) -> None:
+        """A bug in a request must not end the watch or leave the core waiting: log it, tell the core."""
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error in %s; the agent carries on", name)
+            self._feed(LeaseFailed(name, f"internal error in {name}"))
 
     # --- effects from the core ------------------------------------------------------
 
@@ -167,8 +177,7 @@ class EtcdAuthority:
         await self._revoke(lease.id, "the key is held by another")
         name = holder_name(holder)
         self._warn("held-by", "etcd lease held by %s: waiting for it to be given up or to expire", name)
-        self._feed(KeyHolder(name, holder.mod_revision if holder else result.revision,
-                             holder.lease if holder else 0, refused_take=True))
+        self._feed(KeyHolder(name, result.revision, holder.lease if holder else 0, refused_take=True))
 
     async def _renew(self, lease_id: int) -> None:
         sent_at = self.agent.loop.time()
@@ -228,7 +237,7 @@ class EtcdAuthority:
                     for event in message.events:
                         gone = event.type == DELETE
                         self._feed(KeyHolder(None if gone else holder_name(event.kv), event.kv.mod_revision,
-                                             0 if gone else event.kv.lease))
+                                             0 if gone else event.kv.lease, streamed=True))
             except EtcdError as err:
                 self._warn(f"watch-{err.code}", "etcd watch ended (%s): %s; watching again", err.code, err.reason)
             if self.agent.loop.time() - opened < timing.LEASE_RETRY_MIN_S:

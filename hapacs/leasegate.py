@@ -76,11 +76,13 @@ class LeaseRenewed:
 @dataclass(frozen=True)
 class KeyHolder:
     """Who holds the key now (None: nobody), from a read or a watch; `refused_take`: the answer
-    to this node's TakeLease, which found the key held."""
+    to this node's TakeLease, which found the key held; `streamed`: news on a watch stream opened
+    earlier, which proves nothing about reaching etcd now (a cut may drop only what this node sends)."""
     holder: str | None
     revision: int = 0
     lease_id: int = 0
     refused_take: bool = False
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class LeaseGate:
         self.taken_revision = 0
         self.last_error: str | None = None
         self.wanted: tuple[Reason, bool] | None = None     # why the election wants MASTER; sticky
+        self.take_deadline = 0.0               # TAKING: the answer is overdue after this
 
     @property
     def name(self) -> str:
@@ -142,6 +145,7 @@ class LeaseGate:
         if self.phase != LeasePhase.IDLE:
             return []          # already asking, waiting, or etcd is unreachable (a fault)
         self.phase, self.wanted = LeasePhase.TAKING, (reason, sticky)
+        self.take_deadline = now + timing.lease_take_limit_s(self.ttl_s)
         effects: list[Effect] = []
         if self.owner.state == State.INIT:
             effects += self.owner.enter(State.BACKUP, reason, now)
@@ -153,6 +157,8 @@ class LeaseGate:
             return min(self.renew_at, self.held_until)
         if self.phase == LeasePhase.UNREACHABLE:
             return self.retry_at
+        if self.phase == LeasePhase.TAKING:
+            return self.take_deadline
         return None
 
     def view(self, now: float) -> LeaseView:
@@ -203,6 +209,8 @@ class LeaseGate:
         if self.phase == LeasePhase.HELD and now >= self.renew_at:
             self.renew_at = now + timing.lease_renew_s(self.granted_ttl_s)
             return [RenewLease(self.lease_id)]
+        if self.phase == LeasePhase.TAKING and now >= self.take_deadline:
+            return self._failed(LeaseFailed("take", "no answer to the take"), now)
         if self.phase == LeasePhase.UNREACHABLE and now >= self.retry_at:
             self.retry_at = now + timing.lease_retry_s(self.failures + 1)
             return [ProbeAuthority(f"etcd unreachable for the last {self.failures} attempt(s)")]
@@ -253,7 +261,9 @@ class LeaseGate:
             self.held_until, self.renewed_sent_at = until, sent_at
 
     def _holder(self, event: KeyHolder, now: float) -> list[Effect]:
-        effects = self._reachable(now)
+        effects = [] if event.streamed else self._reachable(now)
+        if event.refused_take:
+            return effects + self._refused(event, now)
         if event.revision and event.revision < self.holder_revision:
             return effects           # older news than what this node knows
         self.holder, self.holder_revision = event.holder, max(event.revision, self.holder_revision)
@@ -261,9 +271,6 @@ class LeaseGate:
         if self.phase == LeasePhase.HELD and not mine:
             who = f"{event.holder} holds it" if event.holder else "the key was deleted"
             return effects + self._lost(f"lost the etcd lease: {who}", now)
-        if self.phase == LeasePhase.TAKING and event.refused_take:
-            # Only the take's own answer decides: watch news of this node's own new key may come first.
-            self.phase = LeasePhase.WAITING
         if self.phase == LeasePhase.WAITING:
             if event.holder is None:
                 # The holder gave up or its lease expired: the election decides again.
@@ -274,6 +281,17 @@ class LeaseGate:
                     if event.holder == self.name else ""
                 self.owner.set_hold(SOURCE, f"waiting for the etcd lease (held by {event.holder}{earlier})", now)
         return effects
+
+    def _refused(self, event: KeyHolder, now: float) -> list[Effect]:
+        """The take found the key held (at store revision `event.revision`). Only this answer moves
+        TAKING on: watch news of this node's own new key may come first. News newer than the
+        refusal (the key deleted meanwhile) wins: then the election decides again."""
+        if self.phase != LeasePhase.TAKING:
+            return []
+        if event.revision >= self.holder_revision:
+            self.holder, self.holder_revision = event.holder, event.revision
+        self.phase = LeasePhase.WAITING
+        return self._holder(KeyHolder(self.holder, self.holder_revision), now)
 
     def _failed(self, event: LeaseFailed, now: float) -> list[Effect]:
         self.last_error = event.text

@@ -104,6 +104,12 @@ def lease_retry_s(failures: int) -> float:
     return min(LEASE_RETRY_MAX_S, LEASE_RETRY_MIN_S * 2 ** max(0, failures - 1))
 
 
+def lease_take_limit_s(ttl_s: float) -> float:
+    """The most a take (a grant and a transaction, each failing over every endpoint) may take
+    before the core counts it as failed."""
+    return max(5.0, 2 * ttl_s)
+
+
 def etcd_request_timeout_s(ttl_s: float) -> float:
     """One attempt on one etcd endpoint: a renewal must be able to try another endpoint well
     within the margin."""

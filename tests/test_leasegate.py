@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -100,7 +100,7 @@ class FakeEtcd:
                         self.sim.tell(other, KeyHolder(name, self.revision, lease_id), now)
             else:
                 del self.leases[lease_id]
-                self.sim.later(answer_at, name, KeyHolder(self.key.holder, self.key.revision, self.key.lease_id,
+                self.sim.later(answer_at, name, KeyHolder(self.key.holder, self.revision, self.key.lease_id,
                                                           refused_take=True))
         elif isinstance(effect, RenewLease):
             alive = effect.lease_id in self.leases
@@ -152,9 +152,8 @@ class LeaseSim(SimCluster):
         self.at(when, deliver)
 
     def tell(self, name: str, event, now: float) -> None:
-        """Watch news, to a node that reaches etcd."""
-        if self.etcd.reaches(name):
-            self.later(now + self.etcd.delay_s.get(name, 0.001), name, event)
+        """Watch news, to a node whose stream still works: a cut drops only what it sends."""
+        self.later(now + self.etcd.delay_s.get(name, 0.001), name, replace(event, streamed=True))
 
     def step(self) -> bool:
         if self.calls:
@@ -223,6 +222,8 @@ def test_without_renewal_the_master_drops_its_vips_before_etcd_expires_the_lease
     assert left.new == State.FAULT and "lost the etcd lease: no renewal since" in left.reason.text
     assert [t for t in sim.nodes["b"].transitions if t[1].new == State.MASTER][0][0] >= expired_at
     sim.assert_never_two_holders()
+    # The watch still brought news (the key deleted, b's key): no proof etcd answers a; a stays in FAULT.
+    assert [t for _, t in sim.nodes["a"].transitions if t.old == State.FAULT] == []
     sim.etcd.reachable["a"] = True            # back: a BACKUP again, b stays (no preemption race)
     sim.run_until(lambda: sim.nodes["a"].state != State.FAULT, 10, "a out of FAULT")
     sim.run(5)
@@ -366,3 +367,24 @@ def test_takeover_waits_for_the_lease_before_it_answers():
     sim.run_until(lambda: sim.masters() == ["a"], 2, "a MASTER once the key is free")
     done = sim.effects_of("a", CommandDone)
     assert len(done) == 1 and done[0].ok and node.election.sticky
+
+
+def test_a_refusal_older_than_the_news_of_the_key_deleted_does_not_leave_the_node_waiting():
+    """The take's refusal may arrive after the watch told of the deletion that came after it."""
+    sim = LeaseSim()
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.run_until(lambda: sim.effects_of("a", TakeLease), 2, "a asks for the lease")
+    election, now = node.election, sim.now
+    sim.apply(node, election.authority(KeyHolder(None, 9), now + 0.01))             # deleted at 9
+    sim.apply(node, election.authority(KeyHolder("b", 8, 77, refused_take=True), now + 0.02))  # held at 8
+    assert election.view(now).lease.phase == LeasePhase.IDLE
+    assert not [h for h in election.view(now).holds if "etcd" in h]
+    sim.run_until(lambda: sim.masters() == ["a"], 3, "a decides again and takes the free key")
+
+
+def test_a_take_without_answer_counts_as_failed():
+    sim = LeaseSim()
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.etcd.delay_s["a"] = 30          # the take is never answered in time
+    sim.run(timing.lease_take_limit_s(TTL) + 1.5)
+    assert node.state == State.FAULT and "no answer to the take" in " ".join(node.election.faults.values())
