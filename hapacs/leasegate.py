@@ -328,4 +328,8 @@ class LeaseGate:
         self.failures = max(self.failures, 1)
         self.retry_at = now + timing.lease_retry_s(self.failures)
         self.last_error = text
+        if self.owner.state == State.MASTER:
+            # Maintenance or not (it stops automatic transitions): a MASTER without a lease holds no VIP.
+            self.owner.faults[SOURCE] = text
+            return self.owner.enter(State.FAULT, Reason(Why.LEASE_LOST, text), now) + effects
         return self.owner.set_fault(SOURCE, text, now) + effects

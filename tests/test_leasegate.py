@@ -388,3 +388,13 @@ def test_a_take_without_answer_counts_as_failed():
     sim.etcd.delay_s["a"] = 30          # the take is never answered in time
     sim.run(timing.lease_take_limit_s(TTL) + 1.5)
     assert node.state == State.FAULT and "no answer to the take" in " ".join(node.election.faults.values())
+
+
+def test_a_master_in_maintenance_still_drops_its_vips_when_the_lease_runs_out():
+    sim = two_nodes()
+    sim.command("a", "set_maintenance", True)
+    sim.etcd.reachable["a"] = False
+    sim.run_until(lambda: "a" not in sim.holders(), 3, "a drops the VIP")
+    left = [t for _, t in sim.nodes["a"].transitions if t.old == State.MASTER][0]
+    assert left.new == State.FAULT and left.reason.code == Why.LEASE_LOST
+    sim.assert_never_two_holders()
