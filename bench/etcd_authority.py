@@ -6,7 +6,8 @@ with a fresh key prefix and fresh agents (TTL 2 s, heartbeats every 0.1 s):
 - cut: a's traffic to every etcd member dropped with nftables in its namespace (b still hears a);
   seconds from the cut (once the rule is in) until a dropped the VIP (its MASTER -> FAULT), until b became MASTER,
   and whether both ever held the VIP (sampled every 20 ms);
-- release: `hapacs release` on a; seconds until b is MASTER.
+- release: `hapacs release` on a (its request on the control socket, without the command's own
+  start); seconds until b is MASTER.
 
 Run as root: .venv/bin/python bench/etcd_authority.py [--trials 5]
 """
@@ -100,9 +101,9 @@ def release_trial(lab, etcd, prefix) -> float:
     cluster = agents(lab, etcd, prefix)
     try:
         asked = time.monotonic()
-        result = cluster.cli("a", "release")
-        if result.returncode != 0:
-            raise RuntimeError(result.stdout + result.stderr)
+        reply = cluster.command("a", {"command": "release", "drain_timeout_s": 30.0})   # as `hapacs release`
+        if not reply.get("ok"):
+            raise RuntimeError(str(reply))
         lab.wait_for(lambda: cluster.state("b") == "MASTER", 10, what="b MASTER")
         return became(cluster, "b", "MASTER") - asked
     finally:

@@ -127,7 +127,9 @@ def test_the_best_node_holds_the_lease_and_a_kill_9_moves_it(lab, etcd, pacs):
         took_over = master_since(cluster, "b") - killed
         lab.wait_for(lambda: lab.holders(VIP) == ["b"], 5, what="b the only holder")
         samples = sampler.stop()
-        print(f"kill -9: b MASTER {took_over:.2f} s later; samples {len(samples)}")
+        overlap = [t for t, h in samples if len(h) > 1]
+        print(f"kill -9: b MASTER {took_over:.2f} s later; {len(samples)} samples, the dead agent's address "
+              f"beside b's for {overlap[-1] - overlap[0] if overlap else 0:.2f} s")
         assert took_over <= TTL + 1.0, f"b took over {took_over:.2f} s after the kill"
         # A killed agent's address stays until its kernel lease (valid_lft) ends: the only
         # overlap allowed, and it never outlasts that lease (2 s at these timers).
@@ -185,8 +187,10 @@ def test_release_passes_the_lease_at_once_with_no_failed_echo(lab, etcd, pacs):
         probe = start_probe(lab, records, VIP, interval=0.02, duration=30, timeout=5.0)
         lab.wait_for(lambda: sum(1 for r in safe_load(records) if r["ok"]) >= 20, 15, what="workstation served")
         asked = time.monotonic()
-        result = cluster.cli("a", "release")
-        assert result.returncode == 0, result.stderr + result.stdout
+        # What `hapacs release` sends, on the control socket: a new python process would add its
+        # start (up to 2 s on a loaded machine) to what is measured.
+        reply = cluster.command("a", {"command": "release", "drain_timeout_s": 30.0})
+        assert reply.get("ok"), reply
         settle(lab, cluster, "b")
         passed = master_since(cluster, "b") - asked
         since = time.monotonic()
