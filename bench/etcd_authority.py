@@ -6,6 +6,8 @@ with a fresh key prefix and fresh agents (TTL 2 s, heartbeats every 0.1 s):
 - cut: a's traffic to every etcd member dropped with nftables in its namespace (b still hears a);
   seconds from the cut (once the rule is in) until a dropped the VIP (its MASTER -> FAULT), until b became MASTER,
   and whether both ever held the VIP (sampled every 20 ms);
+- etcd leader cut (--leader-cut): the etcd leader's host partitioned for 5 s while a is MASTER,
+  at each TTL of --ttls: does a keep the lease (no transition) while the others elect a new leader?
 - release: `hapacs release` on a (its request on the control socket, without the command's own
   start); seconds until b is MASTER.
 
@@ -26,18 +28,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lab import Lab, unique_prefix  # noqa: E402
 from lab.cluster import AgentCluster  # noqa: E402
-from lab.etcd import CLIENT_PORT, start_etcd_cluster  # noqa: E402
+from lab.etcd import CLIENT_PORT, healthy, leader, start_etcd_cluster  # noqa: E402
 
 TTL = 2
 VIP = "192.0.2.100"
 ETCD_HOSTS = ("c", "d", "e")
 
 
-def agents(lab, etcd, prefix: str) -> AgentCluster:
+def agents(lab, etcd, prefix: str, ttl: int = TTL) -> AgentCluster:
     cluster = AgentCluster(lab, preempt_delay=0.5)
     for host, priority in (("a", 150), ("b", 100)):
         cluster.add(host, priority, cluster={"authority": "etcd"},
-                    etcd={"endpoints": etcd.endpoints, "prefix": prefix, "ttl": TTL},
+                    etcd={"endpoints": etcd.endpoints, "prefix": prefix, "ttl": ttl},
                     handover={"drain_timeout": 2, "shutdown_drain_timeout": 1})
     cluster.start_all()
     lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(VIP) == ["a"]
@@ -97,6 +99,25 @@ def cut_trial(lab, etcd, prefix) -> tuple[float, float, bool]:
         stop(cluster)
 
 
+def leader_cut_trial(lab, etcd, prefix, ttl: int) -> bool:
+    """True when a stayed MASTER throughout a 5 s partition of the etcd leader's host."""
+    cluster = agents(lab, etcd, prefix, ttl)
+    chief = lab.wait_for(lambda: leader(etcd), 10, what="an etcd leader")
+    try:
+        before = len(cluster.transitions("a"))
+        lab.partition(chief)
+        time.sleep(5)       # a bench: the outage lasts this long
+        lab.heal(chief)
+        lab.wait_for(lambda: healthy(etcd, "a", etcd.endpoints), 20, what="etcd healthy again")
+        after = cluster.transitions("a")[before:]
+        for t in after:
+            print(f"    a: {t['from']} -> {t['to']}: {t['reason']}")
+        return not after
+    finally:
+        lab.heal(chief)
+        stop(cluster)
+
+
 def release_trial(lab, etcd, prefix) -> float:
     cluster = agents(lab, etcd, prefix)
     try:
@@ -118,9 +139,18 @@ def summary(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--leader-cut", action="store_true", help="only the etcd leader cut, at each of --ttls")
+    parser.add_argument("--ttls", default="2,3", help="TTLs for --leader-cut (default 2,3)")
     args = parser.parse_args()
     with Lab(unique_prefix("ea"), hosts=("a", "b", *ETCD_HOSTS)) as lab:
         etcd = start_etcd_cluster(lab, ETCD_HOSTS)
+        if args.leader_cut:
+            for ttl in map(int, args.ttls.split(",")):
+                kept = sum(leader_cut_trial(lab, etcd, f"/bench/leader{ttl}-{trial}/", ttl)
+                           for trial in range(args.trials))
+                print(f"etcd leader cut 5 s, TTL {ttl}: the MASTER kept its lease in {kept} of {args.trials} trials",
+                      flush=True)
+            return 0
         kills, drops, takes, doubles, releases = [], [], [], 0, []
         for trial in range(args.trials):
             kills.append(kill_trial(lab, etcd, f"/bench/kill{trial}/"))

@@ -295,8 +295,8 @@ class LeaseGate:
 
     def _failed(self, event: LeaseFailed, now: float) -> list[Effect]:
         self.last_error = event.text
-        if self.phase == LeasePhase.HELD:
-            return []                # held_until decides, not one failed request
+        if self.phase == LeasePhase.HELD or event.what == "renew":
+            return []                # held_until decides, not one failed request; a lease given up: nothing
         self.failures += 1
         self.retry_at = now + timing.lease_retry_s(self.failures)
         if self.phase in (LeasePhase.TAKING, LeasePhase.WAITING):
