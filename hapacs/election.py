@@ -256,12 +256,12 @@ class Election:
         return effects + [self.send(now)]
 
     def become_master(self, reason: Reason, now: float, sticky: bool) -> list[Effect]:
-        # The wire carries 32 bits; at the top, ties fall to priority and address.
-        self.max_term = min(self.max_term + 1, MAX_TERM)
-        self.master_term = self.max_term
         sticky = sticky or self.handoffs.takeover_request.asking
         if self.lease is not None and (waiting := self.lease.before_master(reason, now, sticky)) is not None:
             return waiting     # only while holding the etcd lease
+        # The wire carries 32 bits; at the top, ties fall to priority and address.
+        self.max_term = min(self.max_term + 1, MAX_TERM)
+        self.master_term = self.max_term
         effects = self.enter(State.MASTER, reason, now)
         self.sticky = sticky
         return effects

@@ -406,3 +406,12 @@ def test_a_failed_renewal_of_a_lease_already_given_up_changes_nothing():
     sim.run_until(lambda: sim.holders() == ("b",) and sim.nodes["a"].state == State.BACKUP, 3, "b MASTER")
     sim.apply(sim.nodes["a"], sim.nodes["a"].election.authority(LeaseFailed("renew", "no answer"), sim.now))
     assert sim.nodes["a"].state == State.BACKUP and not sim.nodes["a"].election.faults
+
+
+def test_waiting_for_the_lease_raises_no_term():
+    """Only becoming MASTER takes a new term: a node that keeps asking in vain does not climb."""
+    sim = LeaseSim()
+    sim.etcd.grant_foreign("pacs-far", sim.now)
+    node = sim.add_node("a", 200, "192.0.2.11")
+    sim.run(5)
+    assert node.election.view(sim.now).term == 0
