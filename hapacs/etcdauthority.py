@@ -93,6 +93,10 @@ class EtcdAuthority:
         log.info("leadership by etcd lease: key %s at %s, TTL %d s (held until sent + TTL - %.2f s, renewed "
                  "every %.2f s)", self.key.decode(), ", ".join(config.endpoints), config.ttl_s,
                  timing.lease_margin_s(config.ttl_s), timing.lease_renew_s(config.ttl_s))
+        if not self.agent.config.drain_ports:
+            log.warning("no DICOM port is drained (no dicom-echo or dicom-find check, no handover.drain_ports): "
+                        "with the etcd lease a handover lets go before the successor holds the VIPs, so an "
+                        "association open at that moment is cut")
 
     async def stop(self) -> None:
         """Cancel every request; give up a lease still held (the VIPs are gone by now)."""
