@@ -12,9 +12,10 @@ leadership key under a running MASTER.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 
-from .etcd import parse_endpoint
+from .etcd import parse_endpoint, tls_context
 from .fields import INVALID, Context, Section, absolute_path, integer, list_of, text
 
 # etcd raises a TTL below 2 s to 2 s (its minimum is 1.5 x its election timeout); above a
@@ -84,4 +85,12 @@ def read(ctx: Context, sec: Section) -> EtcdConfig | None:
                     "endpoints")
     if INVALID in (endpoints, prefix, ttl, ca_file, cert_file, key_file):
         return None
+    if ca_file or cert_file:
+        try:
+            tls_context(ca_file, cert_file, key_file)
+        except (OSError, ssl.SSLError) as err:
+            sec.problem("ca_file" if ca_file else "cert_file", f"the TLS files cannot be used together: {err} "
+                        "(ca_file: PEM certificates of etcd's CA; cert_file and key_file: PEM, the key matching "
+                        "the certificate)")
+            return None
     return EtcdConfig(tuple(endpoints), prefix, ttl, ca_file, cert_file, key_file)

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from hapacs import config as cfg, reload
+from lab.etcd import make_certificates
 
 BASE = """\
 node:
@@ -82,21 +83,27 @@ def test_witness_is_refused_beside_etcd(tmp_path, key):
     assert any(":8: cluster.witness: cannot go with authority: etcd" in line for line in found), found
 
 
-def test_tls_files_must_exist_be_readable_and_come_in_pairs(tmp_path, key):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+def test_tls_files_must_exist_be_readable_usable_and_come_in_pairs(tmp_path, key):
+    made = make_certificates(tmp_path / "tls", ["198.51.100.1"])      # openssl: a CA, a client pair
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
     secure = BASE.replace("http://", "https://")
-    loaded = load(tmp_path, secure + f"  ca_file: {ca}\n", key)
-    assert loaded.etcd.ca_file == str(ca)
+    loaded = load(tmp_path, secure + f"  ca_file: {made['ca']}\n  cert_file: {made['client']}\n"
+                  f"  key_file: {made['client_key']}\n", key)
+    assert (loaded.etcd.ca_file, loaded.etcd.cert_file) == (made["ca"], made["client"])
     found = problems(tmp_path, secure + f"  ca_file: {tmp_path}/missing.pem\n", key)
     assert any(f":13: etcd.ca_file: {tmp_path}/missing.pem does not exist" in line for line in found), found
-    found = problems(tmp_path, secure + f"  cert_file: {ca}\n", key)
+    found = problems(tmp_path, secure + f"  ca_file: {garbage}\n", key)
+    assert any(":13: etcd.ca_file: the TLS files cannot be used together" in line for line in found), found
+    found = problems(tmp_path, secure + f"  cert_file: {made['client']}\n  key_file: {made['ca']}\n", key)
+    assert any(":13: etcd.cert_file: the TLS files cannot be used together" in line for line in found), found
+    found = problems(tmp_path, secure + f"  cert_file: {made['client']}\n", key)
     assert any(":13: etcd.key_file: cert_file and key_file go together" in line for line in found), found
-    found = problems(tmp_path, BASE + f"  ca_file: {ca}\n", key)
+    found = problems(tmp_path, BASE + f"  ca_file: {made['ca']}\n", key)
     assert any("etcd.endpoints: ca_file/cert_file are set but no endpoint is https://" in line for line in found)
     if os.geteuid() != 0:   # root reads any file: the unreadable case needs another user
-        ca.chmod(0)
-        found = problems(tmp_path, secure + f"  ca_file: {ca}\n", key)
+        garbage.chmod(0)
+        found = problems(tmp_path, secure + f"  ca_file: {garbage}\n", key)
         assert any("cannot be read by this user" in line for line in found), found
 
 
