@@ -42,6 +42,9 @@ log = logging.getLogger("hapacs.etcd")
 HEALTH_PERIOD_S = 5.0          # how often each endpoint is asked whether it answers (status only)
 MAX_RENEWALS_IN_FLIGHT = 3     # more would only pile up behind an etcd that does not answer
 STOP_REVOKE_S = 1.0            # at stop, the most spent giving the lease up
+# The watch's read fails once while etcd elects a new leader (about a second): only a second
+# failure in a row tells the core, so a BACKUP does not go to FAULT at every etcd leader change.
+WATCH_FAILURES_TOLD = 2
 
 
 async def start(agent: Agent) -> EtcdAuthority | None:
@@ -230,7 +233,11 @@ class EtcdAuthority:
                 kv, revision = await self.client.get_at(self.key)
             except EtcdError as err:
                 failures += 1
-                self._failed("watch", err)
+                if failures >= WATCH_FAILURES_TOLD:
+                    self._failed("watch", err)
+                else:
+                    self._warn(f"watch-retry-{err.code}", "etcd watch could not read the key (%s): %s; trying again",
+                               err.code, err.reason)
                 await asyncio.sleep(timing.lease_retry_s(failures))
                 continue
             failures = 0

@@ -61,16 +61,22 @@ def test_authority_etcd_without_the_section(tmp_path, key):
     assert len(found) == 1 and ":7: cluster.authority: is etcd but there is no etcd: section" in found[0]
 
 
+TTL_LINE = ("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  ttl: {}\n")
+
+
 @pytest.mark.parametrize("change, expected", [
     (("prefix: /hapacs/51/", "prefix: hapacs/51"), ":12: etcd.prefix: 'hapacs/51' must start and end with '/'"),
-    (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  ttl: 1\n"), ":13: etcd.ttl: 1 is out of range; allowed: 2 to 60"),
-    (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  ttl: 2.5\n"), ":13: etcd.ttl: must be a whole number from 2 to 60"),
-    (("http://198.51.100.2:2379", "ftp://198.51.100.2"), ":11: etcd.endpoints[1]: 'ftp://198.51.100.2' is not an etcd endpoint"),
+    ((TTL_LINE[0], TTL_LINE[1].format(1)), ":13: etcd.ttl: 1 is out of range; allowed: 2 to 60"),
+    ((TTL_LINE[0], TTL_LINE[1].format(2.5)), ":13: etcd.ttl: must be a whole number from 2 to 60"),
+    (("http://198.51.100.2:2379", "ftp://198.51.100.2"),
+     ":11: etcd.endpoints[1]: 'ftp://198.51.100.2' is not an etcd endpoint"),
     (("http://198.51.100.2:2379", "http://198.51.100.1:2379"), ":11: etcd.endpoints: lists the same endpoint twice"),
     (("  prefix: /hapacs/51/\n", ""), ":10: etcd.prefix: is required but missing"),
     (("prefix: /hapacs/51/\n", "prefix: /hapacs/51/\n  tll: 3\n"), ":13: etcd.tll: unknown key (did you mean ttl?)"),
-    (("  authority: etcd\n", "  authority: etcd\n  quorum: majority\n"), ":8: cluster.quorum: majority cannot go with authority: etcd"),
-    (("  authority: etcd\n", "  authority: raft\n"), ":7: cluster.authority: 'raft' is not allowed; use one of: heartbeats, etcd"),
+    (("  authority: etcd\n", "  authority: etcd\n  quorum: majority\n"),
+     ":8: cluster.quorum: majority cannot go with authority: etcd"),
+    (("  authority: etcd\n", "  authority: raft\n"),
+     ":7: cluster.authority: 'raft' is not allowed; use one of: heartbeats, etcd"),
 ])
 def test_every_mistake_is_named_with_its_line(tmp_path, key, change, expected):
     found = problems(tmp_path, BASE.replace(*change), key)
@@ -78,7 +84,8 @@ def test_every_mistake_is_named_with_its_line(tmp_path, key, change, expected):
 
 
 def test_witness_is_refused_beside_etcd(tmp_path, key):
-    text = BASE.replace("  authority: etcd\n", "  authority: etcd\n  witness:\n    - {type: tcp, host: 192.0.2.1, port: 22}\n")
+    witness = "  witness:\n    - {type: tcp, host: 192.0.2.1, port: 22}\n"
+    text = BASE.replace("  authority: etcd\n", "  authority: etcd\n" + witness)
     found = problems(tmp_path, text, key)
     assert any(":8: cluster.witness: cannot go with authority: etcd" in line for line in found), found
 

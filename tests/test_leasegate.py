@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 import pytest
 
 from hapacs import timing
-from hapacs.effects import AcquireVips, CommandDone, CommandPending, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why
+from hapacs.effects import (
+    AcquireVips, CommandDone, CommandPending, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why,
+)
 from hapacs.election import Election, Params
 from hapacs.leasegate import KeyHolder, LeaseFailed, LeasePhase, LeaseRenewed, LeaseTaken
 from hapacs.states import State
