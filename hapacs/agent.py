@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Callable
 
-from . import __version__, balancer, bird, hostcheck, timing, wire
+from . import __version__, balancer, bird, etcdauthority, hostcheck, timing, wire
 from .announce import Announcer
 from .book import StatusBook
 from .bootid import next_boot_id
@@ -69,6 +69,7 @@ class Agent:
         self.witness = None           # hapacs.witness.WitnessRunner, only when witnesses are configured
         self.balancer: balancer.Engine | None = None     # HAProxy or nftables direct routing, with balance:
         self.bgp: bird.BgpWatch | None = None              # the BGP session gate, with bgp:
+        self.authority: etcdauthority.EtcdAuthority | None = None   # the etcd lease, with authority: etcd
         self.links: dict[str, Link] = {}
         self.own_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self.writer: HeartbeatWriter | None = None
@@ -141,6 +142,7 @@ class Agent:
         await self._open_sockets()
         self.balancer = await balancer.start(self)
         self.bgp = await bird.start(self)
+        self.authority = await etcdauthority.start(self)
         if config.snmp is not None:
             await self._start_snmp()
         if config.metrics is not None:
@@ -270,8 +272,7 @@ class Agent:
                 await runner.stop()
         if self.vips is not None:
             await self.vips.close()
-            # A second agent stops at check_free() before it finds any VIP, so what is held
-            # here is this agent's own (or a dead one's it found): removed on exit.
+            # Held VIPs are this agent's (a second one stops at check_free()) or a dead one's: removed.
             if any(self.vips.held.values()) or self.vips.wanted:
                 await self.vips.release()
         if self.drainer is not None:
@@ -286,7 +287,7 @@ class Agent:
                 pass
         if self.transport is not None:
             self.transport.close()
-        for server in (self.control, self.snmp, self.metrics, self.balancer, self.bgp):
+        for server in (self.control, self.snmp, self.metrics, self.balancer, self.bgp, self.authority):
             if server is not None:
                 await server.stop()
         self.announcer.close()
@@ -348,8 +349,7 @@ class Agent:
         self.feed(lambda t: self.core.receive(advert, packed, t))
 
     def _unreadable(self, data: bytes, source: str, code: str) -> None:
-        """A configured peer's heartbeat this node cannot accept: evidence for the core of a
-        misconfigured peer (with multicast, another cluster id is just another cluster)."""
+        """A peer's heartbeat it cannot accept: a misconfigured peer (multicast: another cluster id is not)."""
         if code != "auth" and not (code == "cluster" and self.unicast):
             return
         claimed = wire.peek(data)

@@ -17,7 +17,9 @@ from .effects import PeerChange, SplitBrain, Transition
 from .lateness import LatenessMeter
 from .model import ElectionView
 from .states import State
-from .status import CheckStatus, Counters, MisconfiguredPeer, PeerStatus, Status, TransitionRecord, VipStatus
+from .status import (
+    CheckStatus, Counters, MisconfiguredPeer, PeerStatus, Status, TransitionRecord, VipStatus, authority_status,
+)
 
 HISTORY = 50
 DROP_CAUSES = wire.DROP_CODES + ("unknown_sender",)
@@ -33,6 +35,7 @@ class StatusBook:
         self.last_drain: DrainResult | None = None
         self.last_drain_end = 0.0
         self.peer_addresses: dict[str, str] = {}   # name -> the address its heartbeats come from
+        self.authority_endpoints: tuple[int, int] | None = None   # etcd endpoints (answering, configured)
 
     # --- writing ------------------------------------------------------------------
 
@@ -108,5 +111,6 @@ class StatusBook:
             timer_late_ms_max=self.late.max_s * 1000, timer_late_ms_minute=self.late.recent_s(now) * 1000,
             timer_late_recent=tuple((round(t, 3), round(late * 1000, 1)) for t, late in self.late.notable),
             last_drain=self.drain_record(), bad_requests=bad_requests, balance=balance, bgp=bgp,
+            authority=authority_status(view.lease, self.authority_endpoints),
             misconfigured=tuple(MisconfiguredPeer(str(ipaddress.ip_address(m.address)), m.cause, m.claims,
                                                   m.last_seen_s, m.blocking, m.text) for m in view.misconfigured))

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from . import balanceconfig, bgpconfig, keys as keyfile, timing
+from . import balanceconfig, bgpconfig, etcdconfig, keys as keyfile, timing
 from .checktypes import CHECK_TYPES, COMMON_KEYS, DICOM_CHECK_TYPES
 from .fields import (
     INVALID, Context, Section, ae_title, boolean, choice, hostname, integer,
@@ -77,6 +77,7 @@ class ClusterConfig:
     auth_keys: tuple[bytes, ...] = field(repr=False)
     quorum: str
     witness: tuple[WitnessConfig, ...]
+    authority: str = "heartbeats"      # who may lead: heartbeats alone, or an etcd lease (etcd:)
 
     @property
     def unicast(self) -> bool:
@@ -189,6 +190,7 @@ class Config:
     metrics: MetricsConfig | None = None
     balance: balanceconfig.BalanceConfig | None = None   # load balancing (hapacs.balanceconfig)
     bgp: bgpconfig.BgpConfig | None = None               # the BGP session gate (hapacs.bgpconfig)
+    etcd: etcdconfig.EtcdConfig | None = None   # the leadership lease, with cluster.authority: etcd
 
     @property
     def drain_ports(self) -> tuple[int, ...]:
@@ -263,10 +265,28 @@ def _build(ctx: Context) -> Config | None:
     balance = balanceconfig.read(ctx, top.section("balance"), vips, checks,
                                  cluster.peers if cluster else None) if "balance" in top else None
     bgp = bgpconfig.read(ctx, top.section("bgp")) if "bgp" in top else None
+    etcd = _etcd(ctx, top, cluster)
     top.done()
     if ctx.problems:
         return None
-    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance, bgp)
+    return Config(ctx.path, node, cluster, vips, checks, notify, snmp, control, handover, metrics, balance, bgp, etcd)
+
+
+def _etcd(ctx: Context, top: Section, cluster: ClusterConfig | None) -> etcdconfig.EtcdConfig | None:
+    """`etcd:` goes with `cluster.authority: etcd`, and only with it."""
+    authority = cluster.authority if cluster else None
+    located = top.items.get("cluster")
+    authority_line = located.key_lines.get("authority") if located is not None and located.kind == "map" else None
+    if "etcd" not in top:
+        if authority == "etcd":
+            top.problem("cluster.authority", "is etcd but there is no etcd: section; add etcd: with endpoints "
+                        "and prefix, or use authority: heartbeats", line=authority_line)
+        return None
+    etcd = etcdconfig.read(ctx, top.section("etcd"))
+    if authority == "heartbeats":
+        top.problem("etcd", "an etcd: section needs cluster.authority: etcd (now heartbeats, the default); "
+                    "set it, or remove etcd:")
+    return etcd
 
 
 def _node(ctx: Context, sec: Section) -> NodeConfig | None:
@@ -293,6 +313,7 @@ def _cluster(ctx: Context, sec: Section, node: NodeConfig | None) -> ClusterConf
     key_path = sec.take("auth_key_file", absolute_path)
     quorum = sec.take("quorum", choice("none", "majority"), default="none")
     witness = sec.take("witness", list_of(_witness), default=())
+    authority = sec.take("authority", choice(*etcdconfig.AUTHORITIES), default="heartbeats")
 
     own_address = node.address if node else None
     if peers is not INVALID:
@@ -303,6 +324,13 @@ def _cluster(ctx: Context, sec: Section, node: NodeConfig | None) -> ClusterConf
     elif group is not INVALID and not group.is_multicast:
         sec.problem("multicast_group", f"{group} is not a multicast address; use one in 239.0.0.0/8 "
                     "(IPv4) or ff02::/16 (IPv6)")
+    if authority == "etcd" and quorum == "majority":
+        # etcd's own majority decides who may lead: a second quorum could only keep a lease holder out.
+        sec.problem("quorum", "majority cannot go with authority: etcd (etcd's majority decides who may "
+                    "lead); remove quorum")
+    if authority == "etcd" and witness not in (INVALID, ()):
+        sec.problem("witness", "cannot go with authority: etcd (etcd decides who may lead when peers fall "
+                    "silent); remove witness")
     if quorum == "majority" and peers is not INVALID and len(peers) < 2:
         sec.problem("quorum", "majority needs a cluster of three or more nodes listed in cluster.peers "
                     "(the cluster's size); with two nodes use a witness instead")
@@ -314,11 +342,11 @@ def _cluster(ctx: Context, sec: Section, node: NodeConfig | None) -> ClusterConf
             sec.problem("auth_key_file", str(err))
     sec.done()
     if INVALID in (cluster_id, interface, udp_port, peers, group, interval, dead_after, preempt,
-                   preempt_delay, key_path, quorum, witness):
+                   preempt_delay, key_path, quorum, witness, authority):
         return None
     return ClusterConfig(cluster_id, interface, udp_port, tuple(peers or ()), group, interval,
                          dead_after, preempt, preempt_delay, key_path, auth_keys, quorum,
-                         tuple(witness or ()))
+                         tuple(witness or ()), authority)
 
 
 def _check_peers(sec: Section, peers, own_address) -> None:

@@ -25,6 +25,7 @@ class Why(str, enum.Enum):
     FAULT = "fault"                      # link down, check down, ...
     RECOVERED = "recovered"              # every fault cleared
     COMMAND = "command"                  # takeover by an operator
+    LEASE_LOST = "lease-lost"            # the leadership lease (etcd) ran out or went to another
     SHUTDOWN = "shutdown"
 
 
@@ -150,6 +151,34 @@ class CommandDone:
     text: str
 
 
+@dataclass(frozen=True)
+class TakeLease:
+    """Grant a lease of `ttl_s` and take the leadership key with it if nobody holds it; answer
+    with the lease events of hapacs.leasegate, dated when the request was sent."""
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class RenewLease:
+    """Renew the lease once (keepalive); answer with LeaseRenewed or LeaseFailed."""
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class RevokeLease:
+    """Give the lease up (its key goes with it), after the VIPs are gone: the next node takes
+    the key at once instead of waiting for the TTL. No answer is needed."""
+    lease_id: int
+    why: str
+
+
+@dataclass(frozen=True)
+class ProbeAuthority:
+    """Ask the authority who holds the key (a linearizable read); answer with KeyHolder or
+    LeaseFailed: whether it can be reached again."""
+    why: str
+
+
 Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
           | HandoverDone | PeerChange | SplitBrain | Notice | Misconfigured | ProbeWitness | Stopped
-          | CommandPending | CommandDone)
+          | CommandPending | CommandDone | TakeLease | RenewLease | RevokeLease | ProbeAuthority)

@@ -95,6 +95,7 @@ from .effects import (
 )
 from .guard import SplitBrainGuard
 from .handover import Handoffs
+from .leasegate import LeaseEvent, LeaseGate
 from .masterwatch import MasterWatch
 from .model import CommandRefused, ElectionView, Params, Peer
 from .peertable import PeerTable, split_brain_winner
@@ -130,6 +131,7 @@ class Election:
         self.handoffs = Handoffs(self)
         self.guard = SplitBrainGuard(params.witness, params.cluster_size)
         self.suspects = Suspects()
+        self.lease = LeaseGate(self, params.lease_ttl_s) if params.lease_ttl_s else None   # authority: etcd
         # The gates: any of these keeps this node from becoming MASTER on its own.
         self.faults: dict[str, str] = {}
         self.holds: dict[str, str] = {}
@@ -178,8 +180,7 @@ class Election:
         return self.peers.none_up()
 
     def best_candidate(self) -> bool:
-        """No live candidate peer ranks above this node (priority, then address), nor one held
-        only until its first check results."""
+        """No live candidate peer ranks above this node (priority, then address), nor a held one."""
         return not self.better_peers()
 
     def better_peers(self) -> list[Peer]:
@@ -247,6 +248,7 @@ class Election:
             self._conflicts.clear()
             if old in (State.MASTER, State.INIT) or new == State.FAULT:
                 effects.append(ReleaseVips(reason))
+            effects += self.lease.after_transition(old, new) if self.lease else []   # after the VIPs
             if self.master == self.p.name:
                 self.master = None
         effects += self.handoffs.on_enter(new, reason)
@@ -254,10 +256,12 @@ class Election:
         return effects + [self.send(now)]
 
     def become_master(self, reason: Reason, now: float, sticky: bool) -> list[Effect]:
+        sticky = sticky or self.handoffs.takeover_request.asking
+        if self.lease is not None and (waiting := self.lease.before_master(reason, now, sticky)) is not None:
+            return waiting     # only while holding the etcd lease
         # The wire carries 32 bits; at the top, ties fall to priority and address.
         self.max_term = min(self.max_term + 1, MAX_TERM)
         self.master_term = self.max_term
-        sticky = sticky or self.handoffs.takeover_request.asking
         effects = self.enter(State.MASTER, reason, now)
         self.sticky = sticky
         return effects
@@ -377,9 +381,8 @@ class Election:
         return []
 
     def set_checks(self, pending: str | None, penalty: int, fault: str | None, now: float) -> list[Effect]:
-        """The health checks' verdict, whole: still waiting for first results (`pending`), the
-        priority penalty of failing checks with a negative weight, and a FAULT reason. With no
-        check configured: set_checks(None, 0, None)."""
+        """The checks' verdict, whole: waiting for first results (`pending`), the priority penalty of
+        failing checks with a negative weight, a FAULT reason. No check: set_checks(None, 0, None)."""
         effects = self.set_hold("checks", pending, now)
         effects += self.set_penalty(penalty, now)
         return effects + self.set_fault("checks", fault, now, "every check is up again")
@@ -396,8 +399,7 @@ class Election:
         return []
 
     def listen_again(self, now: float) -> None:
-        """A gate opened (a hold, a suspect gone): a BACKUP that listened all along and was kept
-        from taking over takes over after the skew only when no MASTER is alive."""
+        """A gate opened: a BACKUP kept from taking over does so after the skew, if no MASTER is alive."""
         if self.state in (State.INIT, State.BACKUP) and not self.watch.timer.armed:
             master = self.live_master()
             if master is None:
@@ -447,12 +449,15 @@ class Election:
     # --- split-brain protection (the logic is in SplitBrainGuard) -------------------------------
 
     def _guard(self, now: float) -> list[Effect]:
-        return self.guard.after_event(self, now)
+        return self.guard.after_event(self, now) + (self.lease.after_event(now) if self.lease else [])
 
     def set_witness(self, ok: bool, text: str, now: float, probed_at: float | None = None) -> list[Effect]:
         """A witness probe's result: `ok` if any witness answered; `text` says what failed;
         `probed_at`: when the probe began (its answer proves nothing about earlier moments)."""
         return self.guard.witness_result(self, ok, text, now, now if probed_at is None else probed_at)
+
+    def authority(self, event: LeaseEvent, now: float) -> list[Effect]:
+        return self.lease.handle(event, now) + self._guard(now) if self.lease and self.deciding else []
 
     # --- operator commands and the shell's answers (the logic is in Handoffs) ------------------
 
@@ -469,7 +474,7 @@ class Election:
 
     def drained(self, cut: int, now: float) -> list[Effect]:
         """The shell finished draining (`cut` associations still open): hand over now."""
-        return self.handoffs.drained(cut, now)
+        return self.handoffs.drained(cut, now) + self._guard(now)
 
     def shutdown(self, drain_timeout_s: float, now: float) -> list[Effect]:
         """Leave cleanly: a MASTER hands over first (priority 0 naming the successor)."""
@@ -490,7 +495,7 @@ class Election:
         if not self.deciding:
             return None
         deadlines = [self.adver_deadline, self.peers.next_deadline(self.p.dead_after), self.vip_retry_at,
-                     self.handoffs.next_deadline(),
+                     self.handoffs.next_deadline(), self.lease.next_deadline() if self.lease else None,
                      self.suspects.next_deadline(self.p.dead_after, self.p.advert_interval_s)]
         if self.state in (State.INIT, State.BACKUP):
             deadlines.append(self.watch.deadline())
@@ -507,4 +512,5 @@ class Election:
             faults=tuple(self.faults.values()), holds=tuple(self.holds.values()), peers=self.peers.views(now),
             handover_target=handover.target if handover else None,
             alone=self.state == State.MASTER and self.peers.none_up(),
-            misconfigured=self.suspects.views((self.priority, self.p.address), now))
+            misconfigured=self.suspects.views((self.priority, self.p.address), now),
+            lease=self.lease.view(now) if self.lease else None)

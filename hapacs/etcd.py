@@ -191,6 +191,15 @@ class EtcdClient:
     async def get(self, key: bytes) -> KeyValue | None:
         return wire.parse_range(await self.call("/v3/kv/range", wire.range_body(key), "get"))
 
+    async def get_at(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The key and the store's revision it was read at (a watch from the next one misses nothing)."""
+        answer = await self.call("/v3/kv/range", wire.range_body(key), "get")
+        return wire.parse_range(answer), wire.header_revision(answer, "get")
+
+    async def status(self) -> dict:
+        """The member's status (answers without a quorum): is this endpoint an etcd that answers?"""
+        return await self.call("/v3/maintenance/status", {}, "status")
+
     async def delete_if_value(self, key: bytes, value: bytes) -> bool:
         """Delete the key only while it still holds `value` (a holder giving up, not a rival's key)."""
         answer = await self.call("/v3/kv/txn", wire.delete_if_value_body(key, value), "delete")
@@ -223,7 +232,8 @@ class EtcdClient:
         return await self._over_endpoints(lambda endpoint: self._open(endpoint, path, body, what), what)
 
     async def _over_endpoints(self, attempt, what: str):
-        self.last_errors = {}
+        errors: dict[str, EtcdError] = {}     # this request's own: requests may run side by side
+        self.last_errors = errors
         count = len(self.endpoints)
         for step in range(count):
             index = (self.current + step) % count
@@ -231,20 +241,20 @@ class EtcdClient:
             try:
                 result = await asyncio.wait_for(attempt(endpoint), self.timeout_s)
             except EtcdError as error:
-                self.last_errors[endpoint.url] = error
+                errors[endpoint.url] = error
                 if error.code in (wire.PERMISSION, wire.LEASE_NOT_FOUND, wire.REFUSED, wire.BAD_ANSWER):
                     self.current = index
                     raise       # etcd itself answered: another member would say the same
                 continue
             except TimeoutError:
-                self.last_errors[endpoint.url] = EtcdError(
+                errors[endpoint.url] = EtcdError(
                     wire.UNREACHABLE, f"{endpoint.url}: no answer within {self.timeout_s:g} s")
                 continue
             self.current = index
             return result
-        codes = {error.code for error in self.last_errors.values()}
+        codes = {error.code for error in errors.values()}
         code = codes.pop() if len(codes) == 1 else wire.UNREACHABLE
-        detail = "; ".join(error.reason for error in self.last_errors.values())
+        detail = "; ".join(error.reason for error in errors.values())
         raise EtcdError(code, f"{what}: no etcd endpoint answered: {detail}")
 
     async def _unary(self, endpoint: Endpoint, path: str, body: dict, what: str) -> dict:

@@ -69,6 +69,7 @@ class TakeResult:
 
     succeeded: bool
     holder: KeyValue | None
+    revision: int = 0   # the store's revision after the transaction (etcd's header)
 
 
 @dataclass(frozen=True)
@@ -222,11 +223,16 @@ def parse_take(answer: dict, what: str = "take") -> TakeResult:
     if not isinstance(responses, list) or not responses or not isinstance(responses[0], dict):
         raise EtcdError(BAD_ANSWER, f"{what}: the transaction answered no response")
     if succeeded:
-        return TakeResult(True, None)
+        return TakeResult(True, None, header_revision(answer, what))
     ranged = responses[0].get("response_range")
     if not isinstance(ranged, dict):
         raise EtcdError(BAD_ANSWER, f"{what}: the failed transaction answered no range")
-    return TakeResult(False, parse_range(ranged, what))
+    return TakeResult(False, parse_range(ranged, what), header_revision(answer, what))
+
+
+def header_revision(answer: dict, what: str) -> int:
+    """The store's revision when etcd answered (decode_json checked the header is there)."""
+    return _int(answer["header"].get("revision"), "header.revision", what, 0)
 
 
 def parse_succeeded(answer: dict, what: str) -> bool:

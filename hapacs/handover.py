@@ -205,12 +205,17 @@ class Handoffs:
             return [Notice("already MASTER; it now stays MASTER (no preemption back)"), owner.send(now),
                     CommandDone("takeover", True, "this node is MASTER and stays MASTER (no preemption back)")]
         master = owner.live_master()
+        wait = timing.takeover_wait_s(owner.p.drain_timeout_s, owner.p.dead_after, owner.p.advert_interval_s)
         if master is None:
-            return owner.become_master(Reason(Why.COMMAND, "takeover by operator (no MASTER alive)"),
-                                       now, sticky=True) + [CommandDone("takeover", True, TAKEN_OVER)]
+            effects = owner.become_master(Reason(Why.COMMAND, "takeover by operator (no MASTER alive)"),
+                                          now, sticky=True)
+            if owner.state == State.MASTER:
+                return effects + [CommandDone("takeover", True, TAKEN_OVER)]
+            # Waiting for the etcd lease: answered when this node is MASTER, or at the deadline.
+            self.takeover_request.ask(now, wait)
+            return effects + [CommandPending("takeover", now + wait)]
         if Flags.MAINTENANCE in master.flags:
             raise CommandRefused(f"MASTER {master.name} is in maintenance; turn maintenance off there first")
-        wait = timing.takeover_wait_s(owner.p.drain_timeout_s, owner.p.dead_after, owner.p.advert_interval_s)
         self.takeover_request.ask(now, wait)
         return [Notice(f"asking MASTER {master.name} to hand over"), owner.send(now),
                 CommandPending("takeover", now + wait)]

@@ -61,4 +61,5 @@ def election_params(config: Config, own: Address) -> Params:
         preempt=config.cluster.preempt, preempt_delay_s=config.cluster.preempt_delay_s,
         vip_digest=wire.vip_digest(v.label for v in config.vips),
         drain_timeout_s=config.handover.drain_timeout_s, witness=bool(config.cluster.witness),
-        cluster_size=1 + len(config.cluster.peers) if config.cluster.quorum == "majority" else 0)
+        cluster_size=1 + len(config.cluster.peers) if config.cluster.quorum == "majority" else 0,
+        lease_ttl_s=config.etcd.ttl_s if config.cluster.authority == "etcd" and config.etcd else 0)

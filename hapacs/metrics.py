@@ -92,12 +92,31 @@ def families(status: Status, scrapes: int = 0,
     _counters(page, status)
     _balance(page, status.balance)
     _bgp(page, status.bgp)
+    _authority(page, status.authority)
     page.counter("hapacs_metrics_scrapes_total", "Pages served at /metrics.", scrapes)
     page.counter("hapacs_metrics_bad_requests_total",
                  "Requests to the metrics port answered without a page, by cause.",
                  labels=[(cause, (bad_requests or {}).get(cause, 0)) for cause in BAD_CAUSES],
                  label_names=("cause",))
     return page.out
+
+
+def _authority(page: _Page, authority: dict) -> None:
+    """Who may lead (docs/status-json.md, "authority"); the etcd series only with authority etcd."""
+    kind = authority.get("kind", "heartbeats")
+    holder = authority.get("holder")
+    page.gauge("hapacs_authority_holder", "Always 1: who holds the leadership (authority etcd: the node named "
+               "in the key as this node knows it, none: no series; heartbeats: no series).",
+               labels=[(kind, holder, 1.0)] if holder else [], label_names=("kind", "holder"))
+    if kind != "etcd":
+        return
+    left = authority.get("lease_left_s")
+    page.gauge("hapacs_etcd_lease_left_seconds", "Seconds until this node's etcd lease runs out by its own "
+               "deadline (sent + TTL - margin); 0 when it holds none.", left if left is not None else 0.0)
+    page.gauge("hapacs_etcd_lease_ttl_seconds", "The etcd lease's TTL as granted.", authority["lease_ttl_s"])
+    page.gauge("hapacs_etcd_endpoints_up", "etcd endpoints that answered their last status request.",
+               authority["endpoints_up"])
+    page.gauge("hapacs_etcd_endpoints", "etcd endpoints configured (etcd.endpoints).", authority["endpoints"])
 
 
 def _node(page: _Page, status: Status) -> None:

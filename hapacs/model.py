@@ -4,10 +4,14 @@ frozen views it gives to status and SNMP. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import timing
 from .states import Flags, State
 from .wire import Advert
+
+if TYPE_CHECKING:
+    from .leasegate import LeaseView
 
 
 def would_take_over(state: State, priority: int, flags: Flags) -> bool:
@@ -34,6 +38,7 @@ class Params:
     drain_timeout_s: float = timing.DEFAULT_DRAIN_TIMEOUT_S   # handovers a peer asks for (takeover, preempt)
     witness: bool = False           # witnesses configured: alone, a node needs one to be MASTER
     cluster_size: int = 0           # quorum: majority of this many nodes (0: no quorum)
+    lease_ttl_s: int = 0            # authority etcd: lead only under a lease of this TTL (0: heartbeats)
 
 
 @dataclass
@@ -118,3 +123,4 @@ class ElectionView:
     handover_target: str | None
     alone: bool
     misconfigured: tuple[SuspectView, ...] = ()
+    lease: LeaseView | None = None     # hapacs.leasegate.LeaseView with authority etcd

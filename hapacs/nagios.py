@@ -108,6 +108,8 @@ def _judge(status: dict) -> Verdict:
     problems += [(WARNING, f"balanced member {m.name} of {m.service} {MEMBER_STATE_TEXT[m.state]}")
                  for m in members if m.state in MEMBER_STATE_TEXT]
 
+    problems += _authority(status.get("authority"), state)
+
     problems.sort(key=lambda problem: -problem[0])   # stable: worst first, then in the order above
     code = problems[0][0] if problems else OK
     master = status.get("master")
@@ -119,6 +121,20 @@ def _judge(status: dict) -> Verdict:
         text = head + "".join(f"; peer {p.name} {p.state}" for p in peers)
         text += f"; checks: {up} up" + (f", {pending} not run yet" if pending else "") if checks else "; no checks"
     return Verdict(code, text, _perfdata(peers, checks, members))
+
+
+def _authority(authority, state: str) -> list[tuple[int, str]]:
+    """With authority etcd: CRITICAL when no endpoint answers (no lease can be held or renewed),
+    WARNING while some do not (fewer failures left before that)."""
+    if authority is None or not isinstance(authority, dict) or authority.get("kind") != "etcd":
+        return []    # heartbeats, or an older agent without the field
+    up = _field(authority, "endpoints_up", int, "authority.")
+    total = _field(authority, "endpoints", int, "authority.")
+    if up == 0 and total:
+        return [] if state == "FAULT" else [(CRITICAL, f"etcd: none of {total} endpoints answers")]
+    if up < total:
+        return [(WARNING, f"etcd: {up} of {total} endpoints answer")]
+    return []
 
 
 def _perfdata(peers: list[_Peer], checks: list[_Check], members: list[_Member]) -> tuple[str, ...]:

@@ -19,6 +19,10 @@ _FIXED = (
     ("metrics.listen", lambda c: c.metrics),
     ("balance (added or removed)", lambda c: c.balance is None),
     ("balance.mode", lambda c: c.balance.mode if c.balance else None),
+    # The lease's TTL, key and etcd cluster: changing them under a held lease would move the
+    # leadership key beneath a running MASTER.
+    ("cluster.authority", lambda c: c.cluster.authority),
+    ("etcd", lambda c: c.etcd),
     ("balance.agent_port", lambda c: c.balance.agent_port if c.balance else None),
     ("bgp", lambda c: c.bgp),
 )

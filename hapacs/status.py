@@ -7,6 +7,10 @@ read this same object, so they never disagree.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leasegate import LeaseView
 
 
 # A balanced member's state in the status's "balance" object (metrics and SNMP show the same).
@@ -117,6 +121,8 @@ class Status:
     balance: dict | None = None
     # The BGP session gate (bgp: configured): hapacs.bgpgate.SessionGate.snapshot, already JSON-shaped.
     bgp: dict | None = None
+    # Who may lead (authority_status): {"kind": "heartbeats"}, or the etcd lease.
+    authority: dict = field(default_factory=lambda: {"kind": "heartbeats"})
 
     def to_json(self) -> dict:
         """The status object of docs/status-json.md, plus what operators need beside it."""
@@ -155,7 +161,30 @@ class Status:
                                "message": m.message} for m in self.misconfigured],
             **({"balance": self.balance} if self.balance is not None else {}),
             **({"bgp": self.bgp} if self.bgp is not None else {}),
+            "authority": dict(self.authority),
         }
+
+
+def authority_status(lease: LeaseView | None, endpoints: tuple[int, int] | None) -> dict:
+    """The status's "authority" object (docs/status-json.md): heartbeats alone, or the etcd lease
+    as this node knows it (`lease_left_s` only while this node holds it)."""
+    if lease is None:
+        return {"kind": "heartbeats"}
+    up, total = endpoints or (0, 0)
+    return {"kind": "etcd", "holder": lease.holder, "lease_ttl_s": lease.ttl_s,
+            "lease_left_s": None if lease.left_s is None else round(lease.left_s, 2),
+            "endpoints_up": up, "endpoints": total, "phase": lease.phase.value, "last_error": lease.last_error}
+
+
+def authority_line(authority: dict) -> list[str]:
+    if authority.get("kind") != "etcd":
+        return []
+    held = authority["holder"] or "(nobody)"
+    left = authority["lease_left_s"]
+    text = (f"authority etcd: lease held by {held}" + (f", {left:.1f} s left of {authority['lease_ttl_s']} s"
+                                                       if left is not None else "")
+            + f", {authority['endpoints_up']} of {authority['endpoints']} endpoints answer")
+    return [text] + ([f"  last etcd error: {authority['last_error']}"] if authority["last_error"] else [])
 
 
 def _age(seconds: float | None) -> str:
@@ -206,8 +235,8 @@ def bgp_lines(bgp: dict | None) -> list[str]:
     return ["", f"BGP gate {gate}", *_table(["BGP SESSION", "STATE", "SINCE"], rows)]
 
 
-def render_table(status: Status, history: int = 5) -> str:
-    """What an operator reads at a glance: who is MASTER, what is wrong, what changed."""
+def _heading(status: Status) -> list[str]:
+    """The node's state with its flags, and the cluster line."""
     flags = []
     if status.maintenance:
         flags.append("MAINTENANCE")
@@ -227,6 +256,12 @@ def render_table(status: Status, history: int = 5) -> str:
         f"master {status.master or '(none)'}"
         + (f" at {status.master_address}" if status.master_address and status.master != status.node else ""),
     ]
+    return lines + authority_line(status.authority)
+
+
+def render_table(status: Status, history: int = 5) -> str:
+    """What an operator reads at a glance: who is MASTER, what is wrong, what changed."""
+    lines = _heading(status)
     if status.faults:
         lines.append("FAULT because: " + "; ".join(status.faults))
     for peer in status.misconfigured:

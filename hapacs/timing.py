@@ -73,3 +73,44 @@ def lease_seconds(master_down_interval: float, advert_interval_s: float) -> int:
     loop stalled less than its peers tolerate, and the VIP would vanish with nobody taking
     over. Whole seconds, never under 2 (the kernel counts lifetimes in seconds)."""
     return max(2, math.ceil(master_down_interval + advert_interval_s))
+
+
+# The leadership lease (cluster.authority: etcd). A holder counts its lease from when it SENT
+# the grant or keepalive, never from when the answer came: etcd started the TTL at the earliest
+# then. It gives the VIPs up `lease_margin_s` before that, so that its own timer lateness and
+# clock rate never let two sites serve at once.
+LEASE_RETRY_MIN_S = 0.5      # after etcd could not be reached: first retry, doubling ...
+LEASE_RETRY_MAX_S = 4.0      # ... up to this
+
+
+def lease_margin_s(ttl_s: float) -> float:
+    """How long before etcd could expire the lease its holder drops the VIPs: a quarter of the TTL,
+    at least half a second."""
+    return max(0.5, ttl_s / 4)
+
+
+def lease_held_until(sent_at: float, ttl_s: float) -> float:
+    """The local deadline of a lease granted or renewed by a request sent at `sent_at`."""
+    return sent_at + ttl_s - lease_margin_s(ttl_s)
+
+
+def lease_renew_s(ttl_s: float) -> float:
+    """A holder renews every third of the TTL: two renewals may fail before the margin is reached."""
+    return ttl_s / 3
+
+
+def lease_retry_s(failures: int) -> float:
+    """The wait before asking etcd again after `failures` failures in a row (bounded backoff)."""
+    return min(LEASE_RETRY_MAX_S, LEASE_RETRY_MIN_S * 2 ** max(0, failures - 1))
+
+
+def lease_take_limit_s(ttl_s: float) -> float:
+    """The most a take (a grant and a transaction, each failing over every endpoint) may take
+    before the core counts it as failed."""
+    return max(5.0, 2 * ttl_s)
+
+
+def etcd_request_timeout_s(ttl_s: float) -> float:
+    """One attempt on one etcd endpoint: a renewal must be able to try another endpoint well
+    within the margin."""
+    return min(1.0, max(0.2, lease_margin_s(ttl_s) / 2))

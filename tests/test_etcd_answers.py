@@ -88,7 +88,8 @@ def test_well_formed_answers_parse_with_etcds_omitted_zero_fields():
                                                                                "kvs": [kv(value="other")]}}]})
     assert lost.succeeded is False and lost.holder.value == b"other"
     won = wire.parse_take({"header": HEADER, "succeeded": True, "responses": [{"response_put": {"header": HEADER}}]})
-    assert won == wire.TakeResult(True, None)
+    assert won == wire.TakeResult(True, None, 7)          # the store revision after the put
+    assert lost.revision == 7
     message = wire.parse_watch({"header": HEADER, "events": [{"kv": kv()}, {"type": "DELETE", "kv": kv(value="")}]})
     assert [e.type for e in message.events] == [wire.PUT, wire.DELETE] and message.revision == 7
 

@@ -257,8 +257,8 @@ def test_getnext_and_getbulk_walk_the_whole_tree_alike(harness, env):
     assert walked == sorted(walked) and len(set(walked)) == len(walked)
     assert walked[0] == oids.sysDescr + (0,) and walked[-1] == oids.snmpEngineMaxMessageSize + (0,)
     assert any(oid[:len(oids.vrrpv3MIB)] == oids.vrrpv3MIB for oid in walked)
-    # 12 node scalars, 14 counters, 1 peer x 7, 2 checks x 7, 2 VIPs x 5
-    assert sum(oid[:len(oids.hapacsMIB)] == oids.hapacsMIB for oid in walked) == 57
+    # 12 node scalars, 14 counters, 1 peer x 7, 2 checks x 7, 2 VIPs x 5, 5 authority scalars
+    assert sum(oid[:len(oids.hapacsMIB)] == oids.hapacsMIB for oid in walked) == 62
 
 
 # --- robustness -----------------------------------------------------------------------

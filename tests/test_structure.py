@@ -21,7 +21,7 @@ PACKAGE = ROOT / "hapacs"
 # The core: decisions and data, time as an argument, no I/O.
 PURE = ("wire", "election", "model", "effects", "states", "peertable", "masterwatch", "masterdown",
         "handover", "guard", "suspects", "timing", "heartbeat", "checktypes", "status", "checks/health",
-        "buckets", "etcdwire")
+        "buckets", "etcdwire", "leasegate")
 # Standard modules a pure module may use: none of them touches a clock, a file or the network.
 PURE_STDLIB = {"__future__", "enum", "dataclasses", "typing", "hashlib", "hmac", "struct", "math", "base64",
                "binascii", "json",

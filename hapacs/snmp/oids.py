@@ -84,6 +84,14 @@ hapacsVipPrefixLength = hapacsVipEntry + (4,)
 hapacsVipInterface = hapacsVipEntry + (5,)
 hapacsVipHeld = hapacsVipEntry + (6,)
 
+# Who may lead (heartbeats, or an etcd lease): scalars
+hapacsAuthority = hapacsObjects + (9,)
+hapacsAuthorityKind = hapacsAuthority + (1,)
+hapacsAuthorityHolder = hapacsAuthority + (2,)
+hapacsAuthorityLeaseLeft = hapacsAuthority + (3,)
+hapacsAuthorityEndpointsUp = hapacsAuthority + (4,)
+hapacsAuthorityEndpoints = hapacsAuthority + (5,)
+
 # balance: one row per (service, member), indexed by their positions in the configuration
 hapacsBalanceMemberEntry = hapacsObjects + (7, 1)
 hapacsBalanceServiceName = hapacsBalanceMemberEntry + (3,)

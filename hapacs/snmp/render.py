@@ -197,7 +197,22 @@ def render_hapacs(status: Status) -> list[tuple[Oid, Value]]:
             _row(o.hapacsVipInterface, (index,), text(vip.interface, 32)),
             _row(o.hapacsVipHeld, (index,), truth(vip.held)),
         ]
-    return items + render_balance(status.balance) + render_bgp(status.bgp)
+    return items + render_authority(status.authority) + render_balance(status.balance) + render_bgp(status.bgp)
+
+
+AUTHORITY_KIND = {"heartbeats": 1, "etcd": 2}
+
+
+def render_authority(authority: dict) -> list[tuple[Oid, Value]]:
+    """hapacsAuthority from the status's "authority" object (hapacs.status.authority_status)."""
+    left = authority.get("lease_left_s")
+    return [
+        _scalar(o.hapacsAuthorityKind, integer(AUTHORITY_KIND.get(authority.get("kind"), 1))),
+        _scalar(o.hapacsAuthorityHolder, text(authority.get("holder"), 64)),
+        _scalar(o.hapacsAuthorityLeaseLeft, unsigned(round(left * 1000) if left else 0)),
+        _scalar(o.hapacsAuthorityEndpointsUp, gauge(authority.get("endpoints_up") or 0)),
+        _scalar(o.hapacsAuthorityEndpoints, gauge(authority.get("endpoints") or 0)),
+    ]
 
 
 def render_balance(balance: dict | None) -> list[tuple[Oid, Value]]:
