@@ -71,6 +71,12 @@ BALANCE = {
 }
 
 
+# The status's "bgp" object (hapacs.bgpgate.SessionGate.snapshot) of a node whose one session is up;
+# make_status(bgp=BGP) adds it.
+BGP = {"protocols": [{"name": "uplink", "state": "Established", "since_s": 12.3}],
+       "ready": True, "stable_for_s": 5.0, "hold": None}
+
+
 def balance_with(*states: str, service: str = "dicom") -> dict:
     """BALANCE with its members (pacs-a, pacs-b, then more) in these states."""
     members = [{"name": f"pacs-{chr(ord('a') + i)}", "address": f"192.0.2.{11 + i}", "state": state,

@@ -24,7 +24,7 @@ from hapacs.snmp.agent import SnmpBindError
 from hapacs.snmp.render import OBJECT_TYPES
 from hapacs.status import PeerStatus
 from tests.snmp_helpers import (
-    BALANCE, COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, balance_with, make_status,
+    BALANCE, BGP, COMMUNITY, ROOT, IF_INDEX, MIB_DIRS, USERS, AgentHarness, TrapReceiver, balance_with, make_status,
     missing_tools, raw_v2c_get, response_request_id, run, snmp_config, trap_target, v3_args, wait_for,
 )
 
@@ -74,7 +74,7 @@ def walked_names(output: str) -> set[str]:
 # --- reading ----------------------------------------------------------------------
 
 def test_v2c_walk_shows_every_hapacs_object_by_name(harness, env):
-    harness.status = make_status(balance=BALANCE)
+    harness.status = make_status(balance=BALANCE, bgp=BGP)
     walk = snmp("snmpwalk", *V2C, *HAPACS, harness.v4, "hapacsMIB", env=env)
     assert walk.returncode == 0 and walk.stderr == "", walk.stderr
     readable = {name for name, oid in oids.named("hapacs").items() if oid in OBJECT_TYPES}
@@ -82,6 +82,7 @@ def test_v2c_walk_shows_every_hapacs_object_by_name(harness, env):
     assert "Wrong Type" not in walk.stdout            # net-snmp checks every value against the MIB
     assert "HAPACS-MIB::hapacsNodeState.0 = INTEGER: master(3)" in walk.stdout
     assert "HAPACS-MIB::hapacsCheckStatus.2 = INTEGER: pending(3)" in walk.stdout
+    assert "HAPACS-MIB::hapacsBgpSessionState.1 = INTEGER: established(6)" in walk.stdout
     assert "HAPACS-MIB::hapacsCheckLatency.1 = Gauge32: 3100 microseconds" in walk.stdout
     assert "HAPACS-MIB::hapacsNodeLastReason.0 = STRING: master pacs-b silent for 0.35 s" in walk.stdout
 
