@@ -36,7 +36,8 @@ from .balancer import balance_status, members_of
 from .buckets import assign, counts, fallbacks, passed_on, split
 from .hostsetup import StartupError
 from .model import CommandRefused, ElectionView
-from .nftdirect import NftError, ServiceRules
+from .nftcommand import NftError
+from .nftdirect import ServiceRules
 from .states import State
 
 if TYPE_CHECKING:

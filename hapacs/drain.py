@@ -12,7 +12,7 @@ last milliseconds before the move would have it cut.
 
 Counting uses psutil (from a thread: reading the kernel's connection table
 takes ~10 ms); the rule is added and removed with the `nft` command, run
-as a subprocess. Nothing here blocks the loop.
+as a subprocess (hapacs.nftcommand). Nothing here blocks the loop.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import shutil
 from dataclasses import dataclass
 
 import psutil
+
+from . import nftcommand
+from .nftcommand import NftError
 
 log = logging.getLogger("hapacs.drain")
 
@@ -72,7 +75,7 @@ def hold_ruleset(targets: tuple[Target, ...]) -> str:
 class Drainer:
     def __init__(self, targets: tuple[Target, ...], hold_new_connections: bool):
         self.reconfigure(targets, hold_new_connections)
-        self.nft = shutil.which("nft")
+        self.nft = shutil.which(nftcommand.NFT)
         self.holding = False
         self._hold_lock = asyncio.Lock()
         if self.hold_wanted and self.nft is None:
@@ -86,14 +89,11 @@ class Drainer:
         self.hold_wanted = hold_new_connections and bool(targets)
 
     async def _nft(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
+        """nft's exit code and error text; -1 when it cannot run or does not answer in time."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), NFT_TIMEOUT_S)
-            return proc.returncode, err.decode(errors="replace").strip()
-        except (OSError, asyncio.TimeoutError) as error:
-            return -1, str(error) or type(error).__name__
+            return await nftcommand.run(list(args), stdin, NFT_TIMEOUT_S)
+        except NftError as err:
+            return -1, str(err)
 
     async def clear_stale(self) -> None:
         """Remove a hold left by an agent that died during a handover."""

@@ -11,9 +11,10 @@ import re
 
 import pytest
 
-from hapacs import nftdirect
+from hapacs import nftcommand, nftdirect
 from hapacs.buckets import BUCKETS, assign, fallbacks, split
-from hapacs.nftdirect import NftError, ServiceRules
+from hapacs.nftcommand import NftError
+from hapacs.nftdirect import ServiceRules
 
 pytestmark = pytest.mark.root
 
@@ -93,6 +94,6 @@ def test_a_ruleset_the_kernel_refuses_is_an_error_with_nft_s_words():
 
 
 def test_nft_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(nftdirect, "NFT", "no-nft-here")
+    monkeypatch.setattr(nftcommand, "NFT", "no-nft-here")
     with pytest.raises(NftError, match=r"nft is not installed on this host \(Debian: apt install nftables\)"):
         asyncio.run(nftdirect.check([service()]))
