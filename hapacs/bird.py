@@ -139,7 +139,8 @@ class BirdClient:
             except UnicodeDecodeError:
                 raise BirdAnswerError(f"a line that is not ASCII text: {raw[:60]!r}") from None
             lines.append(line)
-            reply_lines(lines[-1:] if not line.startswith(" ") else [])   # garbage fails now, not at a timeout
+            if not line.startswith(" "):
+                reply_lines([line])         # garbage fails now, not at a timeout
             if ends_reply(line):
                 return reply_lines(lines)
         raise BirdAnswerError(f"a reply longer than {MAX_REPLY_LINES} lines")
@@ -161,20 +162,14 @@ class BgpWatch:
         self.faulted = False
         self.was_ready = False
         self._limited = RateLimited(log)
-        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         now = self.agent.loop.time()
         self.agent.core.set_hold(SOURCE, self.gate.hold_text(now), now)
-        self._task = self.agent.loop.create_task(self._run(), name="bgp")
+        self.agent.start_task(self._run(), "bgp")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Close the connection to BIRD (the agent cancels the poll task before, with all of its own)."""
         self.client.close()
 
     async def _run(self) -> None:
@@ -214,11 +209,7 @@ class BgpWatch:
         now = self.agent.loop.time()
         hold = self.gate.hold_text(now)
         master = self.agent.core.view(now).state == State.MASTER
-        down = self.gate.session_down()
-        if down and (master or self.faulted):
-            fault = self.gate.fault_text()
-        else:
-            fault = None
+        fault = self.gate.fault_text() if self.gate.session_down() and (master or self.faulted) else None
         if fault is not None and not self.faulted:
             log.warning("%s: handing the VIPs over", fault)
         ready = hold is None
