@@ -73,14 +73,17 @@ class SessionGate:
                 if old is None or old.state != "unreachable":
                     self.seen[name] = _Seen("unreachable", "", now)
 
-    def _established_since(self) -> float | None:
-        times = [seen.at for name, seen in self.seen.items() if seen.state == ESTABLISHED]
-        return min(times) if times and self.problem is None else None
+    def _longest_established(self) -> tuple[str, float] | None:
+        """(name, since when) of the protocol Established the longest, if one is and BIRD's answer was read."""
+        if self.problem is not None:
+            return None
+        established = [(name, seen.at) for name, seen in self.seen.items() if seen.state == ESTABLISHED]
+        return min(established, key=lambda found: found[1], default=None)
 
     def ready_at(self) -> float | None:
         """When the gate opens (or opened), if a session is Established now."""
-        since = self._established_since()
-        return None if since is None else since + self.stable_for_s
+        longest = self._longest_established()
+        return None if longest is None else longest[1] + self.stable_for_s
 
     def ready(self, now: float) -> bool:
         at = self.ready_at()
@@ -100,9 +103,9 @@ class SessionGate:
             return None
         if self.problem is not None:
             return f"BGP session state unknown: {self.problem}"
-        since = self._established_since()
-        if since is not None:
-            name = next(n for n in self.protocols if self.seen.get(n) and self.seen[n].state == ESTABLISHED)
+        longest = self._longest_established()
+        if longest is not None:
+            name, since = longest
             return (f"BGP session {name} Established for {now - since:.1f} s, not yet the {self.stable_for_s:g} s "
                     "of bgp.stable_for")
         shown = ", ".join(f"{name} not established ({self.seen[name].state} for {now - self.seen[name].at:.1f} s)"

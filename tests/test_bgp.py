@@ -211,6 +211,14 @@ def test_one_of_several_protocols_is_enough_and_a_missing_one_is_named():
     assert gate.session_down() and "uplink not established (missing for 0.0 s)" in gate.hold_text(3.0)
 
 
+def test_the_hold_names_the_session_established_the_longest():
+    gate = SessionGate(("uplink", "backup"), 5.0, now=0.0)
+    gate.update({"backup": Protocol("backup", "Established", "01:00:01.000")}, 1.0)
+    gate.update({**up("01:00:03.000"), "backup": Protocol("backup", "Established", "01:00:01.000")}, 3.0)
+    assert gate.ready_at() == 6.0
+    assert gate.hold_text(4.0) == "BGP session backup Established for 3.0 s, not yet the 5 s of bgp.stable_for"
+
+
 def test_unreachable_bird_is_down_and_garbage_is_unknown():
     gate = SessionGate(("uplink",), 0.0, now=0.0)
     gate.update(up(), 1.0)
