@@ -274,3 +274,21 @@ def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_membe
     listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
     balancer_only = members_of(listed, ipaddress.ip_address("192.0.2.11"))
     assert service_rules(listed, balancer_only, alive, "192.0.2.11")[0].pass_to == ()
+
+
+def test_netlink_refusing_the_neighbour_table_is_an_oserror_the_table_loop_survives(monkeypatch):
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    class Refusing:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get_neighbours(self):
+            raise NetlinkError(1, "Operation not permitted")
+
+    monkeypatch.setattr(directdrain, "IPRoute", Refusing)
+    with pytest.raises(OSError, match="netlink refuses the neighbour table dump"):
+        directdrain.neighbour_macs(["192.0.2.12"])
