@@ -276,7 +276,7 @@ def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_membe
     assert service_rules(listed, balancer_only, alive, "192.0.2.11")[0].pass_to == ()
 
 
-def test_netlink_refusing_the_neighbour_table_is_an_oserror_the_table_loop_survives(monkeypatch):
+def test_netlink_refusing_the_neighbour_table_is_an_oserror_which_the_table_loop_catches(monkeypatch):
     from pyroute2.netlink.exceptions import NetlinkError
 
     class Refusing:
