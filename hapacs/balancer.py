@@ -22,6 +22,7 @@ import logging
 import shutil
 from typing import TYPE_CHECKING, Protocol
 
+from . import nftcommand
 from .agentcheck import AgentCheckServer
 from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
 from .hostsetup import StartupError
@@ -173,25 +174,22 @@ class Balancer:
     async def _route(self) -> None:
         """Bring the host's routing to what the configuration and the VIP's place ask (RoutingError)."""
         async with self._routing_lock:
-            await self._route_now()
-
-    async def _route_now(self) -> None:
-        plan = self._plan(self.config)
-        if plan is None:
-            if self.routing.applied is not None:
-                await self.routing.remove()
-                log.info("balance: transparent routing and outgoing_from_vip removed")
-        elif plan != self.routing.applied:
-            await self.routing.apply(plan)
-            log.info("balance: routing for %s set up (%s)", " and ".join(
-                what for what, on in (("client_address transparent", plan.transparent),
-                                      ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
-                "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
+            plan = self._plan(self.config)
+            if plan is None:
+                if self.routing.applied is not None:
+                    await self.routing.remove()
+                    log.info("balance: transparent routing and outgoing_from_vip removed")
+            elif plan != self.routing.applied:
+                await self.routing.apply(plan)
+                log.info("balance: routing for %s set up (%s)", " and ".join(
+                    what for what, on in (("client_address transparent", plan.transparent),
+                                          ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
+                    "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
 
     async def _unroute(self, stale: bool = False) -> None:
         """Remove hapacs's routing; `stale`: also when this agent set none up (only where nft exists)."""
         if self._plan(self.config) is None and self.routing.applied is None \
-                and not (stale and shutil.which("nft")):
+                and not (stale and shutil.which(nftcommand.NFT)):
             return
         async with self._routing_lock:
             try:
