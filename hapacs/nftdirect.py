@@ -79,9 +79,14 @@ def _hash(family: str) -> str:
     return f"jhash {family} saddr . tcp sport mod {BUCKETS} seed {SEED:#x}"
 
 
-def _rules(service: ServiceRules) -> list[str]:
+def _match(service: ServiceRules) -> tuple[str, str]:
+    """The service's address family in nft's words, and the match of its packets (VIP and port)."""
     family = "ip" if service.address.version == 4 else "ip6"
-    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    return family, f"{family} daddr {service.address} tcp dport {service.port}"
+
+
+def _rules(service: ServiceRules) -> list[str]:
+    family, match = _match(service)
     lines = [f"# service {service.name}"]
     for mac, buckets in service.passed_on:
         lines.append(f"{match} ether saddr {mac} {_hash(family)} {{ {', '.join(str(b) for b in buckets)} }} accept")
@@ -94,8 +99,7 @@ def _rules(service: ServiceRules) -> list[str]:
 
 
 def _pass_rules(service: ServiceRules) -> list[str]:
-    family = "ip" if service.address.version == 4 else "ip6"
-    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    family, match = _match(service)
     buckets = ", ".join(str(b) for b, _ in service.pass_to)
     pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.pass_to)
     if service.drained:
