@@ -27,13 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ESTABLISHED = "Established"
+# The BGP session states as BIRD shows them in `show protocols`: RFC 4271 8.2.2's, and BIRD's Close.
+BGP_STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", ESTABLISHED, "Close")
 
 
 @dataclass(frozen=True)
 class Protocol:
     """One line of BIRD's `show protocols`, as hapacs.bird read it."""
     name: str
-    state: str          # the BGP state: Idle, Connect, Active, OpenSent, OpenConfirm, Established, Close, Down
+    state: str          # one of BGP_STATES; without one, Down (BIRD shows it down) or BIRD's State (start, up)
     since: str          # BIRD's `since` column, as written: a new value means a new session
 
 

@@ -26,7 +26,7 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from .bgpgate import Protocol, SessionGate
+from .bgpgate import BGP_STATES, Protocol, SessionGate
 from .logs import RateLimited
 from .states import State
 
@@ -39,7 +39,6 @@ SOURCE = "bgp"                 # the election's hold and fault source
 ANSWER_TIMEOUT_S = 2.0         # connect, greeting, or one whole reply
 MAX_REPLY_LINES = 4096
 MAX_LINE_BYTES = 4096
-BGP_STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established", "Close")
 _LINE = re.compile(r"^(\d{4})([ -])(.*)$")
 
 
