@@ -209,6 +209,10 @@ class Balancer:
                     self._set_routing_fault(str(err))
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
+            except Exception:     # a bug here must not leave the return routes where the VIP was
+                log.exception("balance: internal error while following the VIP with the routing; trying again")
+                await asyncio.sleep(RESTART_DELAY_S)
+                continue
             if self._routing_fault is not None:
                 self._set_routing_fault(None)
 

@@ -213,7 +213,7 @@ class HostRouting:
     async def _local_table(self, ipr, plan: Plan) -> None:
         await _flush_table(ipr, LOCAL_TABLE)
         if plan.transparent:
-            lo = (await ipr.link_lookup(ifname="lo"))[0]
+            lo = (await _netlink("link lo", ipr.link_lookup(ifname="lo")))[0]
             await _netlink(f"route local 0.0.0.0/0 dev lo (table {LOCAL_TABLE})", ipr.route(
                 "add", dst="0.0.0.0/0", type="local", oif=lo, table=LOCAL_TABLE, scope=254))
 
@@ -232,6 +232,8 @@ async def _netlink(what: str, request):
     except NetlinkError as err:
         raise RoutingError(f"netlink refuses {what}: {err.args[1] if len(err.args) > 1 else err} "
                            f"(errno {err.code})") from None
+    except OSError as err:
+        raise RoutingError(f"netlink cannot be asked for {what}: {err.strerror or err}") from None
 
 
 async def _flush_rules(ipr) -> int:
