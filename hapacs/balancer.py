@@ -100,12 +100,17 @@ def members_of(config: Config, own_address) -> tuple[Member, ...]:
             + tuple(Member(str(p), None, p) for p in config.cluster.peers))
 
 
+def held_vips(agent: Agent) -> set[str]:
+    """The addresses (without prefix length) of the VIPs this node holds now."""
+    return {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+
+
 def balance_status(agent: Agent, config: Config, members: tuple[Member, ...], member_fields, **extra) -> dict:
     """The status JSON's "balance" object (docs/status-json.md), whichever engine balances: each
     service, `active` where this node holds its VIP, with its members named as configured or as
     heard; `member_fields(service, member)` gives what the engine knows of a member (its state,
     counts), `extra` what it knows of itself."""
-    held = {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+    held = held_vips(agent)
     names = {address: name for name, address in agent.book.peer_addresses.items()}
     services = [{"name": s.name, "address": str(s.address), "port": s.port, "active": str(s.address) in held,
                  "members": [{"name": m.name or names.get(m.server, m.server), "address": m.server,
@@ -166,10 +171,9 @@ class Balancer:
     # --- the host's routing for transparent and outgoing_from_vip ----------------------
 
     def _plan(self, config: Config):
-        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
         members = members_of(config, self.agent.own_address)
         return plan_for(config.balance, tuple(m.server for m in members),
-                        config.balance is not None and str(config.balance.vip) in held)
+                        config.balance is not None and str(config.balance.vip) in held_vips(self.agent))
 
     async def _route(self) -> None:
         """Bring the host's routing to what the configuration and the VIP's place ask (RoutingError)."""
