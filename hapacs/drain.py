@@ -4,8 +4,9 @@ A MASTER that hands over (release, takeover, preempt, stop) first waits
 until no association is established to a VIP's DICOM ports, so that no
 transfer is cut. What it drains is a list of (VIP, port) pairs
 (Config.drain_targets): services balanced by direct routing are left out,
-since their associations carry on through the next VIP holder. While it waits, new connections to those ports are held
-back: an nftables rule drops their first packet (SYN), the workstation's
+since their associations carry on through the next VIP holder. While it
+waits, new connections to those pairs are held back: an nftables rule
+drops their first packet (SYN), the workstation's
 TCP sends it again one second later, and by then the VIP lives on the new
 MASTER. Without the hold, a workstation whose association started in the
 last milliseconds before the move would have it cut.
