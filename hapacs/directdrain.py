@@ -26,6 +26,8 @@ import psutil
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .drain import local_endpoints
+
 log = logging.getLogger("hapacs.balance")
 
 DISCARD_PORT = 9
@@ -60,6 +62,4 @@ def ask_for(address: str) -> None:
 
 def listening_on(address: str, port: int) -> bool:
     """Whether a program listens on exactly (address, port), not on every address."""
-    wanted = str(ipaddress.ip_address(address))
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               and c.laddr.ip.removeprefix("::ffff:") == wanted for c in psutil.net_connections(kind="tcp"))
+    return (str(ipaddress.ip_address(address)), port) in local_endpoints(psutil.CONN_LISTEN)

@@ -48,14 +48,16 @@ class DrainResult:
 Target = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]     # (VIP, port)
 
 
+def local_endpoints(status: str) -> list[tuple[str, int]]:
+    """(address, port) of this host's TCP sockets in `status` (psutil.CONN_ESTABLISHED, CONN_LISTEN...),
+    an IPv4-mapped IPv6 address written as IPv4."""
+    return [(conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port) for conn in psutil.net_connections(kind="tcp")
+            if conn.status == status and conn.laddr]
+
+
 def established(targets: set[tuple[str, int]]) -> int:
     """Associations (TCP connections) established to a drained (VIP, port)."""
-    count = 0
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr \
-                and (conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port) in targets:
-            count += 1
-    return count
+    return sum(1 for endpoint in local_endpoints(psutil.CONN_ESTABLISHED) if endpoint in targets)
 
 
 def hold_ruleset(targets: tuple[Target, ...]) -> str:
