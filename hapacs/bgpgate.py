@@ -47,17 +47,16 @@ class _Seen:
 
 
 class SessionGate:
-    def __init__(self, protocols: tuple[str, ...], stable_for_s: float, now: float):
+    def __init__(self, protocols: tuple[str, ...], stable_for_s: float):
         self.protocols = protocols
         self.stable_for_s = stable_for_s
         self.seen: dict[str, _Seen] = {}
         self.problem: str | None = "waiting for the first answer of the BGP speaker"
         self.unreachable = False
-        self.answered_at = now
 
     def update(self, answer: dict[str, Protocol], now: float) -> None:
         """BIRD answered: the protocols it listed (those it did not list are missing)."""
-        self.problem, self.unreachable, self.answered_at = None, False, now
+        self.problem, self.unreachable = None, False
         for name in self.protocols:
             protocol = answer.get(name)
             state, since = (protocol.state, protocol.since) if protocol else ("missing", "")

@@ -156,7 +156,7 @@ class BgpWatch:
     def __init__(self, agent: Agent):
         self.agent = agent
         self.config = agent.config.bgp
-        self.gate = SessionGate(self.config.protocols, self.config.stable_for_s, agent.loop.time())
+        self.gate = SessionGate(self.config.protocols, self.config.stable_for_s)
         self.client = BirdClient(self.config.socket)
         self.faulted = False
         self.was_ready = False
