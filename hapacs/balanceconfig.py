@@ -126,7 +126,7 @@ def _routing_rules(sec: Section, mode, client, services, workstations, outgoing)
     what = "client_address: transparent" if transparent else "outgoing_from_vip"
     key = "client_address" if transparent else "outgoing_from_vip"
     if outgoing and mode != "proxy":
-        sec.problem("outgoing_from_vip", "applies to mode proxy only")
+        sec.problem("outgoing_from_vip", "applies to mode proxy only; leave it out with mode direct")
     if not workstations:
         sec.problem(key, f"{what} needs workstations: the networks the workstations are in, such as "
                     "workstations: [198.51.100.0/24] (the members reach them through the VIP's holder)")

@@ -22,6 +22,7 @@ import logging
 import shutil
 from typing import TYPE_CHECKING, Protocol
 
+from . import nftcommand
 from .agentcheck import AgentCheckServer
 from .haproxy import HAProxy, HAProxyError, Member, backend_name, exit_text, render
 from .hostsetup import StartupError
@@ -99,12 +100,17 @@ def members_of(config: Config, own_address) -> tuple[Member, ...]:
             + tuple(Member(str(p), None, p) for p in config.cluster.peers))
 
 
+def held_vips(agent: Agent) -> set[str]:
+    """The addresses (without prefix length) of the VIPs this node holds now."""
+    return {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+
+
 def balance_status(agent: Agent, config: Config, members: tuple[Member, ...], member_fields, **extra) -> dict:
     """The status JSON's "balance" object (docs/status-json.md), whichever engine balances: each
     service, `active` where this node holds its VIP, with its members named as configured or as
     heard; `member_fields(service, member)` gives what the engine knows of a member (its state,
     counts), `extra` what it knows of itself."""
-    held = {v.address.split("/")[0] for v in agent.vips.statuses() if v.held}
+    held = held_vips(agent)
     names = {address: name for name, address in agent.book.peer_addresses.items()}
     services = [{"name": s.name, "address": str(s.address), "port": s.port, "active": str(s.address) in held,
                  "members": [{"name": m.name or names.get(m.server, m.server), "address": m.server,
@@ -165,33 +171,29 @@ class Balancer:
     # --- the host's routing for transparent and outgoing_from_vip ----------------------
 
     def _plan(self, config: Config):
-        held = {v.address.split("/")[0] for v in self.agent.vips.statuses() if v.held}
         members = members_of(config, self.agent.own_address)
         return plan_for(config.balance, tuple(m.server for m in members),
-                        config.balance is not None and str(config.balance.vip) in held)
+                        config.balance is not None and str(config.balance.vip) in held_vips(self.agent))
 
     async def _route(self) -> None:
         """Bring the host's routing to what the configuration and the VIP's place ask (RoutingError)."""
         async with self._routing_lock:
-            await self._route_now()
-
-    async def _route_now(self) -> None:
-        plan = self._plan(self.config)
-        if plan is None:
-            if self.routing.applied is not None:
-                await self.routing.remove()
-                log.info("balance: transparent routing and outgoing_from_vip removed")
-        elif plan != self.routing.applied:
-            await self.routing.apply(plan)
-            log.info("balance: routing for %s set up (%s)", " and ".join(
-                what for what, on in (("client_address transparent", plan.transparent),
-                                      ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
-                "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
+            plan = self._plan(self.config)
+            if plan is None:
+                if self.routing.applied is not None:
+                    await self.routing.remove()
+                    log.info("balance: transparent routing and outgoing_from_vip removed")
+            elif plan != self.routing.applied:
+                await self.routing.apply(plan)
+                log.info("balance: routing for %s set up (%s)", " and ".join(
+                    what for what, on in (("client_address transparent", plan.transparent),
+                                          ("outgoing_from_vip", plan.outgoing_from_vip)) if on),
+                    "this node holds the VIP" if plan.vip_here else f"workstations reached via {plan.vip}")
 
     async def _unroute(self, stale: bool = False) -> None:
         """Remove hapacs's routing; `stale`: also when this agent set none up (only where nft exists)."""
         if self._plan(self.config) is None and self.routing.applied is None \
-                and not (stale and shutil.which("nft")):
+                and not (stale and shutil.which(nftcommand.NFT)):
             return
         async with self._routing_lock:
             try:
@@ -209,6 +211,10 @@ class Balancer:
                 if self._routing_fault is None:
                     log.error("balance: %s", err)
                     self._set_routing_fault(str(err))
+                await asyncio.sleep(RESTART_DELAY_S)
+                continue
+            except Exception:     # a bug here must not leave the return routes where the VIP was
+                log.exception("balance: internal error while following the VIP with the routing; trying again")
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
             if self._routing_fault is not None:

@@ -36,7 +36,7 @@ def _protocol_name(ctx: Context, located, path: str):
     value = located.value if located.kind == "scalar" else None
     if not isinstance(value, str) or not _PROTOCOL_NAME.match(value):
         return ctx.bad(located, path, f"{value if isinstance(value, str) else 'this'!r} is not a BIRD protocol "
-                       "name (a letter or '_', then letters, digits or '_', such as uplink)")
+                       "name (a letter or '_', then letters, digits or '_', 64 characters at most, such as uplink)")
     return value
 
 
@@ -50,6 +50,7 @@ def read(ctx: Context, sec: Section) -> BgpConfig | None:
     if INVALID in (socket_path, protocols, stable_for, poll):
         return None
     if len(set(protocols)) != len(protocols):
-        sec.problem("protocols", f"lists a protocol twice ({', '.join(protocols)}); give each once")
+        twice = sorted({p for p in protocols if protocols.count(p) > 1})
+        sec.problem("protocols", f"lists a protocol twice ({', '.join(twice)}); give each once")
         return None
     return BgpConfig(socket_path, tuple(protocols), stable_for, poll)

@@ -27,13 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ESTABLISHED = "Established"
+# The BGP session states as BIRD shows them in `show protocols`: RFC 4271 8.2.2's, and BIRD's Close.
+BGP_STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", ESTABLISHED, "Close")
 
 
 @dataclass(frozen=True)
 class Protocol:
     """One line of BIRD's `show protocols`, as hapacs.bird read it."""
     name: str
-    state: str          # the BGP state: Idle, Connect, Active, OpenSent, OpenConfirm, Established, Close, Down
+    state: str          # one of BGP_STATES; without one, Down (BIRD shows it down) or BIRD's State (start, up)
     since: str          # BIRD's `since` column, as written: a new value means a new session
 
 
@@ -45,17 +47,16 @@ class _Seen:
 
 
 class SessionGate:
-    def __init__(self, protocols: tuple[str, ...], stable_for_s: float, now: float):
+    def __init__(self, protocols: tuple[str, ...], stable_for_s: float):
         self.protocols = protocols
         self.stable_for_s = stable_for_s
         self.seen: dict[str, _Seen] = {}
         self.problem: str | None = "waiting for the first answer of the BGP speaker"
         self.unreachable = False
-        self.answered_at = now
 
     def update(self, answer: dict[str, Protocol], now: float) -> None:
         """BIRD answered: the protocols it listed (those it did not list are missing)."""
-        self.problem, self.unreachable, self.answered_at = None, False, now
+        self.problem, self.unreachable = None, False
         for name in self.protocols:
             protocol = answer.get(name)
             state, since = (protocol.state, protocol.since) if protocol else ("missing", "")
@@ -73,14 +74,17 @@ class SessionGate:
                 if old is None or old.state != "unreachable":
                     self.seen[name] = _Seen("unreachable", "", now)
 
-    def _established_since(self) -> float | None:
-        times = [seen.at for name, seen in self.seen.items() if seen.state == ESTABLISHED]
-        return min(times) if times and self.problem is None else None
+    def _longest_established(self) -> tuple[str, float] | None:
+        """(name, since when) of the protocol Established the longest, if one is and BIRD's answer was read."""
+        if self.problem is not None:
+            return None
+        established = [(name, seen.at) for name, seen in self.seen.items() if seen.state == ESTABLISHED]
+        return min(established, key=lambda found: found[1], default=None)
 
     def ready_at(self) -> float | None:
         """When the gate opens (or opened), if a session is Established now."""
-        since = self._established_since()
-        return None if since is None else since + self.stable_for_s
+        longest = self._longest_established()
+        return None if longest is None else longest[1] + self.stable_for_s
 
     def ready(self, now: float) -> bool:
         at = self.ready_at()
@@ -100,9 +104,9 @@ class SessionGate:
             return None
         if self.problem is not None:
             return f"BGP session state unknown: {self.problem}"
-        since = self._established_since()
-        if since is not None:
-            name = next(n for n in self.protocols if self.seen.get(n) and self.seen[n].state == ESTABLISHED)
+        longest = self._longest_established()
+        if longest is not None:
+            name, since = longest
             return (f"BGP session {name} Established for {now - since:.1f} s, not yet the {self.stable_for_s:g} s "
                     "of bgp.stable_for")
         shown = ", ".join(f"{name} not established ({self.seen[name].state} for {now - self.seen[name].at:.1f} s)"

@@ -26,7 +26,7 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from .bgpgate import Protocol, SessionGate
+from .bgpgate import BGP_STATES, Protocol, SessionGate
 from .logs import RateLimited
 from .states import State
 
@@ -39,7 +39,6 @@ SOURCE = "bgp"                 # the election's hold and fault source
 ANSWER_TIMEOUT_S = 2.0         # connect, greeting, or one whole reply
 MAX_REPLY_LINES = 4096
 MAX_LINE_BYTES = 4096
-BGP_STATES = ("Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established", "Close")
 _LINE = re.compile(r"^(\d{4})([ -])(.*)$")
 
 
@@ -139,7 +138,8 @@ class BirdClient:
             except UnicodeDecodeError:
                 raise BirdAnswerError(f"a line that is not ASCII text: {raw[:60]!r}") from None
             lines.append(line)
-            reply_lines(lines[-1:] if not line.startswith(" ") else [])   # garbage fails now, not at a timeout
+            if not line.startswith(" "):
+                reply_lines([line])         # garbage fails now, not at a timeout
             if ends_reply(line):
                 return reply_lines(lines)
         raise BirdAnswerError(f"a reply longer than {MAX_REPLY_LINES} lines")
@@ -156,25 +156,19 @@ class BgpWatch:
     def __init__(self, agent: Agent):
         self.agent = agent
         self.config = agent.config.bgp
-        self.gate = SessionGate(self.config.protocols, self.config.stable_for_s, agent.loop.time())
+        self.gate = SessionGate(self.config.protocols, self.config.stable_for_s)
         self.client = BirdClient(self.config.socket)
         self.faulted = False
         self.was_ready = False
         self._limited = RateLimited(log)
-        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         now = self.agent.loop.time()
         self.agent.core.set_hold(SOURCE, self.gate.hold_text(now), now)
-        self._task = self.agent.loop.create_task(self._run(), name="bgp")
+        self.agent.start_task(self._run(), "bgp")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Close the connection to BIRD (the agent cancels the poll task before, with all of its own)."""
         self.client.close()
 
     async def _run(self) -> None:
@@ -214,11 +208,7 @@ class BgpWatch:
         now = self.agent.loop.time()
         hold = self.gate.hold_text(now)
         master = self.agent.core.view(now).state == State.MASTER
-        down = self.gate.session_down()
-        if down and (master or self.faulted):
-            fault = self.gate.fault_text()
-        else:
-            fault = None
+        fault = self.gate.fault_text() if self.gate.session_down() and (master or self.faulted) else None
         if fault is not None and not self.faulted:
             log.warning("%s: handing the VIPs over", fault)
         ready = hold is None

@@ -35,8 +35,10 @@ from . import directdrain, nftdirect
 from .balancer import balance_status, members_of
 from .buckets import assign, counts, fallbacks, passed_on, split
 from .hostsetup import StartupError
+from .logs import RateLimited
 from .model import CommandRefused, ElectionView
-from .nftdirect import NftError, ServiceRules
+from .nftcommand import NftError
+from .nftdirect import ServiceRules
 from .states import State
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class DirectBalancer:
         self.drained = False
         self.macs: dict[str, str] = {}
         self._macs_read_at = float("-inf")
+        self._limited = RateLimited(log)     # a failing read is tried again every MAC_MISSING_S
 
     async def start(self) -> None:
         self.alive = alive_members(self.agent.core.view(self.agent.loop.time()), self.own)
@@ -127,10 +130,14 @@ class DirectBalancer:
     async def _follow(self) -> None:
         """Keep the kernel's table equal to the map of the members alive now."""
         while True:
-            self.alive = alive_members(self.agent.core.view(self.agent.loop.time()), self.own)
-            await self._read_macs()
-            rules = service_rules(self.config, self.members, self.alive, self.own, self.drained, self.macs)
-            loaded = rules == self.loaded or await self._load(rules)
+            loaded = False
+            try:
+                self.alive = alive_members(self.agent.core.view(self.agent.loop.time()), self.own)
+                await self._read_macs()
+                rules = service_rules(self.config, self.members, self.alive, self.own, self.drained, self.macs)
+                loaded = rules == self.loaded or await self._load(rules)
+            except Exception:     # a bug here must not freeze the table in its last map
+                log.exception("balance: internal error while keeping the direct-routing table; trying again")
             await asyncio.sleep(FOLLOW_PERIOD_S if loaded else RETRY_DELAY_S)
 
     async def _read_macs(self) -> None:
@@ -146,7 +153,8 @@ class DirectBalancer:
         try:
             self.macs = await asyncio.to_thread(directdrain.neighbour_macs, wanted)
         except OSError as err:
-            log.warning("balance: cannot read the members' MAC addresses: %s", err)
+            self._limited.warning("macs", self.agent.loop.time(), "balance: cannot read the members' MAC "
+                                  "addresses: %s", err)
         self._macs_read_at = self.agent.loop.time()
 
     async def _load(self, rules: list[ServiceRules]) -> bool:

@@ -24,6 +24,9 @@ import socket
 
 import psutil
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .drain import local_endpoints
 
 log = logging.getLogger("hapacs.balance")
 
@@ -31,15 +34,18 @@ DISCARD_PORT = 9
 
 
 def neighbour_macs(addresses: list[str]) -> dict[str, str]:
-    """Address -> MAC address, for those of `addresses` the kernel's neighbour table knows. Blocking
-    (netlink): call it from a thread."""
+    """Address -> MAC address, for those of `addresses` the kernel's neighbour table knows; OSError
+    when netlink cannot be asked or refuses. Blocking (netlink): call it from a thread."""
     wanted = {str(ipaddress.ip_address(a)) for a in addresses}
     found: dict[str, str] = {}
-    with IPRoute() as ipr:
-        for message in ipr.get_neighbours():
-            destination, mac = message.get_attr("NDA_DST"), message.get_attr("NDA_LLADDR")
-            if destination and mac and str(ipaddress.ip_address(destination)) in wanted:
-                found[str(ipaddress.ip_address(destination))] = mac
+    try:
+        with IPRoute() as ipr:
+            for message in ipr.get_neighbours():
+                destination, mac = message.get_attr("NDA_DST"), message.get_attr("NDA_LLADDR")
+                if destination and mac and str(ipaddress.ip_address(destination)) in wanted:
+                    found[str(ipaddress.ip_address(destination))] = mac
+    except NetlinkError as err:     # not an OSError: it would end the balancer's table loop
+        raise OSError(err.code, f"netlink refuses the neighbour table dump: {err}") from None
     return found
 
 
@@ -56,6 +62,4 @@ def ask_for(address: str) -> None:
 
 def listening_on(address: str, port: int) -> bool:
     """Whether a program listens on exactly (address, port), not on every address."""
-    wanted = str(ipaddress.ip_address(address))
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               and c.laddr.ip.removeprefix("::ffff:") == wanted for c in psutil.net_connections(kind="tcp"))
+    return (str(ipaddress.ip_address(address)), port) in local_endpoints(psutil.CONN_LISTEN)

@@ -4,15 +4,16 @@ A MASTER that hands over (release, takeover, preempt, stop) first waits
 until no association is established to a VIP's DICOM ports, so that no
 transfer is cut. What it drains is a list of (VIP, port) pairs
 (Config.drain_targets): services balanced by direct routing are left out,
-since their associations carry on through the next VIP holder. While it waits, new connections to those ports are held
-back: an nftables rule drops their first packet (SYN), the workstation's
+since their associations carry on through the next VIP holder. While it
+waits, new connections to those pairs are held back: an nftables rule
+drops their first packet (SYN), the workstation's
 TCP sends it again one second later, and by then the VIP lives on the new
 MASTER. Without the hold, a workstation whose association started in the
 last milliseconds before the move would have it cut.
 
 Counting uses psutil (from a thread: reading the kernel's connection table
 takes ~10 ms); the rule is added and removed with the `nft` command, run
-as a subprocess. Nothing here blocks the loop.
+as a subprocess (hapacs.nftcommand). Nothing here blocks the loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import shutil
 from dataclasses import dataclass
 
 import psutil
+
+from . import nftcommand
+from .nftcommand import NftError
 
 log = logging.getLogger("hapacs.drain")
 
@@ -44,14 +48,16 @@ class DrainResult:
 Target = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]     # (VIP, port)
 
 
+def local_endpoints(status: str) -> list[tuple[str, int]]:
+    """(address, port) of this host's TCP sockets in `status` (psutil.CONN_ESTABLISHED, CONN_LISTEN...),
+    an IPv4-mapped IPv6 address written as IPv4."""
+    return [(conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port) for conn in psutil.net_connections(kind="tcp")
+            if conn.status == status and conn.laddr]
+
+
 def established(targets: set[tuple[str, int]]) -> int:
     """Associations (TCP connections) established to a drained (VIP, port)."""
-    count = 0
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr \
-                and (conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port) in targets:
-            count += 1
-    return count
+    return sum(1 for endpoint in local_endpoints(psutil.CONN_ESTABLISHED) if endpoint in targets)
 
 
 def hold_ruleset(targets: tuple[Target, ...]) -> str:
@@ -72,7 +78,7 @@ def hold_ruleset(targets: tuple[Target, ...]) -> str:
 class Drainer:
     def __init__(self, targets: tuple[Target, ...], hold_new_connections: bool):
         self.reconfigure(targets, hold_new_connections)
-        self.nft = shutil.which("nft")
+        self.nft = shutil.which(nftcommand.NFT)
         self.holding = False
         self._hold_lock = asyncio.Lock()
         if self.hold_wanted and self.nft is None:
@@ -86,14 +92,11 @@ class Drainer:
         self.hold_wanted = hold_new_connections and bool(targets)
 
     async def _nft(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
+        """nft's exit code and error text; -1 when it cannot run or does not answer in time."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), NFT_TIMEOUT_S)
-            return proc.returncode, err.decode(errors="replace").strip()
-        except (OSError, asyncio.TimeoutError) as error:
-            return -1, str(error) or type(error).__name__
+            return await nftcommand.run(list(args), stdin, NFT_TIMEOUT_S)
+        except NftError as err:
+            return -1, str(err)
 
     async def clear_stale(self) -> None:
         """Remove a hold left by an agent that died during a handover."""

@@ -77,9 +77,10 @@ def read(ctx: Context, sec: Section) -> EtcdConfig | None:
         missing, given = ("cert_file", "key_file") if cert_file is None else ("key_file", "cert_file")
         sec.problem(missing, f"cert_file and key_file go together: {given} is given; give both (client "
                     "certificate) or neither", line=sec.key_lines.get(given))
-        return None
+        cert_file = key_file = INVALID      # the other problems are still reported
     if endpoints is not INVALID and len(set(endpoints)) != len(endpoints):
-        sec.problem("endpoints", "lists the same endpoint twice; give each etcd member once")
+        twice = sorted({e for e in endpoints if endpoints.count(e) > 1})
+        sec.problem("endpoints", f"lists the same endpoint twice ({', '.join(twice)}); give each etcd member once")
     if endpoints is not INVALID and (ca_file or cert_file) and not any(e.startswith("https:") for e in endpoints):
         sec.problem("endpoints", "ca_file/cert_file are set but no endpoint is https://; TLS needs https:// "
                     "endpoints")

@@ -12,9 +12,9 @@ one balancer carry on through the next: every node loads the same table
 from the same facts (hapacs.buckets), and the SEED below never changes.
 
 The table is written whole and loaded in one `nft -f -` transaction (the
-old table deleted and the new one created atomically), so a change of the
-map never leaves a moment without rules. Python's nftables bindings are not
-used: Debian ships them for the system Python only, not for a virtualenv.
+old table deleted and the new one created atomically, through
+hapacs.nftcommand), so a change of the map never leaves a moment without
+rules.
 
 Passing on what a member cannot serve. Every member has a second table
 (`ip`/`ip6` hapacs_direct_pass, at prerouting, where the kernel's socket
@@ -44,24 +44,17 @@ reports nft's answer word for word.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import shutil
 from dataclasses import dataclass
 
+from . import nftcommand
 from .buckets import BUCKETS
 
-NFT = "nft"
 TABLE = "hapacs_direct"
 PASS_TABLE = "hapacs_direct_pass"
 # Pinned: a balancer that takes over must hash every packet to the same bucket as the one before it.
 # Changing it in a new release moves live associations on the upgrade's first failover.
 SEED = 0x7
-NFT_TIMEOUT_S = 10.0
-
-
-class NftError(Exception):
-    """nft is missing, refuses the ruleset or does not answer; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +79,14 @@ def _hash(family: str) -> str:
     return f"jhash {family} saddr . tcp sport mod {BUCKETS} seed {SEED:#x}"
 
 
-def _rules(service: ServiceRules) -> list[str]:
+def _match(service: ServiceRules) -> tuple[str, str]:
+    """The service's address family in nft's words, and the match of its packets (VIP and port)."""
     family = "ip" if service.address.version == 4 else "ip6"
-    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    return family, f"{family} daddr {service.address} tcp dport {service.port}"
+
+
+def _rules(service: ServiceRules) -> list[str]:
+    family, match = _match(service)
     lines = [f"# service {service.name}"]
     for mac, buckets in service.passed_on:
         lines.append(f"{match} ether saddr {mac} {_hash(family)} {{ {', '.join(str(b) for b in buckets)} }} accept")
@@ -101,8 +99,7 @@ def _rules(service: ServiceRules) -> list[str]:
 
 
 def _pass_rules(service: ServiceRules) -> list[str]:
-    family = "ip" if service.address.version == 4 else "ip6"
-    match = f"{family} daddr {service.address} tcp dport {service.port}"
+    family, match = _match(service)
     buckets = ", ".join(str(b) for b, _ in service.pass_to)
     pairs = ", ".join(f"{bucket} : {member}" for bucket, member in service.pass_to)
     if service.drained:
@@ -148,33 +145,20 @@ def _replace(text: str) -> str:
     return "".join(f"table {family} {name}\ndelete table {family} {name}\n" for family, name in old) + text
 
 
-async def _nft(args: list[str], text: str) -> None:
-    if shutil.which(NFT) is None:
-        raise NftError("nft is not installed on this host (Debian: apt install nftables); direct mode needs it")
-    process = await asyncio.create_subprocess_exec(
-        NFT, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(process.communicate(text.encode()), NFT_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        raise NftError(f"nft did not answer within {NFT_TIMEOUT_S:g} s") from None
-    if process.returncode != 0:
-        lines = [line for line in err.decode(errors="replace").splitlines() if "Error" in line]
-        raise NftError("nft refuses the ruleset: " + ("; ".join(lines) or f"exit {process.returncode}"))
+async def _load(args: list[str], text: str) -> None:
+    await nftcommand.load(args, text, needed_by="direct mode")
 
 
 async def check(services: list[ServiceRules]) -> None:
     """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
-    await _nft(["-c", "-f", "-"], _replace(render(services) + render_pass(services)))
+    await _load(["-c", "-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def apply(services: list[ServiceRules]) -> None:
     """Load the table, replacing the one before in the same transaction."""
-    await _nft(["-f", "-"], _replace(render(services) + render_pass(services)))
+    await _load(["-f", "-"], _replace(render(services) + render_pass(services)))
 
 
 async def remove() -> None:
     """Delete the tables (and nothing else); no table is not an error."""
-    await _nft(["-f", "-"], _replace(""))
+    await _load(["-f", "-"], _replace(""))

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .nftdirect import NftError, _nft as run_nft   # one home for running nft (timeout, missing binary)
+from . import nftcommand
+from .nftcommand import NftError
 
 NFT_TABLE = "hapacs_proxy"
 MARK = 104                     # fwmark and conntrack mark of HAProxy's transparent connections
@@ -54,6 +55,7 @@ LOCAL_TABLE = 104              # local 0.0.0.0/0 dev lo: marked packets are take
 MARK_RULE_PRIORITY = 104
 RETURN_TABLE = 105             # the workstations' networks via the VIP, on nodes not holding it
 RETURN_RULE_PRIORITY = 105
+NEEDED_BY = "client_address: transparent or outgoing_from_vip"
 
 
 class RoutingError(Exception):
@@ -111,7 +113,17 @@ def render(plan: Plan) -> str:
 
 
 def _replace(text: str) -> str:
+    """Delete the old table and load `text` in one transaction (`table` first, so the delete
+    never fails on a host that has none yet)."""
     return f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{text}"
+
+
+async def _load(args: list[str], table: str) -> None:
+    """nft takes `table` in place of the old one (RoutingError naming the table when it does not)."""
+    try:
+        await nftcommand.load(args, _replace(table), needed_by=NEEDED_BY)
+    except NftError as err:
+        raise RoutingError(f"{err} (table ip {NFT_TABLE})") from None
 
 
 def problems(config, problem) -> None:
@@ -121,7 +133,7 @@ def problems(config, problem) -> None:
     if plan_for(balance, (), False) is None:
         return
     key = "balance.client_address" if balance.transparent else "balance.outgoing_from_vip"
-    if shutil.which("nft") is None:
+    if shutil.which(nftcommand.NFT) is None:
         problem(key, "needs the nft command, which is not installed on this host (Debian: apt install nftables)")
     if not balance.transparent:
         return
@@ -155,19 +167,13 @@ class HostRouting:
 
     async def check(self, plan: Plan) -> None:
         """RoutingError unless nft would take the plan's table (nothing is changed)."""
-        try:
-            await run_nft(["-c", "-f", "-"], _replace(render(plan)))
-        except NftError as err:
-            raise RoutingError(f"{err} (table ip {NFT_TABLE})") from None
+        await _load(["-c", "-f", "-"], render(plan))
 
     async def apply(self, plan: Plan) -> None:
         """Bring the host to `plan`: the nft table in one transaction, then rules and routes."""
         if plan == self.applied:
             return
-        try:
-            await run_nft(["-f", "-"], _replace(render(plan)))
-        except NftError as err:
-            raise RoutingError(f"{err} (table ip {NFT_TABLE})") from None
+        await _load(["-f", "-"], render(plan))
         before = self.applied
         self.applied = None     # until all of it is in place
         same_rules = before is not None and (before.transparent, before.workstations) == \
@@ -185,7 +191,7 @@ class HostRouting:
         hapacs never ran transparent keeps whatever its tables 104 and 105 hold."""
         ours, self.applied = self.applied is not None, None
         try:
-            await run_nft(["-f", "-"], _replace(""))
+            await nftcommand.load(["-f", "-"], _replace(""), needed_by=NEEDED_BY)
         except NftError as err:
             raise RoutingError(f"cannot remove table ip {NFT_TABLE}: {err}") from None
         async with AsyncIPRoute() as ipr:
@@ -207,7 +213,7 @@ class HostRouting:
     async def _local_table(self, ipr, plan: Plan) -> None:
         await _flush_table(ipr, LOCAL_TABLE)
         if plan.transparent:
-            lo = (await ipr.link_lookup(ifname="lo"))[0]
+            lo = (await _netlink("link lo", ipr.link_lookup(ifname="lo")))[0]
             await _netlink(f"route local 0.0.0.0/0 dev lo (table {LOCAL_TABLE})", ipr.route(
                 "add", dst="0.0.0.0/0", type="local", oif=lo, table=LOCAL_TABLE, scope=254))
 
@@ -226,6 +232,8 @@ async def _netlink(what: str, request):
     except NetlinkError as err:
         raise RoutingError(f"netlink refuses {what}: {err.args[1] if len(err.args) > 1 else err} "
                            f"(errno {err.code})") from None
+    except OSError as err:
+        raise RoutingError(f"netlink cannot be asked for {what}: {err.strerror or err}") from None
 
 
 async def _flush_rules(ipr) -> int:

@@ -83,7 +83,8 @@ class Bird:
             return False
 
     def protocol_state(self, protocol: str) -> str | None:
-        """The Info column of `show protocols` for one protocol (Established, Active, Idle...)."""
+        """The Info column of `show protocols` for one protocol (Established, Active, Idle...), or its
+        State column (up, down, start) when the Info column is empty."""
         for line in self.birdc("show", "protocols", protocol, check=False).splitlines():
             words = line.split()
             if words and words[0] == protocol:
@@ -101,11 +102,6 @@ class Bird:
                 names.append(match.group(2))
         return names
 
-    def reconfigure(self, config_text: str) -> None:
-        self.config_text = config_text
-        self.config_path.write_text(config_text)
-        self.birdc("configure")
-
     def start(self) -> None:
         """Start (or restart after stop) BIRD with its config; return once its socket answers."""
         self.config_path.write_text(self.config_text)
@@ -122,14 +118,11 @@ class Bird:
         wait_for(ready, START_TIMEOUT_S, interval=0.02, what=f"bird {self.name} to answer on its control socket")
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        """Stop BIRD by its pid (SIGKILL for a crash) and reap it."""
+        """Stop BIRD by its pid (SIGKILL for a crash) and reap it (SIGKILL if it outlives 5 s)."""
         if self.process is not None:
-            self.lab.kill(self.process, sig)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.lab.kill(self.process, signal.SIGKILL)
-                self.process.wait(5)
+            if sig != signal.SIGTERM:
+                self.lab.kill(self.process, sig)
+            self.lab.stop(self.process, timeout=5)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

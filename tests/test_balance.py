@@ -55,8 +55,15 @@ def load(tmp_path, key, balance: str = SERVICE) -> cfg.Config:
 
 
 def problems(tmp_path, key, balance: str) -> list[str]:
+    return problems_in(tmp_path, BASE.format(key=key, balance=balance))
+
+
+def problems_in(tmp_path, text: str) -> list[str]:
+    """The problems of the configuration `text`, written to tmp_path/hapacs.yaml (it must have some)."""
+    path = tmp_path / "hapacs.yaml"
+    path.write_text(text)
     with pytest.raises(cfg.ConfigError) as caught:
-        load(tmp_path, key, balance)
+        cfg.load(str(path))
     return [str(p) for p in caught.value.problems]
 
 

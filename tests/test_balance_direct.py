@@ -251,6 +251,19 @@ def test_listening_on_tells_a_listener_on_one_address_from_one_on_every_address(
         assert not directdrain.listening_on("127.0.0.1", every.getsockname()[1])
 
 
+def test_established_counts_the_connections_to_the_drained_endpoints_only():
+    import socket
+
+    from hapacs.drain import established
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)), listener.accept()[0]:
+            assert established({("127.0.0.1", port)}) == 1     # the accepted side; the listener is not counted
+            assert established({("127.0.0.1", port + 1), ("192.0.2.100", port)}) == 0
+
+
 def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_members_macs(tmp_path, key):
     config = load(tmp_path, key)
     members = members_of(config, ipaddress.ip_address("192.0.2.11"))
@@ -274,3 +287,21 @@ def test_a_member_passes_on_what_it_does_not_take_and_every_node_knows_the_membe
     listed = load(tmp_path, key, SERVICE + "  members: [{address: 192.0.2.12}, {address: 192.0.2.13}]\n")
     balancer_only = members_of(listed, ipaddress.ip_address("192.0.2.11"))
     assert service_rules(listed, balancer_only, alive, "192.0.2.11")[0].pass_to == ()
+
+
+def test_netlink_refusing_the_neighbour_table_is_an_oserror_which_the_table_loop_catches(monkeypatch):
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    class Refusing:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get_neighbours(self):
+            raise NetlinkError(1, "Operation not permitted")
+
+    monkeypatch.setattr(directdrain, "IPRoute", Refusing)
+    with pytest.raises(OSError, match="netlink refuses the neighbour table dump"):
+        directdrain.neighbour_macs(["192.0.2.12"])

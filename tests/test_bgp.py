@@ -176,7 +176,7 @@ def down() -> dict:
 
 
 def test_the_gate_opens_only_after_stable_for_without_a_break():
-    gate = SessionGate(("uplink",), 5.0, now=0.0)
+    gate = SessionGate(("uplink",), 5.0)
     assert gate.hold_text(0.0) == "BGP session state unknown: waiting for the first answer of the BGP speaker"
     assert not gate.session_down()           # unknown is not down: a fresh MASTER is not faulted for it
     gate.update(down(), 1.0)
@@ -191,7 +191,7 @@ def test_the_gate_opens_only_after_stable_for_without_a_break():
 
 
 def test_a_flapping_session_never_opens_the_gate():
-    gate = SessionGate(("uplink",), 5.0, now=0.0)
+    gate = SessionGate(("uplink",), 5.0)
     for second in range(60):
         # Up with a new since each time, or down: every poll sees a new session or none.
         gate.update(up(f"01:00:{second:02d}.000") if second % 2 else down(), float(second))
@@ -203,7 +203,7 @@ def test_a_flapping_session_never_opens_the_gate():
 
 
 def test_one_of_several_protocols_is_enough_and_a_missing_one_is_named():
-    gate = SessionGate(("uplink", "backup"), 0.0, now=0.0)
+    gate = SessionGate(("uplink", "backup"), 0.0)
     gate.update(up(), 1.0)
     assert gate.ready(1.0)
     assert gate.snapshot(2.0)["protocols"][1] == {"name": "backup", "state": "missing", "since_s": 1.0}
@@ -211,8 +211,16 @@ def test_one_of_several_protocols_is_enough_and_a_missing_one_is_named():
     assert gate.session_down() and "uplink not established (missing for 0.0 s)" in gate.hold_text(3.0)
 
 
+def test_the_hold_names_the_session_established_the_longest():
+    gate = SessionGate(("uplink", "backup"), 5.0)
+    gate.update({"backup": Protocol("backup", "Established", "01:00:01.000")}, 1.0)
+    gate.update({**up("01:00:03.000"), "backup": Protocol("backup", "Established", "01:00:01.000")}, 3.0)
+    assert gate.ready_at() == 6.0
+    assert gate.hold_text(4.0) == "BGP session backup Established for 3.0 s, not yet the 5 s of bgp.stable_for"
+
+
 def test_unreachable_bird_is_down_and_garbage_is_unknown():
-    gate = SessionGate(("uplink",), 0.0, now=0.0)
+    gate = SessionGate(("uplink",), 0.0)
     gate.update(up(), 1.0)
     gate.failed("unreadable answer of BIRD: junk", False, 2.0)
     assert not gate.ready(2.0) and not gate.session_down()
@@ -318,7 +326,7 @@ def test_the_status_table_json_and_metrics_show_the_session():
     from hapacs.metrics import render
     from hapacs.status import render_table
     from tests.snmp_helpers import make_status
-    gate = SessionGate(("uplink",), 5.0, now=0.0)
+    gate = SessionGate(("uplink",), 5.0)
     gate.update(down(), 1.0)
     status = make_status(bgp=gate.snapshot(4.2))
     assert status.to_json()["bgp"] == {"protocols": [{"name": "uplink", "state": "Active", "since_s": 3.2}],

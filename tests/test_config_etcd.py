@@ -90,7 +90,7 @@ def test_witness_is_refused_beside_etcd(tmp_path, key):
     assert any(":8: cluster.witness: cannot go with authority: etcd" in line for line in found), found
 
 
-def test_tls_files_must_exist_be_readable_usable_and_come_in_pairs(tmp_path, key):
+def test_tls_files_must_exist_be_readable_usable_and_come_in_pairs(tmp_path, key, monkeypatch):
     made = make_certificates(tmp_path / "tls", ["198.51.100.1"])      # openssl: a CA, a client pair
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
@@ -108,10 +108,13 @@ def test_tls_files_must_exist_be_readable_usable_and_come_in_pairs(tmp_path, key
     assert any(":13: etcd.key_file: cert_file and key_file go together" in line for line in found), found
     found = problems(tmp_path, BASE + f"  ca_file: {made['ca']}\n", key)
     assert any("etcd.endpoints: ca_file/cert_file are set but no endpoint is https://" in line for line in found)
-    if os.geteuid() != 0:   # root reads any file: the unreadable case needs another user
-        garbage.chmod(0)
-        found = problems(tmp_path, secure + f"  ca_file: {garbage}\n", key)
-        assert any("cannot be read by this user" in line for line in found), found
+    garbage.chmod(0)
+    if os.geteuid() == 0:   # root reads any file: this one is unreadable as it is for any other user
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **options: str(path) != str(garbage)
+                            and access(path, mode, **options))
+    found = problems(tmp_path, secure + f"  ca_file: {garbage}\n", key)
+    assert any("cannot be read by this user" in line for line in found), found
 
 
 def test_the_etcd_settings_need_a_restart(tmp_path, key):

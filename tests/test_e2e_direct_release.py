@@ -49,14 +49,25 @@ def hold(lab, address: str, count: int):
     return holder, output
 
 
-def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbalanced_vip(lab):
+def start_members(lab, check: list[dict], check_port: int | None = None, **options) -> tuple[AgentCluster, dict]:
+    """pacs-a (priority 150) and pacs-b (100) as members, each with a forking storescp on port 104 (and
+    one on `check_port` for a check that does not look at the PACS), and their agents started; the
+    cluster and the port-104 storescp of each host."""
+    pacs = {}
     for host in "ab":
         make_member(lab, host)
-        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, vips=(f"{VIP}/24", f"{OTHER_VIP}/24"), checks={"a": CHECK, "b": CHECK})
+        pacs[host] = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
+        if check_port is not None:
+            start_storescp(lab, lab.ns(host), port=check_port, aet="PACS", fork=True)
+    cluster = AgentCluster(lab, checks={"a": check, "b": check}, **options)
     for host, priority in (("a", 150), ("b", 100)):
         cluster.add(host, priority, balance=BALANCE)
     cluster.start_all()
+    return cluster, pacs
+
+
+def test_a_release_in_direct_mode_moves_the_vip_at_once_and_holds_only_the_unbalanced_vip(lab):
+    cluster, _ = start_members(lab, CHECK, vips=(f"{VIP}/24", f"{OTHER_VIP}/24"))
     try:
         lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(OTHER_VIP) == ["a"], 15, what="pacs-a MASTER")
         lab.wait_for(lambda: all(m["state"] == "up" for m in cluster.status("a")["balance"]["services"][0]["members"])
@@ -105,13 +116,7 @@ def test_a_drained_member_keeps_its_open_associations_and_takes_no_new_one(lab):
     answering, every new association lands on pacs-a, also those whose packets pacs-b passes on;
     `drain off`: pacs-b takes new ones again. Then the balancer pacs-a drained: every new
     association lands on pacs-b."""
-    for host in "ab":
-        make_member(lab, host)
-        start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, checks={"a": CHECK, "b": CHECK})
-    for host, priority in (("a", 150), ("b", 100)):
-        cluster.add(host, priority, balance=BALANCE)
-    cluster.start_all()
+    cluster, _ = start_members(lab, CHECK)
     try:
         lab.wait_for(lambda: cluster.masters() == ["a"] and lab.holders(VIP) == ["a"], 15, what="pacs-a MASTER")
         lab.wait_for(lambda: [m["state"] for m in cluster.status("b")["balance"]["services"][0]["members"]]
@@ -169,15 +174,7 @@ def test_a_member_whose_pacs_is_gone_passes_new_associations_on_before_its_check
     the test takes): every new association still succeeds, since pacs-b finds no socket for
     them and passes them on to pacs-a."""
     blind_check = [{**CHECK[0], "port": 11112}]
-    pacs = {}
-    for host in "ab":
-        make_member(lab, host)
-        pacs[host] = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
-        start_storescp(lab, lab.ns(host), port=11112, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, checks={"a": blind_check, "b": blind_check})
-    for host, priority in (("a", 150), ("b", 100)):
-        cluster.add(host, priority, balance=BALANCE)
-    cluster.start_all()
+    cluster, pacs = start_members(lab, blind_check, check_port=11112)
     try:
         both_up = {"pacs-a": ("up", 32), "pacs-b": ("up", 32)}
         lab.wait_for(lambda: cluster.masters() == ["a"] and buckets(cluster, "a") == both_up, 20,

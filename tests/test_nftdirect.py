@@ -11,9 +11,10 @@ import re
 
 import pytest
 
-from hapacs import nftdirect
+from hapacs import nftcommand, nftdirect
 from hapacs.buckets import BUCKETS, assign, fallbacks, split
-from hapacs.nftdirect import NftError, ServiceRules
+from hapacs.nftcommand import NftError
+from hapacs.nftdirect import ServiceRules
 
 pytestmark = pytest.mark.root
 
@@ -93,6 +94,17 @@ def test_a_ruleset_the_kernel_refuses_is_an_error_with_nft_s_words():
 
 
 def test_nft_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(nftdirect, "NFT", "no-nft-here")
+    monkeypatch.setattr(nftcommand, "NFT", "no-nft-here")
     with pytest.raises(NftError, match=r"nft is not installed on this host \(Debian: apt install nftables\)"):
         asyncio.run(nftdirect.check([service()]))
+
+
+def test_an_nft_that_does_not_answer_is_killed_and_an_error(tmp_path, monkeypatch):
+    hung = tmp_path / "nft"
+    hung.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 30\n")
+    hung.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(NftError, match=r"nft did not answer within 0.3 s"):
+        asyncio.run(nftcommand.run(["-f", "-"], "table ip x\n", timeout_s=0.3))
+    pid = int((tmp_path / "pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the hung nft is killed and reaped, not left behind"
