@@ -40,7 +40,7 @@ import psutil                                   # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
-from lab.dicom import NODELAY_ENV, STORESCP, _wait_until_serving   # noqa: E402
+from lab.dicom import NODELAY_ENV, STORESCP, wait_until_serving   # noqa: E402
 
 VIP = "192.0.2.100"
 MEMBER = "192.0.2.11"
@@ -84,7 +84,7 @@ def start_pacs(lab, host: str, port: int = PORT):
             "--ignore", "--acse-timeout", "5", "--dimse-timeout", "5", str(port)]
     with open(log, "ab") as handle:
         process = lab.spawn(host, argv, env=NODELAY_ENV, stdout=handle, stderr=subprocess.STDOUT)
-    _wait_until_serving(lab, process, lab.ns(host), [port], lambda: True, "storescp", log, 5.0)
+    wait_until_serving(lab, process, lab.ns(host), [port], lambda: True, "storescp", log, 5.0)
     return process
 
 

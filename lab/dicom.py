@@ -57,7 +57,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _wait_until_serving(lab, process, namespace, ports, ready, name, log: Path, timeout_s):
+def wait_until_serving(lab, process, namespace, ports, ready, name, log: Path, timeout_s):
     """Wait until every port listens and `ready()` is true; fail early if the process dies."""
 
     def serving():
@@ -97,7 +97,7 @@ def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,
             *(["--fork"] if fork else []), str(port)]
     with open(log, "ab") as log_file:
         process = lab.spawn(namespace, argv, env=NODELAY_ENV, stdout=log_file, stderr=subprocess.STDOUT)
-    _wait_until_serving(lab, process, namespace, [port], lambda: True, "storescp", log, start_timeout_s)
+    wait_until_serving(lab, process, namespace, [port], lambda: True, "storescp", log, start_timeout_s)
     return process
 
 
@@ -138,7 +138,7 @@ def start_orthanc(lab, ns, dicom_port=4242, http_port=8042, tmpdir=None, aet="OR
     with open(log, "ab") as log_file:
         process = lab.spawn(namespace, [ORTHANC, str(config)], env=NODELAY_ENV,
                             stdout=log_file, stderr=subprocess.STDOUT)
-    _wait_until_serving(lab, process, namespace, [dicom_port, http_port],
+    wait_until_serving(lab, process, namespace, [dicom_port, http_port],
                         lambda: echo(namespace, "127.0.0.1", dicom_port, aet, timeout=1.0),
                         "Orthanc", log, start_timeout_s)
     return process

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.dicom import NODELAY_ENV, ORTHANC, _wait_until_serving, echo, orthanc_config
+from lab.dicom import NODELAY_ENV, ORTHANC, wait_until_serving, echo, orthanc_config
 from lab.netns import netns_exec
 from lab.postgres import PG_USER, Postgres, require_postgres_tools, stop_postgres
 
@@ -114,7 +114,7 @@ def rest_answers(lab, host, http_port) -> bool:
 
 def _wait_member(lab, cluster, host, timeout_s):
     namespace = lab.ns(host)
-    _wait_until_serving(
+    wait_until_serving(
         lab, cluster.members[host], namespace, [cluster.dicom_port, cluster.http_port],
         lambda: (echo(namespace, "127.0.0.1", cluster.dicom_port, cluster.aet, timeout=1.0)
                  and rest_answers(lab, host, cluster.http_port)),

@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 
 from lab.cluster import AgentCluster
-from lab.dicom import STORESCP, _wait_until_serving
+from lab.dicom import STORESCP, wait_until_serving
 from lab.pacs import PACS_AET, WORKSTATION_AET, WORKSTATION_STORE_PORT, require_pacs_tools, scu, start_orthanc_cluster
 from lab.postgres import start_postgres
 
@@ -89,7 +89,7 @@ def test_a_pacs_cluster_behind_the_vip_sees_the_workstation_with_transparent(lab
         store_scp = lab.spawn("ws", [STORESCP, "-d", "--aetitle", WORKSTATION_AET, "--output-directory",
                                      str(inbox), "--disable-host-lookup", "--fork", str(WORKSTATION_STORE_PORT)],
                               stdout=out, stderr=out)
-    _wait_until_serving(lab, store_scp, lab.ns("ws"), [WORKSTATION_STORE_PORT], lambda: True, "storescp",
+    wait_until_serving(lab, store_scp, lab.ns("ws"), [WORKSTATION_STORE_PORT], lambda: True, "storescp",
                         inbox / "storescp.log", 5.0)
 
     cluster = AgentCluster(lab, checks={"a": CHECK, "b": CHECK})
