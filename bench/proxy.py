@@ -17,8 +17,8 @@ member, tells when the last new association went to a member, to within that per
    start of its process), the others send its message straight to the control socket (timed
    from the moment the agent knows).
 3. balancer loss (--trials): pacs-c lost as a host (switch port silent, agent killed; its HAProxy
-   dies with its agent) with a 0.2 s client timeout: the outage of the echoes (bench/direct.py's
-   code). In proxy mode the associations held through pacs-c's HAProxy end with it.
+   dies with its agent) with a 0.2 s client timeout: the outage of the echoes, as bench/direct.py
+   measures it. In proxy mode the associations held through pacs-c's HAProxy end with it.
 
 --png FILE draws the member death and one drain: new associations per member per 50 ms and the
 failed attempts. Each figure comes with the load average (the 2 cores are shared).
@@ -34,6 +34,7 @@ import io
 import json
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -42,12 +43,12 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.direct import Held, attempts, balancer_loss, load_average, member_states, syn_retransmissions  # noqa: E402
+from bench.direct import Held, attempts, load_average, member_states, syn_retransmissions  # noqa: E402
 from hapacs.haproxy import stats_socket        # noqa: E402
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import kill_with_children, start_storescp  # noqa: E402
-from lab.outage import answered, load           # noqa: E402
+from lab.outage import answered, load, outage   # noqa: E402
 from lab.probe import start_probe               # noqa: E402
 
 VIP = "192.0.2.100"
@@ -223,6 +224,41 @@ def drain(lab, cluster, number: int, via_cli: bool) -> dict:
     return {**row, "records": path, "fault_t": started, "samples": watch.samples}
 
 
+def balancer_loss(lab, cluster, trials: int) -> dict:
+    """bench/direct.py's balancer loss without the held associations: in proxy mode those
+    through the lost HAProxy end with it (0 of 16 answered afterwards in each of 8 trials)."""
+    path = os.path.join(lab.tmpdir, "loss.jsonl")
+    probe = start_probe(lab, path, VIP, interval=0.02, duration=30 * trials + 60, timeout=0.2, overlap=50)
+    lab.wait_for(lambda: answered(path) >= 20, 30, what="workstation served")
+    rows = []
+    for number in range(trials):
+        time.sleep(1.0)    # a second of answers through pacs-c before the fault
+        fault = time.monotonic()
+        lab.partition("c")
+        cluster.kill("c")
+        lab.wait_for(lambda: cluster.state("a") == "MASTER" and "a" in lab.holders(VIP), 10, what="a MASTER")
+        lab.wait_for(lambda: answered(path, since=fault) >= 10, 10, what="served again")
+        result = outage(load(path), fault)
+        row = {"trial": number + 1, "outage_s": round(result["outage_s"], 3),
+               "recovery_s": round(result["recovery_s"], 3), "failed_echoes": result["failures"],
+               "last_answer_before_fault_s": round(fault - result["last_answer_t"], 3), "fault_t": fault,
+               "load": load_average()}
+        print(f"  balancer loss {number + 1}: {row}", flush=True)
+        rows.append(row)
+        lab.heal("c")
+        cluster.start("c")
+        lab.wait_for(lambda: cluster.masters() == ["c"] and lab.holders(VIP) == ["c"], 30, what="c MASTER again")
+        lab.wait_for(lambda: member_states(cluster, "c") == {"pacs-a": "up", "pacs-b": "up"}, 20,
+                     what="c's HAProxy sees both members")
+        back = time.monotonic()
+        lab.wait_for(lambda: answered(path, since=back) >= 10, 10, what="served by c")
+    lab.stop(probe)
+    outages = sorted(r["outage_s"] for r in rows)
+    p95 = outages[min(len(outages) - 1, round(0.95 * (len(outages) - 1)))]
+    return {"rows": rows, "outage_median_s": statistics.median(outages), "outage_p95_s": p95,
+            "outage_max_s": outages[-1]}
+
+
 def picture(png: str, scenes: list[tuple[dict, str]]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -283,7 +319,7 @@ def main() -> int:
             results["drain"] = [drain(lab, cluster, n, n % 2 == 1) for n in range(min(args.drains, 20))]
         if "loss" in wanted:
             print("balancer loss:", flush=True)
-            results["balancer_loss"] = balancer_loss(lab, cluster, min(args.trials, 50), "host")
+            results["balancer_loss"] = balancer_loss(lab, cluster, min(args.trials, 50))
         if args.png and "member" in wanted and "drain" in wanted:
             picture(args.png, [(results["member"], "pacs-b's PACS killed (listener and children)"),
                                (results["drain"][0], "hapacs drain on, on pacs-b")])
