@@ -1,4 +1,4 @@
-"""Throughput through the balancer vs straight to one member, in one run, for each mode.
+"""Throughput through the balancer vs straight to the same member(s), in one run, for each mode.
 
 Two nodes (balance: mode proxy, HAProxy on both; then mode direct, nftables), each with a dcmtk
 storescp as its PACS
@@ -6,10 +6,13 @@ storescp as its PACS
 nothing, so the disk is not measured). From the workstation, alternating rounds:
 
 - echo: sequential associations (A-ASSOCIATE, one C-ECHO, A-RELEASE) with the raw-socket
-  client bench/dicomload.py, per second; straight to pacs-a:11112 vs through VIP:104.
+  client bench/dicomload.py, per second; straight to the member(s) vs through VIP:104.
+  --serve both (the default): the balancer over both members against straight to each in turn;
+  --serve a or b: the balancer's only member is pacs-a (the VIP holder: no hop between nodes) or
+  pacs-b (every association crosses from pacs-a to pacs-b), against straight to that member.
 - store: one dcmtk storescu association sending --stores copies of a --megabytes MiB CT
   image, MB/s (10^6 bytes of the files per second, from the start of storescu to its end);
-  straight vs through the VIP.
+  straight (to the first member) vs through the VIP.
 
 Prints the medians, every round, and the ratios balancer/straight (goal: proxy >= 70 %, direct
 >= 95 %). Where the CPU goes, per echo round: the client's own CPU time, each storescp's, HAProxy's
@@ -20,7 +23,7 @@ the ratios are the median of each round's pair. The lab's namespaces reuse TIME_
 (net.ipv4.tcp_tw_reuse=1, ports 1024-65000), as a load generator must.
 
 Run as root: .venv/bin/python bench/throughput.py [--rounds 5] [--echo-seconds 3] [--megabytes 32] [--stores 4]
-    [--modes proxy,direct]
+    [--modes proxy,direct] [--serve both|a|b] [--parallel N]
 """
 
 from __future__ import annotations
@@ -152,7 +155,8 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int, mode: str
                else {"mode": "direct", "services": [service]})
     if serve != "both":
         balance["members"] = [{"name": f"pacs-{serve}", "address": ADDRESSES[serve]}]
-    results: dict = {"mode": mode, "serve": serve, "parallel": parallel, "straight": straight, "rounds": rounds, "echo_seconds": echo_seconds, "stores": stores,
+    results: dict = {"mode": mode, "serve": serve, "parallel": parallel, "straight": straight,
+                     "rounds": rounds, "echo_seconds": echo_seconds, "stores": stores,
                      "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     with Lab(unique_prefix("lo")) as lab:
         # Thousands of short associations a second leave their ports in TIME_WAIT for 60 s (on the
