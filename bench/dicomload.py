@@ -1,6 +1,6 @@
 """A fast DICOM load client for bench/throughput.py, run inside the workstation's namespace.
 
-    python bench/dicomload.py echo HOST PORT CALLED_AE --count N --seconds S [--parallel P]
+    python bench/dicomload.py echo HOST[,HOST...] PORT CALLED_AE --count N --seconds S [--parallel P]
 
 opens sequential associations, each A-ASSOCIATE-RQ (Verification), one C-ECHO, A-RELEASE,
 over plain blocking sockets (pynetdicom would measure its own Python, not the path), and
@@ -77,12 +77,14 @@ def one_echo(host: str, port: int, request: bytes, message_id: int) -> None:
 
 
 def echo_loop(host: str, port: int, called_ae: str, count: int, seconds: float) -> dict:
+    """`host` may name several, comma-separated: the associations go to each in turn."""
+    hosts = host.split(",")
     request = associate_rq(called_ae, "BENCH")
     done = failed = 0
     started, cpu_started = time.monotonic(), time.process_time()
     while done + failed < count and time.monotonic() - started < seconds:
         try:
-            one_echo(host, port, request, done + failed + 1)
+            one_echo(hosts[(done + failed) % len(hosts)], port, request, done + failed + 1)
             done += 1
         except OSError:
             failed += 1
@@ -106,11 +108,15 @@ def main() -> None:
     if args.parallel <= 1:
         print(json.dumps(echo_loop(args.host, args.port, args.called_ae, count, seconds)))
         return
+    cpu_started = time.process_time()
     with ThreadPoolExecutor(min(args.parallel, 64)) as pool:
         done = list(pool.map(lambda _: echo_loop(args.host, args.port, args.called_ae, count, seconds),
                              range(min(args.parallel, 64))))
-    print(json.dumps({"associations": sum(d["associations"] for d in done), "failed": sum(d["failed"] for d in done),
-                      "seconds": max(d["seconds"] for d in done), "clients": len(done)}))
+    associations, elapsed = sum(d["associations"] for d in done), max(d["seconds"] for d in done)
+    print(json.dumps({"associations": associations, "failed": sum(d["failed"] for d in done),
+                      "seconds": elapsed, "clients": len(done),
+                      "per_second": round(associations / elapsed, 1) if elapsed else 0.0,
+                      "cpu_s": round(time.process_time() - cpu_started, 3)}))   # all the threads
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput through the balancer vs straight to one member, in one run, for each mode.
+"""Throughput through the balancer vs straight to the same member(s), in one run, for each mode.
 
 Two nodes (balance: mode proxy, HAProxy on both; then mode direct, nftables), each with a dcmtk
 storescp as its PACS
@@ -6,10 +6,13 @@ storescp as its PACS
 nothing, so the disk is not measured). From the workstation, alternating rounds:
 
 - echo: sequential associations (A-ASSOCIATE, one C-ECHO, A-RELEASE) with the raw-socket
-  client bench/dicomload.py, per second; straight to pacs-a:11112 vs through VIP:104.
+  client bench/dicomload.py, per second; straight to the member(s) vs through VIP:104.
+  --serve both (the default): the balancer over both members against straight to each in turn;
+  --serve a or b: the balancer's only member is pacs-a (the VIP holder: no hop between nodes) or
+  pacs-b (every association crosses from pacs-a to pacs-b), against straight to that member.
 - store: one dcmtk storescu association sending --stores copies of a --megabytes MiB CT
   image, MB/s (10^6 bytes of the files per second, from the start of storescu to its end);
-  straight vs through the VIP.
+  straight (to the first member) vs through the VIP.
 
 Prints the medians, every round, and the ratios balancer/straight (goal: proxy >= 70 %, direct
 >= 95 %). Where the CPU goes, per echo round: the client's own CPU time, each storescp's, HAProxy's
@@ -20,7 +23,7 @@ the ratios are the median of each round's pair. The lab's namespaces reuse TIME_
 (net.ipv4.tcp_tw_reuse=1, ports 1024-65000), as a load generator must.
 
 Run as root: .venv/bin/python bench/throughput.py [--rounds 5] [--echo-seconds 3] [--megabytes 32] [--stores 4]
-    [--modes proxy,direct]
+    [--modes proxy,direct] [--serve both|a|b] [--parallel N]
 """
 
 from __future__ import annotations
@@ -43,12 +46,10 @@ from lab.cluster import AgentCluster            # noqa: E402
 from lab.dicom import NODELAY_ENV, STORESCP, wait_until_serving   # noqa: E402
 
 VIP = "192.0.2.100"
-MEMBER = "192.0.2.11"
 PORT = 11112
 STORESCU = "/usr/bin/storescu"
 LOAD = str(Path(__file__).resolve().parent / "dicomload.py")
-PATHS = {"straight": (MEMBER, PORT), "balancer": (VIP, 104)}
-DIRECT_PATHS = {"straight": (MEMBER, 104), "balancer": (VIP, 104)}   # direct: the PACS listens on the VIP's port
+ADDRESSES = {"a": "192.0.2.11", "b": "192.0.2.12"}
 
 
 def machine_busy_s() -> float:
@@ -106,14 +107,14 @@ def member_states(cluster) -> dict[str, str]:
     return {m["name"]: m["state"] for m in services[0]["members"]} if services else {}
 
 
-def echo_round(lab, paths: dict, path: str, seconds: float, watched: dict) -> dict:
+def echo_round(lab, paths: dict, path: str, seconds: float, watched: dict, parallel: int = 1) -> dict:
     """One round of sequential associations; with the CPU seconds per association of the client,
     the PACS (both storescp), HAProxy and the whole machine."""
     host, port = paths[path]
     before = {name: cpu_s(processes) for name, processes in watched.items()}
     busy, started = machine_busy_s(), time.monotonic()
     done = lab.exec("ws", [sys.executable, LOAD, "echo", host, str(port), "PACS", "--count", "100000",
-                           "--seconds", str(seconds)], timeout=seconds + 30)
+                           "--seconds", str(seconds), "--parallel", str(parallel)], timeout=seconds + 30)
     busy, wall = machine_busy_s() - busy, time.monotonic() - started
     result = json.loads(done.stdout)
     count = max(result["associations"], 1)
@@ -128,6 +129,7 @@ def echo_round(lab, paths: dict, path: str, seconds: float, watched: dict) -> di
 
 def store_round(lab, paths: dict, path: str, image: Path, stores: int) -> dict:
     host, port = paths[path]
+    host = host.split(",")[0]       # one storescu association: to the first member
     started = time.monotonic()
     done = lab.exec("ws", [STORESCU, "--aetitle", "WS", "--call", "PACS",
                            host, str(port), *[str(image)] * stores], check=False, timeout=120)
@@ -139,15 +141,22 @@ def store_round(lab, paths: dict, path: str, image: Path, stores: int) -> dict:
             **({} if ok else {"error": (done.stdout + done.stderr)[-300:]})}
 
 
-def run(rounds: int, echo_seconds: float, megabytes: int, stores: int, mode: str = "proxy") -> dict:
-    port = PORT if mode == "proxy" else 104
-    paths = PATHS if mode == "proxy" else DIRECT_PATHS
+def run(rounds: int, echo_seconds: float, megabytes: int, stores: int, mode: str = "proxy", serve: str = "both",
+        parallel: int = 1) -> dict:
+    """`serve`: the members the balancer uses (a, b or both); the straight path goes to the same
+    member(s), each in turn for both."""
+    port = PORT if mode == "proxy" else 104     # direct: the PACS listens on the VIP's port
+    straight = ",".join(ADDRESSES[h] for h in ("ab" if serve == "both" else serve))
+    paths = {"straight": (straight, port), "balancer": (VIP, 104)}
     check = [{"name": "pacs-dicom", "type": "dicom-echo", "port": port, "called_ae": "PACS",
               "interval": 1.0, "timeout": 2.0, "fall": 3, "rise": 2}]
     service = {"name": "dicom", "address": VIP, "port": 104, "health": "pacs-dicom"}
     balance = ({"services": [{**service, "target_port": PORT}]} if mode == "proxy"
                else {"mode": "direct", "services": [service]})
-    results: dict = {"mode": mode, "rounds": rounds, "echo_seconds": echo_seconds, "stores": stores,
+    if serve != "both":
+        balance["members"] = [{"name": f"pacs-{serve}", "address": ADDRESSES[serve]}]
+    results: dict = {"mode": mode, "serve": serve, "parallel": parallel, "straight": straight,
+                     "rounds": rounds, "echo_seconds": echo_seconds, "stores": stores,
                      "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     with Lab(unique_prefix("lo")) as lab:
         # Thousands of short associations a second leave their ports in TIME_WAIT for 60 s (on the
@@ -178,7 +187,7 @@ def run(rounds: int, echo_seconds: float, megabytes: int, stores: int, mode: str
         for number in range(rounds):
             order = list(paths) if number % 2 == 0 else list(reversed(paths))
             for path in order:
-                rows[path]["echo"].append(echo_round(lab, paths, path, echo_seconds, watched))
+                rows[path]["echo"].append(echo_round(lab, paths, path, echo_seconds, watched, parallel))
             for path in order:
                 rows[path]["store"].append(store_round(lab, paths, path, image, stores))
         results["rounds_detail"] = rows
@@ -219,11 +228,14 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=32)
     parser.add_argument("--stores", type=int, default=4)
     parser.add_argument("--modes", default="proxy,direct")
+    parser.add_argument("--serve", choices=("a", "b", "both"), default="both",
+                        help="the members the balancer uses; straight goes to the same (both: each in turn)")
+    parser.add_argument("--parallel", type=int, default=1, help="echo clients at once")
     parser.add_argument("--detail", action="store_true", help="print every round too")
     args = parser.parse_args()
     for mode in args.modes.split(","):
         result = run(min(args.rounds, 50), min(args.echo_seconds, 30.0), min(args.megabytes, 256),
-                     min(args.stores, 32), mode)
+                     min(args.stores, 32), mode, args.serve, min(args.parallel, 16))
         print(json.dumps(result if args.detail else {k: v for k, v in result.items() if k != "rounds_detail"},
                          indent=1), flush=True)
 

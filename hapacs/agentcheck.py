@@ -1,6 +1,6 @@
 """HAProxy's agent-check, answered by this node's agent: may its PACS take new associations?
 
-The HAProxy of whichever node holds a VIP connects here every half second
+The HAProxy of whichever node holds a VIP connects here every 0.2 s
 per service, sends the service's name and a newline, and reads one line
 back (then the connection is closed):
 

@@ -169,7 +169,7 @@ def test_the_written_configuration_is_accepted_by_haproxy(tmp_path, key):
     assert f"send-binary {haproxy.associate_rq('PACS', 'HAPACS').hex()}" in text
     assert "expect binary 06000000000400000000" in text and "07000000" not in text   # released, never aborted
     assert 'server 192.0.2.12 ipv4@192.0.2.12:11112 weight 100 check' in text
-    assert 'agent-check agent-addr 192.0.2.12 agent-port 5406 agent-inter 500 agent-send "dicom\\n"' in text
+    assert 'agent-check agent-addr 192.0.2.12 agent-port 5406 agent-inter 200 agent-send "dicom\\n"' in text
     assert f"stats socket {tmp_path}/state/haproxy/admin.sock mode 600 level admin" in text
     proxy = haproxy.HAProxy(str(tmp_path / "state"))
     asyncio.run(proxy.check(text))
