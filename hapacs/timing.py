@@ -94,6 +94,17 @@ def lease_held_until(sent_at: float, ttl_s: float) -> float:
     return sent_at + ttl_s - lease_margin_s(ttl_s)
 
 
+def vip_lifetime_s(lease_s: int, held_until: float | None, now: float) -> int:
+    """The valid_lft to give a VIP address now. Without the etcd lease (held_until None): lease_s.
+    Under it: the whole seconds left until the lease's local deadline, never more than lease_s,
+    so the kernel removes the address of a holder that died with its host alive (kill -9) no later
+    than that deadline, before etcd can give the key to another node. 0: under a second is left;
+    the address is not renewed then (its lifetime, set earlier, ends sooner)."""
+    if held_until is None:
+        return lease_s
+    return max(0, min(lease_s, math.floor(held_until - now)))
+
+
 def lease_renew_s(ttl_s: float) -> float:
     """A holder renews every third of the TTL: two renewals may fail before the margin is reached."""
     return ttl_s / 3
