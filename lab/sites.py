@@ -26,7 +26,9 @@ carries nothing else (the LANs are static routes), BFD (100 ms x 3) runs on
 every session, and every BIRD retries a failed session after 1 s.
 
 What the etcd leadership's tests and benchmarks find here: `start_etcd()` (members in ea, eb,
-ec, ~1.5 s); `site_down(site)` cuts a whole site from the core, its etcd member included (left
+ec, ~1.5 s; `timers=` etcd's heartbeat and election timeout); `cut_from_etcd(host)` a host cut
+off from every etcd member, not from the workstations; `etcd_agent_extra()` an agent's settings
+under `cluster.authority: etcd`; `site_down(site)` cuts a whole site from the core, its etcd member included (left
 in the minority); `link_down(host)` a host; `block_bgp(host)` / `flap_bgp(host, ...)` its BGP
 session; `watch_core_table().overlaps()` every interval in which the core's BGP table held the
 VIP via both sites (its BIRD's route log, milliseconds); `SiteRouteMonitor` the same in the
@@ -92,6 +94,7 @@ SITES = {
 CORE_LAN_IP, CORE_LAN = "198.51.100.129", "198.51.100.128/26"
 WORKSTATION_IP, CORE_ETCD_IP = "198.51.100.150", "198.51.100.140"
 ROUTERS = ("ra", "rb", "co")
+ETCD_HOSTS = ("ea", "eb", "ec")
 
 
 def vip_filter(name: str = "vip_range") -> str:
@@ -311,10 +314,22 @@ class SitesLab(Lab):
         """The router's kernel route for the VIP (`ip route get`), e.g. "via 192.0.2.2 dev ..."."""
         return self.exec(router, ["ip", "route", "show", f"{vip}/32"], check=False).stdout.strip()
 
-    def start_etcd(self):
-        """Three etcd members: one on each site's LAN and one on the core side (lab/etcd.py)."""
+    def start_etcd(self, timers=None):
+        """Three etcd members: one on each site's LAN and one on the core side (lab/etcd.py);
+        `timers` (lab.etcd.RaftTimers): their heartbeat and election timeout."""
         from lab.etcd import start_etcd_cluster
-        return start_etcd_cluster(self, ("ea", "eb", "ec"))
+        return start_etcd_cluster(self, ETCD_HOSTS, timers=timers)
+
+    def cut_from_etcd(self, host: str, on: bool = True) -> None:
+        """Drop what `host` sends to every etcd member's client port (nftables in its namespace):
+        the host is cut off from etcd, not from the workstations, its peer or its router."""
+        if not on:
+            self.exec(host, ["nft", "delete", "table", "inet", "labetcd"], check=False)
+            return
+        members = ", ".join(self.node(h).ipv4 for h in ETCD_HOSTS)
+        self.exec(host, ["nft", "-f", "-"], input=(
+            "table inet labetcd {\n chain out { type filter hook output priority 0; "
+            f"ip daddr {{ {members} }} tcp dport 2379 drop; }}\n}}\n"))
 
     # ---- faults -------------------------------------------------------------
 
@@ -369,6 +384,15 @@ def agent_extra(lab: SitesLab, host: str, stable_for: float = 1.0) -> dict:
             "bgp": {"socket": lab.pacs_bird(host).socket, "protocols": ["uplink"], "stable_for": stable_for,
                     "poll_interval": 0.2}}
 
+
+
+def etcd_agent_extra(lab: SitesLab, host: str, etcd, prefix: str, ttl: int, stable_for: float = 1.0) -> dict:
+    """agent_extra with `cluster.authority: etcd` on the lab's three members, and the DICOM port
+    drained at a handover (the lease lets go before the successor holds: the drain keeps
+    associations whole)."""
+    return {**agent_extra(lab, host, stable_for), "cluster": {"authority": "etcd"},
+            "etcd": {"endpoints": etcd.endpoints, "prefix": prefix, "ttl": ttl},
+            "handover": {"drain_timeout": 2, "shutdown_drain_timeout": 1, "drain_ports": [104]}}
 
 
 class CoreSampler:
