@@ -234,6 +234,29 @@ def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
     return None
 
 
+def member_ids(cluster: EtcdCluster, from_host: str) -> dict[str, int]:
+    """The living members' Raft ids by host."""
+    living = [host for host, process in cluster.processes.items() if process.poll() is None]
+    completed = cluster.lab.exec(from_host, etcdctl_argv(cluster, [cluster.urls[h] for h in living])
+                                 + ["endpoint", "status", "-w", "json"], check=False, timeout=HEALTH_TIMEOUT_S + 5)
+    ids = {}
+    for status in json.loads(completed.stdout or "[]"):
+        host = next((h for h, url in cluster.urls.items() if url == status.get("Endpoint")), None)
+        if host is not None:
+            ids[host] = status["Status"]["header"]["member_id"]
+    return ids
+
+
+def move_leader(cluster: EtcdCluster, to_host: str) -> None:
+    """A planned etcd leader change (`etcdctl move-leader`): the leader hands over to `to_host`."""
+    now = leader(cluster)
+    if now is None or now == to_host:
+        raise RuntimeError(f"cannot move the etcd leader from {now} to {to_host}")
+    target = member_ids(cluster, now)[to_host]
+    cluster.lab.exec(now, etcdctl_argv(cluster, [cluster.urls[now]]) + ["move-leader", f"{target:x}"],
+                     timeout=HEALTH_TIMEOUT_S + 5)
+
+
 def follower(cluster: EtcdCluster) -> str:
     """A living member that is not the leader (waits up to START_TIMEOUT_S for a leader)."""
     found = wait_for(lambda: leader(cluster), START_TIMEOUT_S, interval=0.1, what="an etcd leader")
