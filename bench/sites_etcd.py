@@ -176,8 +176,12 @@ def members(lab, cluster, etcd, trials: int) -> None:
                 kill_member(etcd, victim)
             time.sleep(4)       # bench only: the window in which a transition would show
             moved = sum(len(cluster.transitions(h)) - before[h] for h in ("a", "b"))
-            failed = sum(1 for r in load(out) if not r["ok"] and r["t"] >= start)
+            failures = [r for r in load(out) if not r["ok"] and r["t"] >= start]
+            failed = len(failures)
             results[kind].append((moved, failed))
+            if failures and not moved:
+                errors = sorted({r["err"][:80] for r in failures})
+                print(f"    {kind}: {failed} failed echoes without a transition: {errors}")
             if moved:
                 for host in ("a", "b"):
                     for t in cluster.transitions(host)[before[host]:]:

@@ -159,11 +159,11 @@ class VipManager:
         # Under the etcd lease also at once when the lease was renewed (follow_lease).
         period = self.lease_s / 3
         while self.wanted:
-            self._renew_now.clear()
             try:
                 await asyncio.wait_for(self._renew_now.wait(), period)
             except TimeoutError:
                 pass
+            self._renew_now.clear()
             lifetime = self.lifetime_s()
             if not self.wanted or lifetime < 1:
                 continue
