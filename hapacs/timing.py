@@ -105,6 +105,20 @@ def vip_lifetime_s(lease_s: int, held_until: float | None, now: float) -> int:
     return max(0, min(lease_s, math.floor(held_until - now)))
 
 
+# A VIP address renewed on a timer ends this long before the lease's local deadline: the timer's
+# own lateness up to this keeps its whole-second lifetime from passing the deadline.
+VIP_RENEW_LEAD_S = 0.1
+
+
+def vip_timed_renewal(lease_s: int, held_until: float, now: float) -> float | None:
+    """When to renew the VIPs once more so that their whole-second lifetime ends VIP_RENEW_LEAD_S
+    before held_until: a renewal at the lease's answer could only give floor(held_until - now)
+    seconds (1 s of the 1.5 s at TTL 2), and the address would lapse while the lease still holds.
+    None: under a second (plus the lead) is left."""
+    whole = min(lease_s, math.floor(held_until - VIP_RENEW_LEAD_S - now))
+    return held_until - VIP_RENEW_LEAD_S - whole if whole >= 1 else None
+
+
 def lease_renew_s(ttl_s: float) -> float:
     """A holder renews every third of the TTL: two renewals may fail before the margin is reached."""
     return ttl_s / 3

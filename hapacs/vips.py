@@ -7,9 +7,11 @@ seconds later, so a standby that took over is left as the only holder.
 keepalived leaves the address on a dead agent's host for good.
 
 Under `cluster.authority: etcd` the lifetime also ends by the lease's local
-deadline (`follow_lease`, timing.vip_lifetime_s) and is renewed as soon as
-the lease is: a killed agent's host (its BGP speaker still announcing a
-routed VIP) stops serving before etcd can give the lease to another node.
+deadline (`follow_lease`, timing.vip_lifetime_s): renewed as soon as the lease
+is, and once more when whole seconds can end just before that deadline
+(timing.vip_timed_renewal), never shortened. A killed agent's host (its BGP
+speaker still announcing a routed VIP) stops serving before etcd can give
+the lease to another node.
 The kernel counts lifetimes in whole seconds and removes an expired address
 at its next lifetime check: normally within 0.25 s of the end, up to a
 second later when another address on the host changed in that last second.
@@ -43,6 +45,8 @@ class VipManager:
         self.wanted = False
         self.renewals = 0
         self.until: float | None = None        # the etcd lease's local deadline (loop time), if any
+        self.timed_at: float | None = None     # the renewal that ends just before it
+        self.ends_at = 0.0                     # when the addresses' current lifetime ends (loop time)
         self._renew_task: asyncio.Task | None = None
         self._renew_now = asyncio.Event()
 
@@ -50,6 +54,7 @@ class VipManager:
         """The etcd lease was granted or renewed: from now on every VIP ends by `until`; the held
         ones are renewed at once."""
         self.until = until
+        self.timed_at = timing.vip_timed_renewal(self.lease_s, until, asyncio.get_running_loop().time())
         if self.wanted:
             self._renew_now.set()
 
@@ -98,7 +103,9 @@ class VipManager:
             raise KeyError(f"interface {vip.interface} not found")
         # At least a second, the kernel's unit: under the lease that is only when its take took
         # longer than TTL - margin - 1 s to answer.
-        await self.netlink.add_lease(link.index, vip.address, max(1, self.lifetime_s()))
+        lifetime = max(1, self.lifetime_s())
+        await self.netlink.add_lease(link.index, vip.address, lifetime)
+        self.ends_at = asyncio.get_running_loop().time() + lifetime
         self.held[vip.label] = True
 
     async def release(self) -> None:
@@ -157,16 +164,22 @@ class VipManager:
         # Renew three times per lease: one missed renewal must not let it lapse. (Each renewal
         # costs a netlink round trip and an address event, so not more often than that.)
         # Under the etcd lease also at once when the lease was renewed (follow_lease).
+        loop = asyncio.get_running_loop()
         period = self.lease_s / 3
         while self.wanted:
+            wait = period if self.timed_at is None else max(0.0, min(period, self.timed_at - loop.time()))
             try:
-                await asyncio.wait_for(self._renew_now.wait(), period)
+                await asyncio.wait_for(self._renew_now.wait(), wait)
             except TimeoutError:
                 pass
             self._renew_now.clear()
+            now = loop.time()
+            if self.timed_at is not None and now >= self.timed_at:
+                self.timed_at = None
             lifetime = self.lifetime_s()
-            if not self.wanted or lifetime < 1:
-                continue
+            if not self.wanted or lifetime < 1 or now + lifetime <= self.ends_at:
+                continue      # never shorten a lifetime already given
+            self.ends_at = now + lifetime
             for vip in self.vips:
                 link = self.links.get(vip.interface)
                 try:

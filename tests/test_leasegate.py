@@ -448,6 +448,18 @@ def test_vip_lifetime_under_the_lease_is_whole_seconds_never_past_the_deadline()
     assert timing.vip_lifetime_s(2, 9.0, 10.0) == 0
 
 
+def test_a_timed_vip_renewal_ends_the_address_just_before_the_deadline_not_a_half_second_early():
+    lead = timing.VIP_RENEW_LEAD_S
+    # TTL 2, answered 10 ms after it was sent: 1 s at once, then at 10.39 1 s more, to 11.39.
+    at = timing.vip_timed_renewal(2, 11.49, 10.0)
+    assert at == pytest.approx(11.49 - lead - 1)
+    assert timing.vip_lifetime_s(2, 11.49, at) == 1 and at + 1 == pytest.approx(11.49 - lead)
+    assert timing.vip_lifetime_s(2, 11.49, at + lead * 0.9) == 1            # late by less than the lead: same
+    assert timing.vip_lifetime_s(2, 11.49, at + lead * 1.1) == 0            # later: not renewed, never past
+    assert timing.vip_timed_renewal(2, 14.0, 10.0) == pytest.approx(14.0 - lead - 2)   # capped by the VIP lease
+    assert timing.vip_timed_renewal(2, 11.05, 10.0) is None
+
+
 def test_another_gates_hold_ends_a_take_under_way():
     """The BGP session gate closes while the take is under way: the node no longer competes."""
     sim = two_nodes()
