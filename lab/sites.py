@@ -23,7 +23,10 @@ Interface names: a member's is `{prefix}{name}0`, its router-side port
 `{prefix}{name}p`; a site router's uplink is `{prefix}{router}u`, its
 core-side end `{prefix}c{router}`. The VIPs are 203.0.113.100-109/32; BGP
 carries nothing else (the LANs are static routes), BFD (100 ms x 3) runs on
-every session, and every BIRD retries a failed session after 1 s.
+every session, and every BIRD retries a failed session after 1 s. The core
+keeps a discard (blackhole) route for the VIP range under the BGP host routes
+(`discard_vips=False` leaves it out): a SYN sent while no site announces the
+VIP is dropped and sent again, not refused by ICMP.
 
 What the etcd leadership's tests and benchmarks find here: `start_etcd()` (members in ea, eb,
 ec, ~1.5 s; `timers=` etcd's heartbeat and election timeout); `cut_from_etcd(host)` a host cut
@@ -172,7 +175,8 @@ class SitesLab(Lab):
     """The sites topology (module docstring). Hosts (for lab.cluster.AgentCluster and lab.etcd):
     a, b (PACS), ea, eb, ec (etcd); the workstation ws; the routers ra, rb, co."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, discard_vips: bool = True):
+        self.discard_vips = discard_vips
         _check_prefix(prefix)
         _require_root_and_tools()
         require_bird()
@@ -244,6 +248,11 @@ class SitesLab(Lab):
             self.exec(site.router, ["ip", "route", "add", "198.51.100.0/24", "via", site.core_ip])
             self.exec(site.router, ["ip", "route", "add", VIP_RANGE, "via", site.core_ip])
             self.exec("co", ["ip", "route", "add", site.lan, "via", site.uplink_ip])
+        if self.discard_vips:
+            # While no site announces a VIP (a break-before-make handover under the etcd lease), a
+            # workstation's SYN is dropped silently and sent again a second later, instead of being
+            # refused at once by ICMP net unreachable (which fails the connection attempt).
+            self.exec("co", ["ip", "route", "add", "blackhole", VIP_RANGE])
 
     # ---- BGP --------------------------------------------------------------
 
