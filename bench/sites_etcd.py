@@ -92,7 +92,13 @@ def site_loss(lab, cluster, etcd, trials: int) -> None:
         cluster.kill(master, signal.SIGKILL)
         lab.birds[master].stop()
         lab.site_down(master)
-        lab.wait_for(lambda: lab.core_routes() == [OTHER[master]], 20, interval=0.02, what="the route moved")
+        try:
+            lab.wait_for(lambda: lab.core_routes() == [OTHER[master]], 20, interval=0.02, what="the route moved")
+        except AssertionError:
+            status = cluster.status(OTHER[master]) or {}
+            print({key: status.get(key) for key in ("state", "holds", "faults", "authority", "bgp")})
+            print(cluster.logs()[-3000:])
+            raise
         lab.wait_for(lambda: any(r["ok"] and r["t"] > fault_t for r in load(out)), 10, what="served again")
         result = outage(load(out), fault_t)
         outages.append(result["outage_s"])
@@ -229,14 +235,16 @@ def main() -> int:
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--timers", default="100/1000", help="etcd heartbeat/election timeout in ms, comma-separated")
     parser.add_argument("--only", default="site,cut,release,members,flap")
+    parser.add_argument("--no-discard", action="store_true",
+                        help="no discard route for the VIP range at the core (ICMP net unreachable in a gap)")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     for spec in args.timers.split(","):
         heartbeat, election = (int(v) for v in spec.split("/"))
         timers = RaftTimers(heartbeat, election)
         print(f"== etcd heartbeat {heartbeat} ms, election timeout {election} ms, TTL {args.ttl} s, "
-              f"load average {os.getloadavg()[0]:.2f}")
-        with SitesLab(unique_prefix("sb")) as lab:
+              f"discard route at the core: {not args.no_discard}, load average {os.getloadavg()[0]:.2f}")
+        with SitesLab(unique_prefix("sb"), discard_vips=not args.no_discard) as lab:
             etcd, cluster = start(lab, args.ttl, timers)
             if "members" in sections:
                 members(lab, cluster, etcd, args.trials)

@@ -37,7 +37,8 @@ Rules, with the reason for each:
 | IDLE        | no lease, none wanted                  | the election wants MASTER: TakeLease -> TAKING         |
 | TAKING      | a take is under way (hold)             | taken -> HELD, MASTER; held by another -> WAITING;     |
 |             |                                        | failed -> UNREACHABLE                                  |
-| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again           |
+| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again;          |
+|             |                                        | probe_at -> ProbeAuthority (the watch may be cut off)  |
 | HELD        | holds the lease until held_until       | MASTER ends -> revoke, IDLE; held_until, key gone or   |
 |             |                                        | another's -> FAULT, IDLE                               |
 | UNREACHABLE | etcd did not answer (fault "etcd")     | any answer -> IDLE; retry_at -> ProbeAuthority         |
@@ -132,6 +133,7 @@ class LeaseGate:
         self.renewed_sent_at = 0.0             # the sent time of the grant or renewal held_until counts from
         self.renew_at: float | None = None
         self.retry_at: float | None = None
+        self.probe_at: float | None = None      # WAITING: the next read of the key
         self.failures = 0
         self.holder: str | None = None
         self.holder_revision = 0
@@ -167,6 +169,8 @@ class LeaseGate:
             return self.retry_at
         if self.phase == LeasePhase.TAKING:
             return self.take_deadline
+        if self.phase == LeasePhase.WAITING:
+            return self.probe_at
         return None
 
     def view(self, now: float) -> LeaseView:
@@ -224,6 +228,9 @@ class LeaseGate:
             return [RenewLease(self.lease_id)]
         if self.phase == LeasePhase.TAKING and now >= self.take_deadline:
             return self._failed(LeaseFailed("take", "no answer to the take"), now)
+        if self.phase == LeasePhase.WAITING and self.probe_at is not None and now >= self.probe_at:
+            self.probe_at = now + timing.lease_wait_probe_s(self.ttl_s)
+            return [ProbeAuthority("waiting for the etcd lease: is the key still held?")]
         if self.phase == LeasePhase.UNREACHABLE and now >= self.retry_at:
             self.retry_at = now + timing.lease_retry_s(self.failures + 1)
             return [ProbeAuthority(f"etcd unreachable for the last {self.failures} attempt(s)")]
@@ -309,6 +316,7 @@ class LeaseGate:
         if event.revision >= self.holder_revision:
             self.holder, self.holder_revision = event.holder, event.revision
         self.phase = LeasePhase.WAITING
+        self.probe_at = now + timing.lease_wait_probe_s(self.ttl_s)
         return self._holder(KeyHolder(self.holder, self.holder_revision), now)
 
     def _failed(self, event: LeaseFailed, now: float) -> list[Effect]:

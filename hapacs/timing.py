@@ -124,6 +124,12 @@ def lease_renew_s(ttl_s: float) -> float:
     return ttl_s / 3
 
 
+def lease_wait_probe_s(ttl_s: float) -> float:
+    """A node waiting for another's key reads it again this often, besides the watch: a watch
+    held by a member cut off from the others never tells that the key expired."""
+    return ttl_s / 3
+
+
 def lease_retry_s(failures: int) -> float:
     """The wait before asking etcd again after `failures` failures in a row (bounded backoff)."""
     return min(LEASE_RETRY_MAX_S, LEASE_RETRY_MIN_S * 2 ** max(0, failures - 1))

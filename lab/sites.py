@@ -354,7 +354,10 @@ class SitesLab(Lab):
         self.exec("co", ["ip", "link", "set", f"{self.prefix}c{SITES[site].router}", "down"])
 
     def site_up(self, site: str):
+        """The site's uplink back; the core's static route to the site's LAN too (the kernel
+        removed it with the link)."""
         self.exec("co", ["ip", "link", "set", f"{self.prefix}c{SITES[site].router}", "up"])
+        self.exec("co", ["ip", "route", "replace", SITES[site].lan, "via", SITES[site].uplink_ip])
 
     def block_bgp(self, host: str, on: bool = True):
         """Drop BGP (TCP 179) and BFD (UDP 3784) in a PACS host, both ways: its session fails

@@ -125,6 +125,7 @@ class LeaseSim(SimCluster):
         self.etcd = FakeEtcd(self)
         self.calls: list = []          # (at, order, callable)
         self.vip_log: list[tuple[float, str, bool]] = []
+        self.watch_cut: set[str] = set()     # nodes whose watch stream sits on a cut-off member: no news
 
     def add_node(self, name: str, priority: int, address: str, preempt: bool = True) -> SimNode:
         packed = ipaddress.ip_address(address).packed
@@ -156,6 +157,8 @@ class LeaseSim(SimCluster):
 
     def tell(self, name: str, event, now: float) -> None:
         """Watch news, to a node whose stream still works: a cut drops only what it sends."""
+        if name in self.watch_cut:
+            return
         self.later(now + self.etcd.delay_s.get(name, 0.001), name, replace(event, streamed=True))
 
     def step(self) -> bool:
@@ -498,3 +501,14 @@ def test_a_master_whose_bgp_session_goes_down_faults_and_revokes_so_the_other_ta
     assert isinstance(a_effects[-2], ReleaseVips) and isinstance(a_effects[-1], RevokeLease)
     assert sim.nodes["a"].state == State.FAULT and sim.etcd.key.holder == "b"
     sim.assert_never_two_holders()
+
+
+def test_a_waiting_node_whose_watch_hears_nothing_reads_the_key_again_and_takes_it_once_expired():
+    """b's watch stream sits on the etcd member of the lost site: it never tells of the expiry."""
+    sim = two_nodes()
+    lease_id = sim.etcd.key.lease_id
+    sim.watch_cut.add("b")
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 5, "b MASTER without watch news")
+    assert sim.now - sim.etcd.expired_at[lease_id] <= timing.lease_wait_probe_s(TTL) + 0.05
+    assert any("is the key still held" in e.why for e in sim.effects_of("b", ProbeAuthority))
