@@ -99,12 +99,14 @@ def site_loss(lab, cluster, etcd, trials: int) -> None:
             print({key: status.get(key) for key in ("state", "holds", "faults", "authority", "bgp")})
             print(cluster.logs()[-3000:])
             raise
+        moved_s = time.monotonic() - fault_t
         lab.wait_for(lambda: any(r["ok"] and r["t"] > fault_t for r in load(out)), 10, what="served again")
         result = outage(load(out), fault_t)
         outages.append(result["outage_s"])
         leader_lost.append(chief == site.etcd)
+        took = [t for t in cluster.transitions(OTHER[master]) if t["to"] == "MASTER"][-1]
         print(f"  lost site {master} (etcd leader {chief}): outage {result['outage_s']:.2f} s, "
-              f"{result['failures']} failed echoes")
+              f"{result['failures']} failed echoes; route moved after {moved_s:.2f} s; {took['reason']}")
         lab.site_up(master)
         lab.start_pacs_bird(master)
         cluster.start(master)
