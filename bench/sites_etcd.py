@@ -5,8 +5,8 @@ side); agents on the two PACS hosts (TTL --ttl, heartbeats every 0.1 s, dead_aft
 off, port 104 drained at a handover); a workstation behind the core sends a C-ECHO every 20 ms
 (up to 10 in flight). Sections (--only picks some):
 
-- site: the MASTER's site loses power: its agent killed, its BIRD stopped, its uplink to the
-  core down (its etcd member, still running, is cut off with it). The workstation's outage
+- site: the MASTER's site loses power: its uplink to the core down, then its agent killed and
+  its BIRD stopped (its etcd member, still running, is cut off with the site). The workstation's outage
   (lab/outage.py: last answer before to first answer after), whether the etcd leader was in
   the lost site. The site comes back (BACKUP) and the next trial loses the other one.
 - cut: the MASTER's host cut off from every etcd member (nftables), not from the workstations:
@@ -89,9 +89,9 @@ def site_loss(lab, cluster, etcd, trials: int) -> None:
         served(lab, out, time.monotonic() - 1)
         chief = leader(etcd)
         fault_t = time.monotonic()
+        lab.site_down(master)           # first: the whole site silent at once; then what runs in it stops
         cluster.kill(master, signal.SIGKILL)
         lab.birds[master].stop()
-        lab.site_down(master)
         try:
             lab.wait_for(lambda: lab.core_routes() == [OTHER[master]], 20, interval=0.02, what="the route moved")
         except AssertionError:
