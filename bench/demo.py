@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--dead-after", type=int, default=None,
                         help="default 3; with --sites 5, above BFD's 0.3 s detection")
     parser.add_argument("--sites", action="store_true",
-                        help="two sites on different networks, a routed VIP announced by BGP (bench/sitesdemo.py)")
+                        help="two sites on different networks, a routed VIP announced by BGP, the lease in etcd "
+                             "(bench/sitesdemo.py)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("demo: run as root (it builds network namespaces)")

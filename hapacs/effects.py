@@ -179,6 +179,15 @@ class ProbeAuthority:
     why: str
 
 
+@dataclass(frozen=True)
+class VipsUntil:
+    """The lease was granted or renewed: the VIPs' addresses must end by `until` (the lease's
+    local deadline, on the core's clock), so that a holder that dies with its host alive (kill -9)
+    stops serving before another node can take the lease. Sent before AcquireVips and at every
+    renewal; no answer is needed."""
+    until: float
+
+
 Effect = (SendAdvert | Transition | AcquireVips | ReleaseVips | Announce | StartDrain
           | HandoverDone | PeerChange | SplitBrain | Notice | Misconfigured | ProbeWitness | Stopped
-          | CommandPending | CommandDone | TakeLease | RenewLease | RevokeLease | ProbeAuthority)
+          | CommandPending | CommandDone | TakeLease | RenewLease | RevokeLease | ProbeAuthority | VipsUntil)

@@ -3,8 +3,9 @@
 The core (hapacs.leasegate) decides; this module only does. It turns
 TakeLease into a lease grant and a create-if-absent transaction (compare
 create_revision == 0, value = this node's name), RenewLease into a
-keepalive, RevokeLease into a revoke (the key goes with its lease), and
-ProbeAuthority into a read. Every answer goes back to the core as an event
+keepalive, RevokeLease into a revoke (the key goes with its lease),
+ProbeAuthority into a read, and VipsUntil into the end of the VIPs'
+address lifetime. Every answer goes back to the core as an event
 dated when its request was SENT, never when it came back. It also watches
 the key (a linearizable read, then a watch from the next revision), and
 counts the endpoints that answer, for status.
@@ -26,7 +27,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from . import timing
-from .effects import ProbeAuthority, RenewLease, RevokeLease, TakeLease
+from .effects import ProbeAuthority, RenewLease, RevokeLease, TakeLease, VipsUntil
 from .etcd import EtcdClient, tls_context
 from .etcdwire import DELETE, LEASE_NOT_FOUND, EtcdError, KeyValue
 from .hostsetup import StartupError
@@ -149,6 +150,8 @@ class EtcdAuthority:
             self._spawn(self._revoke(effect.lease_id, effect.why), "etcd-revoke")
         elif isinstance(effect, ProbeAuthority):
             self._spawn(self._probe(), "etcd-probe")
+        elif isinstance(effect, VipsUntil) and self.agent.vips is not None:
+            self.agent.vips.follow_lease(effect.until)     # the core's clock is the loop's
 
     def _feed(self, event) -> None:
         self.agent.feed(lambda now: self.agent.core.authority(event, now))

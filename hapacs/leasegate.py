@@ -16,6 +16,12 @@ Rules, with the reason for each:
   to FAULT at once, before etcd can give the key to another site.
 * Renew every TTL/3; a renewal that comes back late extends only to its own
   sent + TTL - margin.
+* The VIPs' addresses end by held_until (VipsUntil, before AcquireVips and at
+  every renewal that moves it; timing.vip_lifetime_s): a holder killed with
+  its host alive stops serving before etcd can give the key to another.
+* Another gate's hold (the BGP session gate, checks not run yet) ends a take
+  or a wait at once: a node competes for the lease only while nothing else
+  holds it back (the operator's takeover overrides holds).
 * Becoming MASTER: the election calls `before_master`; without a lease the
   node stays BACKUP, held "waiting for the etcd lease", and asks for it.
   Taken: MASTER. Held by another: it waits (held) until the key is gone,
@@ -31,7 +37,8 @@ Rules, with the reason for each:
 | IDLE        | no lease, none wanted                  | the election wants MASTER: TakeLease -> TAKING         |
 | TAKING      | a take is under way (hold)             | taken -> HELD, MASTER; held by another -> WAITING;     |
 |             |                                        | failed -> UNREACHABLE                                  |
-| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again           |
+| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again;          |
+|             |                                        | probe_at -> ProbeAuthority (the watch may be cut off)  |
 | HELD        | holds the lease until held_until       | MASTER ends -> revoke, IDLE; held_until, key gone or   |
 |             |                                        | another's -> FAULT, IDLE                               |
 | UNREACHABLE | etcd did not answer (fault "etcd")     | any answer -> IDLE; retry_at -> ProbeAuthority         |
@@ -44,7 +51,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import timing
-from .effects import Effect, ProbeAuthority, Reason, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why
+from .effects import (
+    Effect, ProbeAuthority, Reason, ReleaseVips, RenewLease, RevokeLease, TakeLease, VipsUntil, Why,
+)
 from .states import State
 
 if TYPE_CHECKING:
@@ -124,6 +133,7 @@ class LeaseGate:
         self.renewed_sent_at = 0.0             # the sent time of the grant or renewal held_until counts from
         self.renew_at: float | None = None
         self.retry_at: float | None = None
+        self.probe_at: float | None = None      # WAITING: the next read of the key
         self.failures = 0
         self.holder: str | None = None
         self.holder_revision = 0
@@ -159,6 +169,8 @@ class LeaseGate:
             return self.retry_at
         if self.phase == LeasePhase.TAKING:
             return self.take_deadline
+        if self.phase == LeasePhase.WAITING:
+            return self.probe_at
         return None
 
     def view(self, now: float) -> LeaseView:
@@ -197,9 +209,14 @@ class LeaseGate:
         return []
 
     def _still_wanted(self) -> bool:
+        """Does the election still want MASTER? Another gate's hold (the BGP session gate, checks
+        not run yet) ends the take or the wait: a node competes for the lease only while nothing
+        else holds it back, unless the operator's takeover (sticky) overrides holds."""
         owner = self.owner
+        sticky = self.wanted is not None and self.wanted[1]
+        held_elsewhere = any(source != SOURCE for source in owner.holds)
         return (owner.state in (State.INIT, State.BACKUP) and not owner.faults and not owner.maintenance
-                and not owner.stopping and owner.live_master() is None)
+                and not owner.stopping and owner.live_master() is None and (sticky or not held_elsewhere))
 
     # --- time ------------------------------------------------------------------------------
 
@@ -211,6 +228,9 @@ class LeaseGate:
             return [RenewLease(self.lease_id)]
         if self.phase == LeasePhase.TAKING and now >= self.take_deadline:
             return self._failed(LeaseFailed("take", "no answer to the take"), now)
+        if self.phase == LeasePhase.WAITING and self.probe_at is not None and now >= self.probe_at:
+            self.probe_at = now + timing.lease_wait_probe_s(self.ttl_s)
+            return [ProbeAuthority("waiting for the etcd lease: is the key still held?")]
         if self.phase == LeasePhase.UNREACHABLE and now >= self.retry_at:
             self.retry_at = now + timing.lease_retry_s(self.failures + 1)
             return [ProbeAuthority(f"etcd unreachable for the last {self.failures} attempt(s)")]
@@ -243,7 +263,8 @@ class LeaseGate:
             return effects + self._give_up("taken, but this node may no longer become MASTER")
         wanted, sticky = self.wanted or (Reason(Why.NO_MASTER, "no MASTER"), False)
         reason = Reason(wanted.code, f"{wanted.text}; took the etcd lease")
-        return effects + self.owner.become_master(reason, now, sticky)
+        # The VIPs' lifetime first: they are added ending by held_until.
+        return effects + [VipsUntil(self.held_until)] + self.owner.become_master(reason, now, sticky)
 
     def _renewed(self, event: LeaseRenewed, now: float) -> list[Effect]:
         effects = self._reachable(now)
@@ -251,14 +272,18 @@ class LeaseGate:
             return effects           # an answer for a lease given up meanwhile
         if event.ttl_left_s <= 0:
             return effects + self._lost("lost the etcd lease: etcd no longer knows it (expired)", now)
-        self._extend(event.sent_at, min(event.ttl_left_s, self.granted_ttl_s))
+        if self._extend(event.sent_at, min(event.ttl_left_s, self.granted_ttl_s)) \
+                and self.owner.state == State.MASTER:
+            effects.append(VipsUntil(self.held_until))
         return effects
 
-    def _extend(self, sent_at: float, ttl_s: int) -> None:
-        """Never shorten, never count from the answer: sent + TTL - margin."""
+    def _extend(self, sent_at: float, ttl_s: int) -> bool:
+        """Never shorten, never count from the answer: sent + TTL - margin. True if it moved."""
         until = timing.lease_held_until(sent_at, ttl_s)
         if self.held_until is None or self.phase != LeasePhase.HELD or until > self.held_until:
             self.held_until, self.renewed_sent_at = until, sent_at
+            return True
+        return False
 
     def _holder(self, event: KeyHolder, now: float) -> list[Effect]:
         effects = [] if event.streamed else self._reachable(now)
@@ -291,6 +316,7 @@ class LeaseGate:
         if event.revision >= self.holder_revision:
             self.holder, self.holder_revision = event.holder, event.revision
         self.phase = LeasePhase.WAITING
+        self.probe_at = now + timing.lease_wait_probe_s(self.ttl_s)
         return self._holder(KeyHolder(self.holder, self.holder_revision), now)
 
     def _failed(self, event: LeaseFailed, now: float) -> list[Effect]:

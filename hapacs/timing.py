@@ -94,8 +94,39 @@ def lease_held_until(sent_at: float, ttl_s: float) -> float:
     return sent_at + ttl_s - lease_margin_s(ttl_s)
 
 
+def vip_lifetime_s(lease_s: int, held_until: float | None, now: float) -> int:
+    """The valid_lft to give a VIP address now. Without the etcd lease (held_until None): lease_s.
+    Under it: the whole seconds left until the lease's local deadline, never more than lease_s,
+    so the kernel removes the address of a holder that died with its host alive (kill -9) no later
+    than that deadline, before etcd can give the key to another node. 0: under a second is left;
+    the address is not renewed then (its lifetime, set earlier, ends sooner)."""
+    if held_until is None:
+        return lease_s
+    return max(0, min(lease_s, math.floor(held_until - now)))
+
+
+# A VIP address renewed on a timer ends this long before the lease's local deadline: the timer's
+# own lateness up to this keeps its whole-second lifetime from passing the deadline.
+VIP_RENEW_LEAD_S = 0.1
+
+
+def vip_timed_renewal(lease_s: int, held_until: float, now: float) -> float | None:
+    """When to renew the VIPs once more so that their whole-second lifetime ends VIP_RENEW_LEAD_S
+    before held_until: a renewal at the lease's answer could only give floor(held_until - now)
+    seconds (1 s of the 1.5 s at TTL 2), and the address would lapse while the lease still holds.
+    None: under a second (plus the lead) is left."""
+    whole = min(lease_s, math.floor(held_until - VIP_RENEW_LEAD_S - now))
+    return held_until - VIP_RENEW_LEAD_S - whole if whole >= 1 else None
+
+
 def lease_renew_s(ttl_s: float) -> float:
     """A holder renews every third of the TTL: two renewals may fail before the margin is reached."""
+    return ttl_s / 3
+
+
+def lease_wait_probe_s(ttl_s: float) -> float:
+    """A node waiting for another's key reads it again this often, besides the watch: a watch
+    held by a member cut off from the others never tells that the key expired."""
     return ttl_s / 3
 
 

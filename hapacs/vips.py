@@ -5,6 +5,16 @@ and renewed while this node is MASTER. If the agent is killed or hangs,
 nobody renews it and the kernel removes the address by itself a few
 seconds later, so a standby that took over is left as the only holder.
 keepalived leaves the address on a dead agent's host for good.
+
+Under `cluster.authority: etcd` the lifetime also ends by the lease's local
+deadline (`follow_lease`, timing.vip_lifetime_s): renewed as soon as the lease
+is, and once more when whole seconds can end just before that deadline
+(timing.vip_timed_renewal), never shortened. A killed agent's host (its BGP
+speaker still announcing a routed VIP) stops serving before etcd can give
+the lease to another node.
+The kernel counts lifetimes in whole seconds and removes an expired address
+at its next lifetime check: normally within 0.25 s of the end, up to a
+second later when another address on the host changed in that last second.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from . import timing
 from .announce import Announcer
 from .config import VipConfig
 from .netlink import Link, Netlink, NetlinkFailure
@@ -33,7 +44,23 @@ class VipManager:
         self.held: dict[str, bool] = {vip.label: False for vip in vips}
         self.wanted = False
         self.renewals = 0
+        self.until: float | None = None        # the etcd lease's local deadline (loop time), if any
+        self.timed_at: float | None = None     # the renewal that ends just before it
+        self.ends_at = 0.0                     # when the addresses' current lifetime ends (loop time)
         self._renew_task: asyncio.Task | None = None
+        self._renew_now = asyncio.Event()
+
+    def follow_lease(self, until: float) -> None:
+        """The etcd lease was granted or renewed: from now on every VIP ends by `until`; the held
+        ones are renewed at once."""
+        self.until = until
+        self.timed_at = timing.vip_timed_renewal(self.lease_s, until, asyncio.get_running_loop().time())
+        if self.wanted:
+            self._renew_now.set()
+
+    def lifetime_s(self) -> int:
+        """The valid_lft for a VIP added or renewed now (0: do not renew, under a second left)."""
+        return timing.vip_lifetime_s(self.lease_s, self.until, asyncio.get_running_loop().time())
 
     def set_link(self, link: Link) -> None:
         self.links[link.name] = link
@@ -74,7 +101,11 @@ class VipManager:
         link = self.links.get(vip.interface)
         if link is None:
             raise KeyError(f"interface {vip.interface} not found")
-        await self.netlink.add_lease(link.index, vip.address, self.lease_s)
+        # At least a second, the kernel's unit: under the lease that is only when its take took
+        # longer than TTL - margin - 1 s to answer.
+        lifetime = max(1, self.lifetime_s())
+        await self.netlink.add_lease(link.index, vip.address, lifetime)
+        self.ends_at = asyncio.get_running_loop().time() + lifetime
         self.held[vip.label] = True
 
     async def release(self) -> None:
@@ -132,17 +163,29 @@ class VipManager:
     async def _renew_loop(self) -> None:
         # Renew three times per lease: one missed renewal must not let it lapse. (Each renewal
         # costs a netlink round trip and an address event, so not more often than that.)
+        # Under the etcd lease also at once when the lease was renewed (follow_lease).
+        loop = asyncio.get_running_loop()
         period = self.lease_s / 3
         while self.wanted:
-            await asyncio.sleep(period)
-            if not self.wanted:
-                break
+            wait = period if self.timed_at is None else max(0.0, min(period, self.timed_at - loop.time()))
+            try:
+                await asyncio.wait_for(self._renew_now.wait(), wait)
+            except TimeoutError:
+                pass
+            self._renew_now.clear()
+            now = loop.time()
+            if self.timed_at is not None and now >= self.timed_at:
+                self.timed_at = None
+            lifetime = self.lifetime_s()
+            if not self.wanted or lifetime < 1 or now + lifetime <= self.ends_at:
+                continue      # never shorten a lifetime already given
+            self.ends_at = now + lifetime
             for vip in self.vips:
                 link = self.links.get(vip.interface)
                 try:
                     if link is None:
                         raise KeyError(f"interface {vip.interface} not found")
-                    await self.netlink.renew_lease(link.index, vip.address, self.lease_s)
+                    await self.netlink.renew_lease(link.index, vip.address, lifetime)
                     self.held[vip.label] = True
                 except (NetlinkFailure, KeyError) as err:
                     log.error("cannot renew VIP %s: %s", vip.label, err)

@@ -51,10 +51,12 @@ class EtcdCluster:
 
     lab: object
     processes: dict[str, subprocess.Popen]
+    argvs: dict[str, list[str]]       # host -> the member's command line, for restart_member
     urls: dict[str, str]            # host -> client URL
     directory: Path
     tls: TlsFiles | None = None
     logs: dict[str, Path] = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
 
     @property
     def endpoints(self) -> list[str]:
@@ -114,7 +116,17 @@ def make_certificates(directory: Path, addresses: list[str], name: str = "ca", d
             "client_key": str(directory / "client-key.pem")}
 
 
-def _member_argv(name: str, ipv4: str, data: Path, initial_cluster: str, scheme: str, certs: dict | None):
+@dataclass(frozen=True)
+class RaftTimers:
+    """etcd's --heartbeat-interval and --election-timeout (milliseconds); etcd's defaults 100/1000.
+    etcd's tuning guide: heartbeat about the round trip between members, election timeout about
+    ten times that. A lease's minimum TTL is 1.5 x the election timeout (rounded up to seconds)."""
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+
+
+def _member_argv(name: str, ipv4: str, data: Path, initial_cluster: str, scheme: str, certs: dict | None,
+                 timers: RaftTimers | None = None):
     argv = [ETCD, "--name", name, "--data-dir", str(data),
             "--listen-client-urls", f"{scheme}://{ipv4}:{CLIENT_PORT}",
             "--advertise-client-urls", f"{scheme}://{ipv4}:{CLIENT_PORT}",
@@ -123,6 +135,8 @@ def _member_argv(name: str, ipv4: str, data: Path, initial_cluster: str, scheme:
             "--initial-cluster", initial_cluster, "--initial-cluster-token", CLUSTER_TOKEN,
             "--initial-cluster-state", "new", "--pre-vote=true",
             "--logger", "zap", "--log-outputs", "stderr"]
+    if timers is not None:
+        argv += ["--heartbeat-interval", str(timers.heartbeat_ms), "--election-timeout", str(timers.election_ms)]
     if certs:
         argv += ["--cert-file", certs["server"], "--key-file", certs["server_key"],
                  "--client-cert-auth", "--trusted-ca-file", certs["ca"]]
@@ -130,7 +144,7 @@ def _member_argv(name: str, ipv4: str, data: Path, initial_cluster: str, scheme:
 
 
 def start_etcd_cluster(lab, hosts=("a", "b", "c"), tls: bool = False,
-                       start_timeout_s: float = START_TIMEOUT_S) -> EtcdCluster:
+                       start_timeout_s: float = START_TIMEOUT_S, timers: RaftTimers | None = None) -> EtcdCluster:
     """Run one etcd member in each host; return when all report health (AssertionError with
     the logs' tails if not within start_timeout_s, RuntimeError if a member exits)."""
     require_etcd_tools(tls)
@@ -139,21 +153,23 @@ def start_etcd_cluster(lab, hosts=("a", "b", "c"), tls: bool = False,
     certs = make_certificates(directory / "tls", [node.ipv4 for node in nodes]) if tls else None
     scheme = "https" if tls else "http"
     initial_cluster = ",".join(f"{node.name}=http://{node.ipv4}:{PEER_PORT}" for node in nodes)
-    cluster = EtcdCluster(lab=lab, processes={}, urls={}, directory=directory,
+    cluster = EtcdCluster(lab=lab, processes={}, argvs={}, urls={}, directory=directory,
                           tls=TlsFiles(certs["ca"], certs["client"], certs["client_key"], directory / "tls")
                           if certs else None)
     # etcd 3.4 refuses to start on an architecture it does not support unless told; amd64 needs nothing.
     env = {"ETCD_UNSUPPORTED_ARCH": os.uname().machine} if os.uname().machine not in ("x86_64",) else {}
     for node in nodes:
         log = directory / f"{node.name}.log"
-        argv = _member_argv(node.name, node.ipv4, directory / f"{node.name}.etcd", initial_cluster, scheme, certs)
+        argv = _member_argv(node.name, node.ipv4, directory / f"{node.name}.etcd", initial_cluster, scheme, certs,
+                            timers)
+        cluster.argvs[node.name], cluster.env = argv, env
         with open(log, "ab") as log_file:
             cluster.processes[node.name] = lab.spawn(node.ns, argv, env=env, stdout=log_file,
                                                      stderr=subprocess.STDOUT)
         cluster.urls[node.name] = f"{scheme}://{node.ipv4}:{CLIENT_PORT}"
         cluster.logs[node.name] = log
     # etcd exits at once on SIGTERM; SIGKILL is kinder to a loaded machine's teardown.
-    lab.at_close(lambda: [lab.kill(process, signal.SIGKILL) for process in cluster.processes.values()])
+    lab.at_close(lambda: [lab.kill(process, signal.SIGKILL) for process in list(cluster.processes.values())])
 
     def all_healthy():
         for host, process in cluster.processes.items():
@@ -191,6 +207,17 @@ def kill_member(cluster: EtcdCluster, host: str) -> None:
     process.wait(5)
 
 
+def restart_member(cluster: EtcdCluster, host: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Start a killed member again on its data directory (it rejoins as it was); return once every
+    living member reports health."""
+    node = cluster.lab.node(host)
+    with open(cluster.logs[host], "ab") as log_file:
+        cluster.processes[host] = cluster.lab.spawn(node.ns, cluster.argvs[host], env=cluster.env,
+                                                    stdout=log_file, stderr=subprocess.STDOUT)
+    wait_for(lambda: healthy(cluster, host, [cluster.urls[host]]), timeout_s, interval=0.1,
+             what=f"etcd member {host} back")
+
+
 def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
     """The host whose member is the Raft leader, as the living members report it (None if none does)."""
     living = [host for host, process in cluster.processes.items() if process.poll() is None]
@@ -205,6 +232,29 @@ def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
         if header.get("member_id") is not None and header.get("member_id") == status["Status"].get("leader"):
             return next((host for host, url in cluster.urls.items() if url == status.get("Endpoint")), None)
     return None
+
+
+def member_ids(cluster: EtcdCluster, from_host: str) -> dict[str, int]:
+    """The living members' Raft ids by host."""
+    living = [host for host, process in cluster.processes.items() if process.poll() is None]
+    completed = cluster.lab.exec(from_host, etcdctl_argv(cluster, [cluster.urls[h] for h in living])
+                                 + ["endpoint", "status", "-w", "json"], check=False, timeout=HEALTH_TIMEOUT_S + 5)
+    ids = {}
+    for status in json.loads(completed.stdout or "[]"):
+        host = next((h for h, url in cluster.urls.items() if url == status.get("Endpoint")), None)
+        if host is not None:
+            ids[host] = status["Status"]["header"]["member_id"]
+    return ids
+
+
+def move_leader(cluster: EtcdCluster, to_host: str) -> None:
+    """A planned etcd leader change (`etcdctl move-leader`): the leader hands over to `to_host`."""
+    now = leader(cluster)
+    if now is None or now == to_host:
+        raise RuntimeError(f"cannot move the etcd leader from {now} to {to_host}")
+    target = member_ids(cluster, now)[to_host]
+    cluster.lab.exec(now, etcdctl_argv(cluster, [cluster.urls[now]]) + ["move-leader", f"{target:x}"],
+                     timeout=HEALTH_TIMEOUT_S + 5)
 
 
 def follower(cluster: EtcdCluster) -> str:

@@ -23,10 +23,15 @@ Interface names: a member's is `{prefix}{name}0`, its router-side port
 `{prefix}{name}p`; a site router's uplink is `{prefix}{router}u`, its
 core-side end `{prefix}c{router}`. The VIPs are 203.0.113.100-109/32; BGP
 carries nothing else (the LANs are static routes), BFD (100 ms x 3) runs on
-every session, and every BIRD retries a failed session after 1 s.
+every session, and every BIRD retries a failed session after 1 s. The core
+keeps a discard (blackhole) route for the VIP range under the BGP host routes
+(`discard_vips=False` leaves it out): a SYN sent while no site announces the
+VIP is dropped and sent again, not refused by ICMP.
 
 What the etcd leadership's tests and benchmarks find here: `start_etcd()` (members in ea, eb,
-ec, ~1.5 s); `site_down(site)` cuts a whole site from the core, its etcd member included (left
+ec, ~1.5 s; `timers=` etcd's heartbeat and election timeout); `cut_from_etcd(host)` a host cut
+off from every etcd member, not from the workstations; `etcd_agent_extra()` an agent's settings
+under `cluster.authority: etcd`; `site_down(site)` cuts a whole site from the core, its etcd member included (left
 in the minority); `link_down(host)` a host; `block_bgp(host)` / `flap_bgp(host, ...)` its BGP
 session; `watch_core_table().overlaps()` every interval in which the core's BGP table held the
 VIP via both sites (its BIRD's route log, milliseconds); `SiteRouteMonitor` the same in the
@@ -92,6 +97,7 @@ SITES = {
 CORE_LAN_IP, CORE_LAN = "198.51.100.129", "198.51.100.128/26"
 WORKSTATION_IP, CORE_ETCD_IP = "198.51.100.150", "198.51.100.140"
 ROUTERS = ("ra", "rb", "co")
+ETCD_HOSTS = ("ea", "eb", "ec")
 
 
 def vip_filter(name: str = "vip_range") -> str:
@@ -169,7 +175,8 @@ class SitesLab(Lab):
     """The sites topology (module docstring). Hosts (for lab.cluster.AgentCluster and lab.etcd):
     a, b (PACS), ea, eb, ec (etcd); the workstation ws; the routers ra, rb, co."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, discard_vips: bool = True):
+        self.discard_vips = discard_vips
         _check_prefix(prefix)
         _require_root_and_tools()
         require_bird()
@@ -241,6 +248,11 @@ class SitesLab(Lab):
             self.exec(site.router, ["ip", "route", "add", "198.51.100.0/24", "via", site.core_ip])
             self.exec(site.router, ["ip", "route", "add", VIP_RANGE, "via", site.core_ip])
             self.exec("co", ["ip", "route", "add", site.lan, "via", site.uplink_ip])
+        if self.discard_vips:
+            # While no site announces a VIP (a break-before-make handover under the etcd lease), a
+            # workstation's SYN is dropped silently and sent again a second later, instead of being
+            # refused at once by ICMP net unreachable (which fails the connection attempt).
+            self.exec("co", ["ip", "route", "add", "blackhole", VIP_RANGE])
 
     # ---- BGP --------------------------------------------------------------
 
@@ -311,10 +323,22 @@ class SitesLab(Lab):
         """The router's kernel route for the VIP (`ip route get`), e.g. "via 192.0.2.2 dev ..."."""
         return self.exec(router, ["ip", "route", "show", f"{vip}/32"], check=False).stdout.strip()
 
-    def start_etcd(self):
-        """Three etcd members: one on each site's LAN and one on the core side (lab/etcd.py)."""
+    def start_etcd(self, timers=None):
+        """Three etcd members: one on each site's LAN and one on the core side (lab/etcd.py);
+        `timers` (lab.etcd.RaftTimers): their heartbeat and election timeout."""
         from lab.etcd import start_etcd_cluster
-        return start_etcd_cluster(self, ("ea", "eb", "ec"))
+        return start_etcd_cluster(self, ETCD_HOSTS, timers=timers)
+
+    def cut_from_etcd(self, host: str, on: bool = True) -> None:
+        """Drop what `host` sends to every etcd member's client port (nftables in its namespace):
+        the host is cut off from etcd, not from the workstations, its peer or its router."""
+        if not on:
+            self.exec(host, ["nft", "delete", "table", "inet", "labetcd"], check=False)
+            return
+        members = ", ".join(self.node(h).ipv4 for h in ETCD_HOSTS)
+        self.exec(host, ["nft", "-f", "-"], input=(
+            "table inet labetcd {\n chain out { type filter hook output priority 0; "
+            f"ip daddr {{ {members} }} tcp dport 2379 drop; }}\n}}\n"))
 
     # ---- faults -------------------------------------------------------------
 
@@ -330,7 +354,10 @@ class SitesLab(Lab):
         self.exec("co", ["ip", "link", "set", f"{self.prefix}c{SITES[site].router}", "down"])
 
     def site_up(self, site: str):
+        """The site's uplink back; the core's static route to the site's LAN too (the kernel
+        removed it with the link)."""
         self.exec("co", ["ip", "link", "set", f"{self.prefix}c{SITES[site].router}", "up"])
+        self.exec("co", ["ip", "route", "replace", SITES[site].lan, "via", SITES[site].uplink_ip])
 
     def block_bgp(self, host: str, on: bool = True):
         """Drop BGP (TCP 179) and BFD (UDP 3784) in a PACS host, both ways: its session fails
@@ -369,6 +396,15 @@ def agent_extra(lab: SitesLab, host: str, stable_for: float = 1.0) -> dict:
             "bgp": {"socket": lab.pacs_bird(host).socket, "protocols": ["uplink"], "stable_for": stable_for,
                     "poll_interval": 0.2}}
 
+
+
+def etcd_agent_extra(lab: SitesLab, host: str, etcd, prefix: str, ttl: int, stable_for: float = 1.0) -> dict:
+    """agent_extra with `cluster.authority: etcd` on the lab's three members, and the DICOM port
+    drained at a handover (the lease lets go before the successor holds: the drain keeps
+    associations whole)."""
+    return {**agent_extra(lab, host, stable_for), "cluster": {"authority": "etcd"},
+            "etcd": {"endpoints": etcd.endpoints, "prefix": prefix, "ttl": ttl},
+            "handover": {"drain_timeout": 2, "shutdown_drain_timeout": 1, "drain_ports": [104]}}
 
 
 class CoreSampler:

@@ -15,7 +15,8 @@ import pytest
 
 from hapacs import timing
 from hapacs.effects import (
-    AcquireVips, CommandDone, CommandPending, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease, Why,
+    AcquireVips, CommandDone, CommandPending, ProbeAuthority, ReleaseVips, RenewLease, RevokeLease, TakeLease,
+    VipsUntil, Why,
 )
 from hapacs.election import Election, Params
 from hapacs.leasegate import KeyHolder, LeaseFailed, LeasePhase, LeaseRenewed, LeaseTaken
@@ -124,6 +125,7 @@ class LeaseSim(SimCluster):
         self.etcd = FakeEtcd(self)
         self.calls: list = []          # (at, order, callable)
         self.vip_log: list[tuple[float, str, bool]] = []
+        self.watch_cut: set[str] = set()     # nodes whose watch stream sits on a cut-off member: no news
 
     def add_node(self, name: str, priority: int, address: str, preempt: bool = True) -> SimNode:
         packed = ipaddress.ip_address(address).packed
@@ -155,6 +157,8 @@ class LeaseSim(SimCluster):
 
     def tell(self, name: str, event, now: float) -> None:
         """Watch news, to a node whose stream still works: a cut drops only what it sends."""
+        if name in self.watch_cut:
+            return
         self.later(now + self.etcd.delay_s.get(name, 0.001), name, replace(event, streamed=True))
 
     def step(self) -> bool:
@@ -417,3 +421,94 @@ def test_waiting_for_the_lease_raises_no_term():
     node = sim.add_node("a", 200, "192.0.2.11")
     sim.run(5)
     assert node.election.view(sim.now).term == 0
+
+
+# --- the lease with the other gates and the VIPs' lifetime (sites with etcd) -------------------
+
+
+def test_the_vips_end_by_the_leases_local_deadline_set_before_they_are_added_and_at_every_renewal():
+    sim = two_nodes()
+    a = sim.nodes["a"]
+    kinds = [type(e) for _, e in a.effects if isinstance(e, (VipsUntil, AcquireVips))]
+    assert kinds[:2] == [VipsUntil, AcquireVips]              # the lifetime is known before the VIPs are added
+    sim.run(3)
+    until = [(at, e.until) for at, e in a.effects if isinstance(e, VipsUntil)]
+    assert len(until) >= 3 / timing.lease_renew_s(TTL) - 1   # moved with every renewal
+    assert all(later > earlier for (_, earlier), (_, later) in zip(until, until[1:]))
+    view = a.election.view(sim.now).lease
+    assert until[-1][1] == pytest.approx(sim.now + view.left_s)   # the same deadline the core keeps
+    for at, deadline in until:
+        lifetime = timing.vip_lifetime_s(5, deadline, at)
+        assert 1 <= lifetime and at + lifetime <= deadline       # the address ends by the local deadline
+
+
+def test_vip_lifetime_under_the_lease_is_whole_seconds_never_past_the_deadline():
+    assert timing.vip_lifetime_s(2, None, 10.0) == 2                 # heartbeats: the VIP lease
+    assert timing.vip_lifetime_s(2, 11.49, 10.0) == 1                # TTL 2: sent + 1.5, answered 10 ms later
+    assert timing.vip_lifetime_s(2, 13.75, 10.0) == 2                # never longer than the VIP lease
+    assert timing.vip_lifetime_s(9, 13.75, 10.0) == 3
+    assert timing.vip_lifetime_s(2, 10.99, 10.0) == 0                # under a second left: not renewed
+    assert timing.vip_lifetime_s(2, 9.0, 10.0) == 0
+
+
+def test_a_timed_vip_renewal_ends_the_address_just_before_the_deadline_not_a_half_second_early():
+    lead = timing.VIP_RENEW_LEAD_S
+    # TTL 2, answered 10 ms after it was sent: 1 s at once, then at 10.39 1 s more, to 11.39.
+    at = timing.vip_timed_renewal(2, 11.49, 10.0)
+    assert at == pytest.approx(11.49 - lead - 1)
+    assert timing.vip_lifetime_s(2, 11.49, at) == 1 and at + 1 == pytest.approx(11.49 - lead)
+    assert timing.vip_lifetime_s(2, 11.49, at + lead * 0.9) == 1            # late by less than the lead: same
+    assert timing.vip_lifetime_s(2, 11.49, at + lead * 1.1) == 0            # later: not renewed, never past
+    assert timing.vip_timed_renewal(2, 14.0, 10.0) == pytest.approx(14.0 - lead - 2)   # capped by the VIP lease
+    assert timing.vip_timed_renewal(2, 11.05, 10.0) is None
+
+
+def test_another_gates_hold_ends_a_take_under_way():
+    """The BGP session gate closes while the take is under way: the node no longer competes."""
+    sim = two_nodes()
+    b = sim.nodes["b"]
+    sim.etcd.delay_s["b"] = 0.2
+    sim.crash("a")
+    sim.run_until(lambda: sim.effects_of("b", TakeLease), 5, "b asks for the lease")
+    sim.command("b", "set_hold", "bgp", "BGP gate closed: BGP session uplink not established")
+    assert b.election.view(sim.now).lease.phase == LeasePhase.IDLE
+    sim.run(5)
+    assert b.state == State.BACKUP and not b.holds_vip
+    assert sim.etcd.key is None                                  # a's lease expired; b did not take it
+    takes = len(sim.effects_of("b", TakeLease))
+    sim.run(5)
+    assert len(sim.effects_of("b", TakeLease)) == takes           # held: it does not ask again
+    sim.command("b", "set_hold", "bgp", None)
+    sim.run_until(lambda: sim.masters() == ["b"], 3, "b MASTER once its gate opens")
+
+
+def test_a_held_node_never_asks_for_the_lease_while_the_key_is_free():
+    sim = two_nodes()
+    b = sim.nodes["b"]
+    sim.command("b", "set_hold", "bgp", "BGP gate closed: BGP session uplink Active")
+    sim.crash("a")
+    sim.run(6)
+    assert not sim.effects_of("b", TakeLease) and b.state == State.BACKUP and sim.etcd.key is None
+
+
+def test_a_master_whose_bgp_session_goes_down_faults_and_revokes_so_the_other_takes_at_once():
+    sim = two_nodes()
+    start = sim.now
+    sim.command("a", "set_fault", "bgp", "BGP session down (uplink Active): this node cannot announce its routed VIPs")
+    sim.run_until(lambda: sim.holders() == ("b",), 3, "b holds the VIP")
+    assert sim.now - start < TTL / 2, "b waited for the lease to expire"
+    a_effects = [e for _, e in sim.nodes["a"].effects if isinstance(e, (ReleaseVips, RevokeLease))]
+    assert isinstance(a_effects[-2], ReleaseVips) and isinstance(a_effects[-1], RevokeLease)
+    assert sim.nodes["a"].state == State.FAULT and sim.etcd.key.holder == "b"
+    sim.assert_never_two_holders()
+
+
+def test_a_waiting_node_whose_watch_hears_nothing_reads_the_key_again_and_takes_it_once_expired():
+    """b's watch stream sits on the etcd member of the lost site: it never tells of the expiry."""
+    sim = two_nodes()
+    lease_id = sim.etcd.key.lease_id
+    sim.watch_cut.add("b")
+    sim.crash("a")
+    sim.run_until(lambda: sim.masters() == ["b"], 5, "b MASTER without watch news")
+    assert sim.now - sim.etcd.expired_at[lease_id] <= timing.lease_wait_probe_s(TTL) + 0.05
+    assert any("is the key still held" in e.why for e in sim.effects_of("b", ProbeAuthority))
