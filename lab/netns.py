@@ -139,6 +139,14 @@ def wait_for(predicate, timeout, interval=0.02, what="condition"):
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
+def log_tail(path, lines: int = 15) -> str:
+    """The last `lines` lines of a lab server's log file, for an error message; "(no log)" if none."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
 def hold_for(predicate, duration, interval=0.05, what="condition"):
     """Assert that predicate() stays true for `duration` seconds (checked every `interval`).
 
@@ -225,6 +233,13 @@ def netns_exec(namespace: str) -> list[str]:
 
 def _forget_etc(namespace: str) -> None:
     shutil.rmtree(os.path.join(ETC_NETNS, namespace), ignore_errors=True)
+
+
+def _require_free_prefix(prefix: str) -> None:
+    clashing = [name for name in list_namespaces() if name.startswith(prefix)]
+    if clashing:
+        raise RuntimeError(f"namespaces with prefix {prefix!r} already exist: {clashing}; "
+                           f"call lab.netns.cleanup_stale({prefix!r}) if a run crashed")
 
 
 def _run(argv, check=True, timeout=10.0, input=None, namespace="root"):
@@ -319,10 +334,7 @@ class Lab:
         hosts = tuple(hosts)
         _check_hosts(prefix, hosts)
         _require_root_and_tools()
-        clashing = [name for name in list_namespaces() if name.startswith(prefix)]
-        if clashing:
-            raise RuntimeError(f"namespaces with prefix {prefix!r} already exist: {clashing}; "
-                               f"call lab.netns.cleanup_stale({prefix!r}) if a run crashed")
+        _require_free_prefix(prefix)
         self.prefix = prefix
         self.switch_ns = prefix + SWITCH
         self.bridge = prefix + "br"
@@ -332,13 +344,18 @@ class Lab:
         }
         self.workstation = (self._node(WORKSTATION, WORKSTATION_IPV4, WORKSTATION_IPV6)
                             if workstation else None)
+        self._build_or_close()
+
+    def _build_or_close(self):
+        """Build the lab (`_build`, the topology's own); whatever was built is removed again if
+        that fails halfway."""
         self._namespaces = []  # created so far, for teardown
         self._processes = []  # spawned so far, for teardown
         self._close_callbacks = []  # at_close(), run first at teardown, newest first
         self._partitioned = set()
         self._partition_ready = False
         self._closed = False
-        self.tmpdir = tempfile.mkdtemp(prefix=f"lab-{prefix}-")  # logs, configs, server storage
+        self.tmpdir = tempfile.mkdtemp(prefix=f"lab-{self.prefix}-")  # logs, configs, server storage
         atexit.register(self.close)  # last resort if the owner forgets close()
         try:
             self._build()

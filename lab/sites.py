@@ -44,8 +44,7 @@ route, processes killed by pid), nor touch the system's BIRD.
 
 from __future__ import annotations
 
-import atexit
-import tempfile
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -54,9 +53,11 @@ from pathlib import Path
 
 from lab.bird import Bird, require_bird, start_bird
 from lab.netns import (
-    _COMMON_SYSCTLS, _HOST_SYSCTLS, Lab, _check_prefix, _require_root_and_tools, _run, in_namespace,
-    list_namespaces, wait_for,
+    _COMMON_SYSCTLS, _HOST_SYSCTLS, Lab, _check_prefix, _require_free_prefix, _require_root_and_tools, _run,
+    in_namespace, wait_for,
 )
+from lab.outage import load
+from lab.probe import start_probe
 
 VIP_RANGE = "203.0.113.0/24"
 VIP = "203.0.113.100"
@@ -180,9 +181,7 @@ class SitesLab(Lab):
         _check_prefix(prefix)
         _require_root_and_tools()
         require_bird()
-        clashing = [name for name in list_namespaces() if name.startswith(prefix)]
-        if clashing:
-            raise RuntimeError(f"namespaces with prefix {prefix!r} already exist: {clashing}")
+        _require_free_prefix(prefix)
         self.prefix = prefix
         self.switch_ns = prefix + "co"          # Lab.partition/heal are not used here
         self.bridge = prefix + "cl"
@@ -192,15 +191,7 @@ class SitesLab(Lab):
         self.workstation = self._node("ws", WORKSTATION_IP, "")
         self.router_of = {"a": "ra", "ea": "ra", "b": "rb", "eb": "rb", "ec": "co", "ws": "co"}
         self.birds: dict[str, Bird] = {}
-        self._namespaces, self._processes, self._close_callbacks = [], [], []
-        self._partitioned, self._partition_ready, self._closed = set(), False, False
-        self.tmpdir = tempfile.mkdtemp(prefix=f"lab-{prefix}-")
-        atexit.register(self.close)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+        self._build_or_close()
 
     # ---- naming ----------------------------------------------------------
 
@@ -288,6 +279,12 @@ class SitesLab(Lab):
             wait_for(lambda: bird.protocol_state("uplink") == "Established", timeout_s, interval=0.05,
                      what=f"the BGP session of {host}")
         return bird
+
+    def wait_serving(self, cluster, host: str, timeout: float = 10.0) -> None:
+        """Wait until `host` is the AgentCluster's sole MASTER and the core knows the VIP only
+        through its site."""
+        wait_for(lambda: cluster.masters() == [host], timeout, what=f"{host} sole MASTER")
+        wait_for(lambda: self.core_routes() == [host], timeout, what=f"the core's route to the VIP via site {host}")
 
     def core_routes(self, vip: str = VIP) -> list[str]:
         """The sites ("a", "b") through which the core router knows `vip`/32, best first."""
@@ -405,6 +402,27 @@ def etcd_agent_extra(lab: SitesLab, host: str, etcd, prefix: str, ttl: int, stab
     return {**agent_extra(lab, host, stable_for), "cluster": {"authority": "etcd"},
             "etcd": {"endpoints": etcd.endpoints, "prefix": prefix, "ttl": ttl},
             "handover": {"drain_timeout": 2, "shutdown_drain_timeout": 1, "drain_ports": [104]}}
+
+
+class VipProbe:
+    """The workstation's C-ECHO to the VIP every 20 ms (lab/probe.py) through a handover, its
+    records in `name` under the lab's tmpdir; returns once 20 echoes have been answered."""
+
+    def __init__(self, lab: SitesLab, name: str, duration: float, timeout: float):
+        self.lab, self.path = lab, os.path.join(lab.tmpdir, name)
+        self.process = start_probe(lab, self.path, VIP, port=104, called_ae="PACS", interval=0.02,
+                                   duration=duration, timeout=timeout)
+        lab.wait_for(lambda: os.path.exists(self.path) and sum(r["ok"] for r in load(self.path)) >= 20, 15,
+                     what="the workstation's echoes answered")
+
+    def records_after_move(self, site: str) -> list[dict]:
+        """Once 20 echoes sent from now on have been answered (through `site`), stop the probe:
+        every record it wrote."""
+        moved_at = time.monotonic()     # the probe records monotonic times, system-wide
+        self.lab.wait_for(lambda: sum(1 for r in load(self.path) if r["ok"] and r["t"] > moved_at) >= 20, 10,
+                          what=f"echoes answered through site {site}")
+        self.lab.stop(self.process, timeout=5)
+        return load(self.path)
 
 
 class CoreSampler:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,8 @@ from lab.bird import require_bird
 from lab.cluster import AgentCluster
 from lab.dicom import echo, start_storescp
 from lab.netns import in_namespace, list_namespaces, unique_prefix
-from lab.outage import load
-from lab.probe import start_probe
 from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER
-from lab.sites import VIP, CoreSampler, SiteRouteMonitor, SitesLab, agent_extra
+from lab.sites import VIP, CoreSampler, SiteRouteMonitor, SitesLab, VipProbe, agent_extra
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
@@ -58,11 +55,6 @@ def cluster(lab):
     return agents
 
 
-def serving(lab, cluster, host: str, timeout: float = 10.0) -> None:
-    lab.wait_for(lambda: cluster.masters() == [host], timeout, what=f"{host} sole MASTER")
-    lab.wait_for(lambda: lab.core_routes() == [host], timeout, what=f"the core's route to the VIP via site {host}")
-
-
 def assert_never_two_sites(sampler: CoreSampler) -> None:
     samples = sampler.stop()
     assert len(samples) > 10, samples
@@ -71,7 +63,7 @@ def assert_never_two_sites(sampler: CoreSampler) -> None:
 
 
 def test_the_masters_site_announces_the_vip_and_the_workstation_reaches_it(lab, cluster):
-    serving(lab, cluster, "a", timeout=15)
+    lab.wait_serving(cluster, "a", timeout=15)
     assert "via 192.0.2.2" in lab.kernel_route("co")          # the core forwards to site a's router
     assert "203.0.113.100/32" in lab.exec("a", ["ip", "-brief", "addr", "show", "dev", "lo"]).stdout
     assert "203.0.113.100" not in lab.exec("b", ["ip", "-brief", "addr", "show", "dev", "lo"]).stdout
@@ -86,23 +78,16 @@ def test_the_masters_site_announces_the_vip_and_the_workstation_reaches_it(lab, 
 
 
 def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cluster):
-    serving(lab, cluster, "a")
-    out = os.path.join(lab.tmpdir, "release.jsonl")
-    probe = start_probe(lab, out, VIP, port=104, called_ae="PACS", interval=0.02, duration=30, timeout=3.0)
-    lab.wait_for(lambda: os.path.exists(out) and sum(r["ok"] for r in load(out)) >= 20, 15,
-                 what="the workstation's echoes answered")
+    lab.wait_serving(cluster, "a")
+    probe = VipProbe(lab, "release.jsonl", duration=30, timeout=3.0)
     # A release hands over make before break, as with ARP VIPs: b announces, a withdraws when it
     # hears b, so the core's BGP table knows both for a few ms (BENCHMARKS.md: median 3 ms). What
     # it forwards by never names two sites: the kernel table has one route, moving from a to b.
     sampler, table = CoreSampler(lab, table="kernel"), lab.watch_core_table()
     result = cluster.cli("a", "release")
     assert result.returncode == 0, result.stderr
-    serving(lab, cluster, "b")
-    moved_at = time.monotonic()     # the probe records monotonic times, system-wide
-    lab.wait_for(lambda: sum(1 for r in load(out) if r["ok"] and r["t"] > moved_at) >= 20, 10,
-                 what="echoes answered through site b")
-    lab.stop(probe, timeout=5)
-    records = load(out)
+    lab.wait_serving(cluster, "b")
+    records = probe.records_after_move("b")
     failed = [r for r in records if not r["ok"]]
     assert len(records) >= 40         # 20 answered before the release, 20 through site b after
     assert failed == [], f"{len(failed)} failed echoes of {len(records)}: {failed[:3]}"
@@ -113,12 +98,12 @@ def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cl
 
 
 def test_host_and_site_loss_moves_the_route_and_never_via_two_sites(lab, cluster):
-    serving(lab, cluster, "b")      # after the release
+    lab.wait_serving(cluster, "b")      # after the release
     sampler, monitor, table = CoreSampler(lab), SiteRouteMonitor(lab), lab.watch_core_table()
     cluster.kill("b", signal.SIGKILL)
     lab.link_down("b")              # the host is gone: its router's BFD sees it, the VIP lease no longer matters
     lab.site_down("b")              # and its site is silent: the core's session to router b goes at once
-    serving(lab, cluster, "a")
+    lab.wait_serving(cluster, "a")
     lab.hold_for(lambda: lab.core_routes() == ["a"], 0.5, what="the route stays via site a")
     assert_never_two_sites(sampler)
     # Every route change in both site routers: b's was gone before a's came.
@@ -154,7 +139,7 @@ def test_bgp_gate_keeps_a_node_without_a_stable_session_from_mastership(lab, clu
     assert "not yet the 1 s of bgp.stable_for" in cluster.status("b")["bgp"]["hold"] or \
         "not established" in cluster.status("b")["bgp"]["hold"]
     # Stable now: b takes over once its session has been Established for stable_for.
-    serving(lab, cluster, "b", timeout=10)
+    lab.wait_serving(cluster, "b", timeout=10)
     assert echo(lab.ns("ws"), VIP, 104, called_ae="PACS")
 
     # A MASTER whose session goes down cannot announce the VIP: FAULT, VIP released, route gone.
@@ -164,7 +149,7 @@ def test_bgp_gate_keeps_a_node_without_a_stable_session_from_mastership(lab, clu
     lab.wait_for(lambda: lab.core_routes() == [], 5, what="the route withdrawn")
     assert "203.0.113.100" not in lab.exec("b", ["ip", "-brief", "addr", "show", "dev", "lo"]).stdout
     bird.birdc("enable", "uplink")
-    serving(lab, cluster, "b", timeout=10)
+    lab.wait_serving(cluster, "b", timeout=10)
     metrics_free = cluster.status("b")["bgp"]
     assert metrics_free["ready"] is True
 

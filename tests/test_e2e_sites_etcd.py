@@ -20,10 +20,8 @@ Timings are measured in bench/sites_etcd.py.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -32,9 +30,7 @@ from lab.cluster import AgentCluster
 from lab.dicom import echo, start_storescp
 from lab.etcd import require_etcd_tools
 from lab.netns import unique_prefix
-from lab.outage import load
-from lab.probe import start_probe
-from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, etcd_agent_extra
+from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, VipProbe, etcd_agent_extra
 
 TTL = 2
 STABLE_FOR_S = 1.0
@@ -63,8 +59,7 @@ def cluster(lab):
 
 
 def serving(lab, cluster, host: str, timeout: float = 10.0) -> None:
-    lab.wait_for(lambda: cluster.masters() == [host], timeout, what=f"{host} sole MASTER")
-    lab.wait_for(lambda: lab.core_routes() == [host], timeout, what=f"the core's route to the VIP via site {host}")
+    lab.wait_serving(cluster, host, timeout)
     lab.wait_for(lambda: cluster.status(host)["authority"]["holder"] == f"pacs-{host}", timeout,
                  what=f"{host} holds the lease")
 
@@ -111,21 +106,14 @@ def test_a_site_cut_off_from_etcd_stops_serving_before_its_lease_expires(lab, cl
 
 def test_release_across_sites_passes_lease_and_route_with_no_failed_echo(lab, cluster):
     serving(lab, cluster, "b")
-    out = os.path.join(lab.tmpdir, "release-etcd.jsonl")
     # A SYN held back by the drain (dropped) and again in the gap between the sites (the core's
     # discard route) is sent a third time 3 s after the first: the workstation waits up to 5 s.
-    probe = start_probe(lab, out, VIP, port=104, called_ae="PACS", interval=0.02, duration=20, timeout=5.0)
-    lab.wait_for(lambda: os.path.exists(out) and sum(r["ok"] for r in load(out)) >= 20, 15,
-                 what="the workstation's echoes answered")
+    probe = VipProbe(lab, "release-etcd.jsonl", duration=20, timeout=5.0)
     table = lab.watch_core_table()
     result = cluster.cli("b", "release")
     assert result.returncode == 0, result.stderr
     serving(lab, cluster, "a")
-    moved_at = time.monotonic()
-    lab.wait_for(lambda: sum(1 for r in load(out) if r["ok"] and r["t"] > moved_at) >= 20, 10,
-                 what="echoes answered through site a")
-    lab.stop(probe, timeout=5)
-    records = load(out)
+    records = probe.records_after_move("a")
     failed = [r for r in records if not r["ok"]]
     assert len(records) >= 40
     assert failed == [], f"{len(failed)} failed echoes of {len(records)}: {failed[:3]}"
