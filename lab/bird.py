@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.netns import wait_for
+from lab.netns import log_tail, wait_for
 
 BIRD, BIRDC = "/usr/sbin/bird", "/usr/sbin/birdc"
 START_TIMEOUT_S = 10.0
@@ -125,10 +125,7 @@ class Bird:
             self.lab.stop(self.process, timeout=5)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
 
 def start_bird(lab, ns: str, name: str, config_text: str) -> Bird:

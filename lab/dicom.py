@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from lab.netns import in_namespace, netns_exec, wait_for
+from lab.netns import in_namespace, log_tail, netns_exec, wait_for
 
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
@@ -50,27 +50,20 @@ def _listening(pid: int, namespace: str, port: int) -> bool:
     return False
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 def wait_until_serving(lab, process, namespace, ports, ready, name, log: Path, timeout_s):
     """Wait until every port listens and `ready()` is true; fail early if the process dies."""
 
     def serving():
         if process.poll() is not None:
             raise RuntimeError(f"{name} in {namespace} exited with {process.returncode}:\n"
-                               f"{_log_tail(log)}")
+                               f"{log_tail(log)}")
         return all(_listening(process.pid, namespace, port) for port in ports) and ready()
 
     try:
         wait_for(serving, timeout_s, interval=0.02, what=f"{name} in {namespace} to serve {ports}")
     except AssertionError as error:
         lab.stop(process)
-        raise AssertionError(f"{error}\n{_log_tail(log)}") from None
+        raise AssertionError(f"{error}\n{log_tail(log)}") from None
 
 
 def start_storescp(lab, ns, port=104, aet="PACS", tmpdir=None, timeout_s=3,

@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.netns import wait_for
+from lab.netns import log_tail, wait_for
 
 ETCD, ETCDCTL, OPENSSL, FAKETIME = "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/bin/openssl", "faketime"
 CLIENT_PORT, PEER_PORT = 2379, 2380
@@ -63,10 +63,7 @@ class EtcdCluster:
         return list(self.urls.values())
 
     def log_tail(self, host: str, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.logs[host].read_text(errors="replace").splitlines()[-lines:])
-        except (KeyError, FileNotFoundError):
-            return "(no log)"
+        return log_tail(self.logs[host], lines) if host in self.logs else "(no log)"
 
 
 def require_etcd_tools(tls: bool = False):
@@ -218,13 +215,19 @@ def restart_member(cluster: EtcdCluster, host: str, timeout_s: float = START_TIM
              what=f"etcd member {host} back")
 
 
-def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
-    """The host whose member is the Raft leader, as the living members report it (None if none does)."""
+def _endpoint_status(cluster: EtcdCluster, from_host: str | None) -> str:
+    """`etcdctl endpoint status -w json` of the living members, asked from `from_host` (by default
+    the first living one): its output."""
     living = [host for host, process in cluster.processes.items() if process.poll() is None]
     completed = cluster.lab.exec(from_host or living[0], etcdctl_argv(cluster, [cluster.urls[h] for h in living])
                                  + ["endpoint", "status", "-w", "json"], check=False, timeout=HEALTH_TIMEOUT_S + 5)
+    return completed.stdout
+
+
+def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
+    """The host whose member is the Raft leader, as the living members report it (None if none does)."""
     try:
-        statuses = json.loads(completed.stdout)
+        statuses = json.loads(_endpoint_status(cluster, from_host))
     except json.JSONDecodeError:
         return None
     for status in statuses:
@@ -236,11 +239,8 @@ def leader(cluster: EtcdCluster, from_host: str | None = None) -> str | None:
 
 def member_ids(cluster: EtcdCluster, from_host: str) -> dict[str, int]:
     """The living members' Raft ids by host."""
-    living = [host for host, process in cluster.processes.items() if process.poll() is None]
-    completed = cluster.lab.exec(from_host, etcdctl_argv(cluster, [cluster.urls[h] for h in living])
-                                 + ["endpoint", "status", "-w", "json"], check=False, timeout=HEALTH_TIMEOUT_S + 5)
     ids = {}
-    for status in json.loads(completed.stdout or "[]"):
+    for status in json.loads(_endpoint_status(cluster, from_host) or "[]"):
         host = next((h for h, url in cluster.urls.items() if url == status.get("Endpoint")), None)
         if host is not None:
             ids[host] = status["Status"]["header"]["member_id"]

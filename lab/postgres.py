@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.netns import IPV4_PREFIXLEN, wait_for
+from lab.netns import IPV4_PREFIXLEN, log_tail, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INITDB, POSTGRES, PG_ISREADY, PSQL = (str(PG_BIN / name) for name in ("initdb", "postgres", "pg_isready", "psql"))
@@ -78,13 +78,6 @@ def _as_postgres(argv) -> list[str]:
     return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--", *argv]
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 def _psql(socket_dir, port, sql, database="postgres", timeout_s=10.0) -> subprocess.CompletedProcess:
     """One SQL command over the Unix socket (no namespace needed: it is a path)."""
     return subprocess.run([PSQL, "-h", socket_dir, "-p", str(port), "-U", PG_USER, "-d", database,
@@ -100,7 +93,7 @@ def _initdb(data: Path, log: Path):
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=INITDB_TIMEOUT_S)
     log.write_text(completed.stdout + completed.stderr)
     if completed.returncode != 0:
-        raise RuntimeError(f"initdb {data} exited {completed.returncode}:\n{_log_tail(log)}")
+        raise RuntimeError(f"initdb {data} exited {completed.returncode}:\n{log_tail(log)}")
 
 
 _template_dir = None  # this process's initdb result, copied for every server it starts
@@ -173,7 +166,7 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
 
     def accepting():
         if process.poll() is not None:
-            raise RuntimeError(f"PostgreSQL in {node.ns} exited with {process.returncode}:\n{_log_tail(log)}")
+            raise RuntimeError(f"PostgreSQL in {node.ns} exited with {process.returncode}:\n{log_tail(log)}")
         return subprocess.run([PG_ISREADY, "-q", "-h", str(directory), "-p", str(port), "-t", "1"],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=5).returncode == 0
 
@@ -184,7 +177,7 @@ def start_postgres(lab, ns, database="orthanc", port=PG_PORT, start_timeout_s=15
             raise RuntimeError(f"CREATE DATABASE {database} failed: {created.stderr.strip()}")
     except AssertionError as error:  # not ready in time: the log says why
         stop_postgres(lab, process)
-        raise AssertionError(f"{error}\n{_log_tail(log)}") from None
+        raise AssertionError(f"{error}\n{log_tail(log)}") from None
     except RuntimeError:  # it died (the message has the log) or CREATE DATABASE failed
         stop_postgres(lab, process)
         raise
