@@ -16,12 +16,12 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from hapacs.config import SnmpConfig, SnmpTrapTarget, SnmpUser
 from hapacs.status import CheckStatus, Counters, PeerStatus, Status, TransitionRecord, VipStatus
+from lab import netns
 
 ROOT = Path(__file__).resolve().parent.parent
 # etc/ holds HAPACS-MIB and the IETF modules it imports (etc/MIB-SOURCES.md).
@@ -169,14 +169,8 @@ def udp_port_is_bound(port: int) -> bool:
 
 
 def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+    """lab.netns.wait_for, with `what` third as these tests pass it."""
+    return netns.wait_for(condition, timeout_s, interval=interval_s, what=what)
 
 
 class TrapReceiver:
