@@ -377,7 +377,7 @@ class SitesLab(Lab):
             if between is not None:
                 between(period_s)
             else:
-                time.sleep(period_s)
+                time.sleep(period_s)     # the flap's period itself: nothing to wait for
 
     def partition(self, host):
         raise NotImplementedError("the sites lab cuts links: link_down, site_down, block_bgp")
