@@ -49,6 +49,7 @@ WORKSTATION_IPV4, WORKSTATION_IPV6 = "192.0.2.200", "2001:db8::200"
 IPV4_PREFIXLEN, IPV6_PREFIXLEN = 24, 64
 TERM_GRACE_S = 2.0  # teardown: how long SIGTERM gets before SIGKILL
 PING_SCRIPT = str(Path(__file__).with_name("ping.py"))
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CLONE_NEWNET = 0x40000000  # setns(2) flag: enter a network namespace
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -122,6 +123,12 @@ class Node:
     ipv4: str  # address without prefix length, e.g. "192.0.2.11"
     ipv6: str  # e.g. "2001:db8::11"
 
+
+
+def repo_pythonpath() -> str:
+    """PYTHONPATH for a lab module run with `python -m lab.X` in a namespace: the repository
+    first, then whatever the caller had."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 def wait_for(predicate, timeout, interval=0.02, what="condition"):
     """Poll `predicate` until it returns something truthy, and return that.

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.dicom import NODELAY_ENV, ORTHANC, wait_until_serving, echo, orthanc_config
-from lab.netns import netns_exec
+from lab.netns import REPO_ROOT, netns_exec, repo_pythonpath
 from lab.postgres import PG_USER, Postgres, require_postgres_tools, stop_postgres
 
 POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 PACS_AET = "PACS"
 WORKSTATION_AET, WORKSTATION_STORE_PORT = "WS", 11112
 HTTP_PROBE = str(Path(__file__).with_name("httpprobe.py"))
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -188,7 +187,7 @@ def scu(lab, ns, host, port, called_ae, operation, *options, timeout_s=5.0) -> d
     """
     argv = [sys.executable, "-m", "lab.pacsclient", host, str(port), called_ae, operation,
             "--timeout", str(timeout_s), *map(str, options)]
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    pythonpath = repo_pythonpath()
     completed = subprocess.run([*netns_exec(lab.ns(ns)), *argv],
                                cwd=str(REPO_ROOT), env={**os.environ, "PYTHONPATH": pythonpath},
                                stdin=subprocess.DEVNULL, capture_output=True, text=True,

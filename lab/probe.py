@@ -22,15 +22,12 @@ as written, so a reader sees attempts while the probe runs.
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and warnings that still stored it
 
 
@@ -265,7 +262,8 @@ def start_probe(lab, out, vip, port=104, called_ae="PACS", interval=0.02, durati
             "--timeout", str(timeout), "--out", str(out), "--overlap", str(overlap)]
     if store:
         argv.append("--store")
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    from lab.netns import REPO_ROOT, repo_pythonpath   # here: the probe itself runs without the lab
+    pythonpath = repo_pythonpath()
     with open(f"{out}.log", "ab") as log:
         return lab.spawn(ns, argv, env={"PYTHONPATH": pythonpath}, cwd=str(REPO_ROOT),
                          stdout=log, stderr=subprocess.STDOUT)
