@@ -11,6 +11,8 @@ import pytest
 from hapacs import config as cfg, reload
 from lab.etcd import make_certificates
 
+from .fixtures import config_problems, load_config
+
 BASE = """\
 node:
   name: pacs-a
@@ -28,15 +30,11 @@ etcd:
 
 
 def load(tmp_path, text: str, key: str):
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(textwrap.dedent(text).replace("{key}", key))
-    return cfg.load(str(path))
+    return load_config(tmp_path, textwrap.dedent(text).replace("{key}", key))
 
 
 def problems(tmp_path, text: str, key: str) -> list[str]:
-    with pytest.raises(cfg.ConfigError) as caught:
-        load(tmp_path, text, key)
-    return [str(p) for p in caught.value.problems]
+    return config_problems(tmp_path, textwrap.dedent(text).replace("{key}", key))
 
 
 def test_authority_etcd_loads_with_defaults(tmp_path, key):
