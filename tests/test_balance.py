@@ -267,11 +267,11 @@ def test_haproxy_follows_the_agent_up_drain_down_and_up_again(tmp_path):
     async def scenario():
         listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", target)
         agent = AgentCheckServer("127.0.0.1", agent_port, lambda name: answer["line"])
-        await agent.start()
         proxy = haproxy.HAProxy(str(tmp_path))
-        await proxy.start(haproxy.render(balance, (member,), str(tmp_path)))
         seen = []
-        try:
+        try:        # the listener and the agent-check server are closed even when HAProxy does not start
+            await agent.start()
+            await proxy.start(haproxy.render(balance, (member,), str(tmp_path)))
             for line, state in (("up ready", "up"), ("up drain #test", "drain"), ("down #check down", "down"),
                                 ("up ready", "up")):
                 answer["line"] = line
