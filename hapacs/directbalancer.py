@@ -166,9 +166,8 @@ class DirectBalancer:
                 self._fault(f"nftables refuses the direct-routing table: {err}")
             return False
         self.loaded = rules
-        log.info("balance: bucket map loaded: %s", ", ".join(
-            f"{m} {n}" for m, n in sorted(counts(assign([x.server for x in self.members], self.alive)).items()))
-            or "no member alive")
+        log.info("balance: bucket map loaded: %s", ", ".join(f"{m} {n}" for m, n in sorted(self._shares().items()))
+                 or "no member alive")
         if self._fault_text is not None:
             self._fault(None)
         return True
@@ -200,9 +199,13 @@ class DirectBalancer:
                     f"the PACS listens on {s.address} port {s.port} itself: a drain tells its open associations "
                     "from new ones only when the PACS listens on every address (0.0.0.0 or ::)")
 
+    def _shares(self) -> dict[str, int]:
+        """How many buckets each member serves in the map of the members alive now (members with none left out)."""
+        return counts(assign([m.server for m in self.members], self.alive))
+
     def snapshot(self) -> dict:
         """The status JSON's "balance" object; no association counts: the balancer keeps no state."""
-        share = counts(assign([m.server for m in self.members], self.alive))
+        share = self._shares()
         def state(member: Member) -> str:
             if member.server not in self.alive:
                 return "down"
