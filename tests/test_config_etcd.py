@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from hapacs import config as cfg, reload
+from hapacs import reload
 from lab.etcd import make_certificates
 
 from .fixtures import config_problems, load_config
@@ -140,7 +140,5 @@ def test_the_samples_etcd_section_is_valid_once_uncommented(tmp_path, key):
             continue
         lines.append(line[2:] if inside and line.startswith("# ") else line)
     text = "\n".join(lines).replace("  authority: heartbeats", "  authority: etcd")
-    path = tmp_path / "sample.yaml"
-    path.write_text(text)
-    loaded = cfg.load(str(path))
+    loaded = load_config(tmp_path, text, "sample.yaml")
     assert loaded.cluster.authority == "etcd" and loaded.etcd.ttl_s == 3 and len(loaded.etcd.endpoints) == 3
