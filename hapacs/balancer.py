@@ -120,6 +120,19 @@ def balance_status(agent: Agent, config: Config, members: tuple[Member, ...], me
             "services": services}
 
 
+class OwnFault:
+    """A FAULT a balancer puts its node in (its HAProxy gone, nft refusing its table): the text
+    while it lasts (None when not), given to the core on each `set`."""
+
+    def __init__(self, agent: Agent, source: str, recovered: str):
+        self.agent, self.source, self.recovered = agent, source, recovered
+        self.text: str | None = None
+
+    def set(self, text: str | None) -> None:
+        self.text = text
+        self.agent.feed(lambda now: self.agent.core.set_fault(self.source, text, now, self.recovered))
+
+
 class Balancer:
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -130,9 +143,9 @@ class Balancer:
         self.drain_on = False
         self.stats: dict[tuple[str, str], tuple[str, int, int]] = {}
         self._stopping = False
-        self._fault_text: str | None = None     # the FAULT this node is in because HAProxy is gone
+        self.haproxy_fault = OwnFault(agent, FAULT_SOURCE, "HAProxy runs again")
         self.routing = HostRouting()
-        self._routing_fault: str | None = None
+        self.routing_fault = OwnFault(agent, ROUTING_FAULT_SOURCE, "the proxy's routing is set up")
         self._routing_lock = asyncio.Lock()     # the routing loop, a reload and stop take turns
 
     async def start(self) -> None:
@@ -208,22 +221,17 @@ class Balancer:
             try:
                 await self._route()
             except RoutingError as err:
-                if self._routing_fault is None:
+                if self.routing_fault.text is None:
                     log.error("balance: %s", err)
-                    self._set_routing_fault(str(err))
+                    self.routing_fault.set(str(err))
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
             except Exception:     # a bug here must not leave the return routes where the VIP was
                 log.exception("balance: internal error while following the VIP with the routing; trying again")
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
-            if self._routing_fault is not None:
-                self._set_routing_fault(None)
-
-    def _set_routing_fault(self, text: str | None) -> None:
-        self._routing_fault = text
-        self.agent.feed(lambda now: self.agent.core.set_fault(ROUTING_FAULT_SOURCE, text, now,
-                                                              "the proxy's routing is set up"))
+            if self.routing_fault.text is not None:
+                self.routing_fault.set(None)
 
     def _render(self) -> str:
         return render(self.config.balance, self.members, self.config.node.state_dir)
@@ -270,7 +278,7 @@ class Balancer:
             if self._stopping:
                 return
             log.error("balance: HAProxy exited (%s): %s", exit_text(code), self.haproxy.log_tail(3))
-            self._fault(f"HAProxy exited ({exit_text(code)})")
+            self.haproxy_fault.set(f"HAProxy exited ({exit_text(code)})")
             while not self.haproxy.running:
                 await asyncio.sleep(RESTART_DELAY_S)
                 try:
@@ -278,11 +286,7 @@ class Balancer:
                 except (HAProxyError, OSError) as err:
                     log.error("balance: HAProxy does not start again: %s", err)
             log.info("balance: HAProxy runs again")
-            self._fault(None)
-
-    def _fault(self, text: str | None) -> None:
-        self._fault_text = text
-        self.agent.feed(lambda now: self.agent.core.set_fault(FAULT_SOURCE, text, now, "HAProxy runs again"))
+            self.haproxy_fault.set(None)
 
     async def _poll(self) -> None:
         while True:
@@ -304,7 +308,8 @@ class Balancer:
         health_ok = None
         if service.health is not None and agent.checks is not None:
             health_ok = next((c.ok for c in agent.checks.snapshot(now) if c.name == service.health), None)
-        return agent_answer(agent.core.view(now), service.health, health_ok, self.drain_on, self._fault_text)
+        return agent_answer(agent.core.view(now), service.health, health_ok, self.drain_on,
+                            self.haproxy_fault.text)
 
     def set_drain(self, on: bool) -> str:
         before, self.drain_on = self.drain_on, on

@@ -32,7 +32,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import directdrain, nftdirect
-from .balancer import balance_status, members_of
+from .balancer import OwnFault, balance_status, members_of
 from .buckets import assign, counts, fallbacks, passed_on, split
 from .hostsetup import StartupError
 from .logs import RateLimited
@@ -86,7 +86,7 @@ class DirectBalancer:
         self.members = members_of(self.config, agent.own_address)
         self.alive: set[str] = set()
         self.loaded: list[ServiceRules] | None = None
-        self._fault_text: str | None = None
+        self.fault = OwnFault(agent, FAULT_SOURCE, "nftables takes the table")
         self.drained = False
         self.macs: dict[str, str] = {}
         self._macs_read_at = float("-inf")
@@ -161,21 +161,16 @@ class DirectBalancer:
         try:
             await nftdirect.apply(rules)
         except NftError as err:
-            if self._fault_text is None:
+            if self.fault.text is None:
                 log.error("balance: %s", err)
-                self._fault(f"nftables refuses the direct-routing table: {err}")
+                self.fault.set(f"nftables refuses the direct-routing table: {err}")
             return False
         self.loaded = rules
-        log.info("balance: bucket map loaded: %s", ", ".join(
-            f"{m} {n}" for m, n in sorted(counts(assign([x.server for x in self.members], self.alive)).items()))
-            or "no member alive")
-        if self._fault_text is not None:
-            self._fault(None)
+        log.info("balance: bucket map loaded: %s", ", ".join(f"{m} {n}" for m, n in sorted(self._shares().items()))
+                 or "no member alive")
+        if self.fault.text is not None:
+            self.fault.set(None)
         return True
-
-    def _fault(self, text: str | None) -> None:
-        self._fault_text = text
-        self.agent.feed(lambda now: self.agent.core.set_fault(FAULT_SOURCE, text, now, "nftables takes the table"))
 
     def set_drain(self, on: bool) -> str:
         if on == self.drained:
@@ -200,9 +195,13 @@ class DirectBalancer:
                     f"the PACS listens on {s.address} port {s.port} itself: a drain tells its open associations "
                     "from new ones only when the PACS listens on every address (0.0.0.0 or ::)")
 
+    def _shares(self) -> dict[str, int]:
+        """How many buckets each member serves in the map of the members alive now (members with none left out)."""
+        return counts(assign([m.server for m in self.members], self.alive))
+
     def snapshot(self) -> dict:
         """The status JSON's "balance" object; no association counts: the balancer keeps no state."""
-        share = counts(assign([m.server for m in self.members], self.alive))
+        share = self._shares()
         def state(member: Member) -> str:
             if member.server not in self.alive:
                 return "down"

@@ -44,7 +44,7 @@ def neighbour_macs(addresses: list[str]) -> dict[str, str]:
                 destination, mac = message.get_attr("NDA_DST"), message.get_attr("NDA_LLADDR")
                 if destination and mac and str(ipaddress.ip_address(destination)) in wanted:
                     found[str(ipaddress.ip_address(destination))] = mac
-    except NetlinkError as err:     # not an OSError: it would end the balancer's table loop
+    except NetlinkError as err:     # not an OSError: the table loop would take it for a bug (traceback, a pause)
         raise OSError(err.code, f"netlink refuses the neighbour table dump: {err}") from None
     return found
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import shutil
 
+from . import nftcommand
+
 SYSCTL = "/proc/sys/net/ipv4/conf/{}/{}"
 WANTED = {"arp_ignore": (1, 2), "arp_announce": (2,)}
 
@@ -55,9 +57,8 @@ def problems(config, facts, problem) -> None:
     """Report what keeps this node from being a direct-routing member (nothing in mode proxy)."""
     if not balanced_vips(config):
         return
-    if shutil.which("nft") is None:
-        problem("balance.mode", "direct needs the nft command, which is not installed on this host (Debian: "
-                "apt install nftables)")
+    if shutil.which(nftcommand.NFT) is None:
+        problem("balance.mode", "direct " + nftcommand.NEEDS_NFT)
     if not is_member(config, facts):
         return
     on_lo = {a.interface.ip for a in facts.addresses("lo") if a.interface.network.prefixlen in (32, 128)}

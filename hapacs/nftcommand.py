@@ -20,6 +20,7 @@ import shutil
 NFT = "nft"
 TIMEOUT_S = 10.0
 MISSING = "nft is not installed on this host (Debian: apt install nftables)"
+NEEDS_NFT = "needs the nft command, which is not installed on this host (Debian: apt install nftables)"
 
 
 class NftError(Exception):

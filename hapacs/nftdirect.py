@@ -149,14 +149,18 @@ async def _load(args: list[str], text: str) -> None:
     await nftcommand.load(args, text, needed_by="direct mode")
 
 
+def _tables(services: list[ServiceRules]) -> str:
+    return _replace(render(services) + render_pass(services))
+
+
 async def check(services: list[ServiceRules]) -> None:
     """NftError unless the kernel would take the table (`nft -c`: nothing is changed)."""
-    await _load(["-c", "-f", "-"], _replace(render(services) + render_pass(services)))
+    await _load(["-c", "-f", "-"], _tables(services))
 
 
 async def apply(services: list[ServiceRules]) -> None:
     """Load the table, replacing the one before in the same transaction."""
-    await _load(["-f", "-"], _replace(render(services) + render_pass(services)))
+    await _load(["-f", "-"], _tables(services))
 
 
 async def remove() -> None:

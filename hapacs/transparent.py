@@ -134,7 +134,7 @@ def problems(config, problem) -> None:
         return
     key = "balance.client_address" if balance.transparent else "balance.outgoing_from_vip"
     if shutil.which(nftcommand.NFT) is None:
-        problem(key, "needs the nft command, which is not installed on this host (Debian: apt install nftables)")
+        problem(key, nftcommand.NEEDS_NFT)
     if not balance.transparent:
         return
     # The VIP holder forwards the other members' own connections to the workstations (C-MOVE

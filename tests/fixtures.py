@@ -8,6 +8,7 @@ from typing import Callable
 
 import pytest
 
+from hapacs import config as cfg
 from lab import Lab, unique_prefix
 
 
@@ -24,6 +25,21 @@ def lab_fixture(tag: str, *, before: Callable[[], None] | None = None, scope: st
         with Lab(unique_prefix(tag), **lab_kwargs) as built:
             yield built
     return lab
+
+
+def load_config(tmp_path, text: str, name: str = "hapacs.yaml") -> cfg.Config:
+    """The configuration `text`, written to tmp_path/`name` and loaded as the agent loads its file."""
+    path = tmp_path / name
+    path.write_text(text)
+    return cfg.load(str(path))
+
+
+def config_problems(tmp_path, text: str, name: str = "hapacs.yaml") -> list[str]:
+    """The problems of the configuration `text` (it must have some), written to tmp_path/`name`, each as
+    `file:line: key.path: message`."""
+    with pytest.raises(cfg.ConfigError) as caught:
+        load_config(tmp_path, text, name)
+    return [str(p) for p in caught.value.problems]
 
 
 def drain_command(agent, on: bool = True) -> dict:

@@ -21,7 +21,7 @@ from hapacs.model import ElectionView
 from hapacs.reload import describe, restart_needed
 from hapacs.states import State
 
-from .fixtures import drain_command
+from .fixtures import config_problems, drain_command, load_config
 
 BASE = """\
 node: {{name: pacs-a}}
@@ -49,22 +49,11 @@ SERVICE = """\
 
 
 def load(tmp_path, key, balance: str = SERVICE) -> cfg.Config:
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(BASE.format(key=key, balance=balance))
-    return cfg.load(str(path))
+    return load_config(tmp_path, BASE.format(key=key, balance=balance))
 
 
 def problems(tmp_path, key, balance: str) -> list[str]:
-    return problems_in(tmp_path, BASE.format(key=key, balance=balance))
-
-
-def problems_in(tmp_path, text: str) -> list[str]:
-    """The problems of the configuration `text`, written to tmp_path/hapacs.yaml (it must have some)."""
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(text)
-    with pytest.raises(cfg.ConfigError) as caught:
-        cfg.load(str(path))
-    return [str(p) for p in caught.value.problems]
+    return config_problems(tmp_path, BASE.format(key=key, balance=balance))
 
 
 def test_a_service_with_defaults(tmp_path, key):
@@ -79,9 +68,7 @@ def test_a_service_with_defaults(tmp_path, key):
 
 
 def test_no_balance_section_no_balancing(tmp_path, key):
-    path = tmp_path / "plain.yaml"
-    path.write_text(BASE.format(key=key, balance="").replace("balance:\n", ""))
-    assert cfg.load(str(path)).balance is None
+    assert load_config(tmp_path, BASE.format(key=key, balance="").replace("balance:\n", ""), "plain.yaml").balance is None
 
 
 # (the balance section, the expected FILE:LINE: key: message ending)
@@ -118,15 +105,12 @@ def test_every_bad_balance_key_is_a_config_error_with_file_line_and_key(tmp_path
 
 
 def test_with_multicast_heartbeats_the_members_must_be_listed(tmp_path, key):
-    path = tmp_path / "multicast.yaml"
-    path.write_text(BASE.format(key=key, balance=SERVICE).replace("  peers: [192.0.2.12]\n", ""))
-    with pytest.raises(cfg.ConfigError) as caught:
-        cfg.load(str(path))
-    assert [str(p) for p in caught.value.problems] == [
-        f"{path}:10: balance.members: with multicast heartbeats (no cluster.peers) the members cannot be known in "
-        "advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]"]
-    path.write_text(path.read_text().replace("  services:", "  members: [{address: 192.0.2.11}]\n  services:"))
-    assert cfg.load(str(path)).balance.members[0].name is None
+    text = BASE.format(key=key, balance=SERVICE).replace("  peers: [192.0.2.12]\n", "")
+    assert config_problems(tmp_path, text, "multicast.yaml") == [
+        f"{tmp_path}/multicast.yaml:10: balance.members: with multicast heartbeats (no cluster.peers) the members "
+        "cannot be known in advance: list every node here, such as members: [{name: pacs-a, address: 192.0.2.11}, ...]"]
+    listed = text.replace("  services:", "  members: [{address: 192.0.2.11}]\n  services:")
+    assert load_config(tmp_path, listed, "multicast.yaml").balance.members[0].name is None
 
 
 def test_reload_reloads_haproxy_for_a_changed_service_and_needs_a_restart_for_agent_port(tmp_path, key):
@@ -283,11 +267,11 @@ def test_haproxy_follows_the_agent_up_drain_down_and_up_again(tmp_path):
     async def scenario():
         listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", target)
         agent = AgentCheckServer("127.0.0.1", agent_port, lambda name: answer["line"])
-        await agent.start()
         proxy = haproxy.HAProxy(str(tmp_path))
-        await proxy.start(haproxy.render(balance, (member,), str(tmp_path)))
         seen = []
-        try:
+        try:        # the listener and the agent-check server are closed even when HAProxy does not start
+            await agent.start()
+            await proxy.start(haproxy.render(balance, (member,), str(tmp_path)))
             for line, state in (("up ready", "up"), ("up drain #test", "drain"), ("down #check down", "down"),
                                 ("up ready", "up")):
                 answer["line"] = line

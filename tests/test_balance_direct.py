@@ -22,7 +22,7 @@ from hapacs.reload import restart_needed
 from hapacs.states import State
 from hapacs.status import balance_lines
 
-from .fixtures import drain_command
+from .fixtures import config_problems, drain_command, load_config
 
 BASE = """\
 node: {{name: pacs-a}}
@@ -49,9 +49,7 @@ SERVICE = """\
 
 
 def load(tmp_path, key, services: str = SERVICE) -> cfg.Config:
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(BASE.format(key=key, services=services))
-    return cfg.load(str(path))
+    return load_config(tmp_path, BASE.format(key=key, services=services))
 
 
 def test_a_direct_service_is_accepted_with_target_port_equal_to_port(tmp_path, key):
@@ -77,9 +75,7 @@ BROKEN = [
 
 @pytest.mark.parametrize("services, line, key_path, message", BROKEN, ids=[b[2] + str(i) for i, b in enumerate(BROKEN)])
 def test_every_direct_mode_mistake_is_a_config_error_with_its_line(tmp_path, key, services, line, key_path, message):
-    with pytest.raises(cfg.ConfigError) as caught:
-        load(tmp_path, key, services)
-    found = [str(p) for p in caught.value.problems]
+    found = config_problems(tmp_path, BASE.format(key=key, services=services))
     assert len(found) == 1, found
     assert found[0].startswith(f"{tmp_path}/hapacs.yaml:{line}: {key_path}: "), found
     assert message in found[0], found
@@ -91,21 +87,19 @@ def test_a_handover_does_not_wait_for_the_associations_that_carry_on_through_the
     # a service on another port: the check's port 104 on the VIP is drained, the service's 105 is not
     assert load(tmp_path, key, SERVICE.replace("port: 104", "port: 105")).drain_targets == ((vip, 104),)
     # a second VIP that is not balanced keeps its drain and hold on the same port
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(BASE.format(key=key, services=SERVICE).replace(
-        "  - address: 192.0.2.100/24\n", "  - address: 192.0.2.100/24\n  - address: 192.0.2.101/24\n"))
-    assert cfg.load(str(path)).drain_targets == ((other, 104),)
+    two_vips = BASE.format(key=key, services=SERVICE).replace(
+        "  - address: 192.0.2.100/24\n", "  - address: 192.0.2.100/24\n  - address: 192.0.2.101/24\n")
+    assert load_config(tmp_path, two_vips).drain_targets == ((other, 104),)
     # mode proxy drains every VIP on the checks' and services' ports
-    path.write_text(path.read_text().replace("mode: direct", "mode: proxy").replace(
-        "      port: 104\n", "      port: 104\n      target_port: 11112\n"))
-    assert cfg.load(str(path)).drain_targets == ((vip, 104), (other, 104))
+    proxy = two_vips.replace("mode: direct", "mode: proxy").replace(
+        "      port: 104\n", "      port: 104\n      target_port: 11112\n")
+    assert load_config(tmp_path, proxy).drain_targets == ((vip, 104), (other, 104))
 
 
 def test_changing_the_mode_needs_a_restart(tmp_path, key):
     direct = load(tmp_path, key)
-    proxy_path = tmp_path / "proxy.yaml"
-    proxy_path.write_text((tmp_path / "hapacs.yaml").read_text().replace("mode: direct", "mode: proxy"))
-    assert "balance.mode" in restart_needed(direct, cfg.load(str(proxy_path)))
+    proxy = BASE.format(key=key, services=SERVICE).replace("mode: direct", "mode: proxy")
+    assert "balance.mode" in restart_needed(direct, load_config(tmp_path, proxy, "proxy.yaml"))
 
 
 def peer(address: str, state: State, up: bool = True) -> PeerView:

@@ -13,6 +13,8 @@ from hapacs import config as cfg
 from hapacs.bgpgate import Protocol, SessionGate
 from hapacs.bird import BirdAnswerError, BirdClient, BirdUnreachable, parse_protocols, reply_lines
 
+from .fixtures import config_problems, load_config
+
 BASE = """\
 node: {name: pacs-a, priority: 150}
 cluster: {id: 51, interface: eth0, peers: [198.51.100.75], auth_key_file: KEY}
@@ -30,15 +32,11 @@ SHOW_PROTOCOLS = [
 
 
 def load(tmp_path, key, text: str) -> cfg.Config:
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(BASE.replace("KEY", key) + textwrap.dedent(text))
-    return cfg.load(str(path))
+    return load_config(tmp_path, BASE.replace("KEY", key) + textwrap.dedent(text))
 
 
 def problems(tmp_path, key, text: str) -> list[str]:
-    with pytest.raises(cfg.ConfigError) as caught:
-        load(tmp_path, key, text)
-    return [str(p) for p in caught.value.problems]
+    return config_problems(tmp_path, BASE.replace("KEY", key) + textwrap.dedent(text))
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -8,8 +8,10 @@ import textwrap
 
 import pytest
 
-from hapacs import config as cfg, reload
+from hapacs import reload
 from lab.etcd import make_certificates
+
+from .fixtures import config_problems, load_config
 
 BASE = """\
 node:
@@ -28,15 +30,11 @@ etcd:
 
 
 def load(tmp_path, text: str, key: str):
-    path = tmp_path / "hapacs.yaml"
-    path.write_text(textwrap.dedent(text).replace("{key}", key))
-    return cfg.load(str(path))
+    return load_config(tmp_path, textwrap.dedent(text).replace("{key}", key))
 
 
 def problems(tmp_path, text: str, key: str) -> list[str]:
-    with pytest.raises(cfg.ConfigError) as caught:
-        load(tmp_path, text, key)
-    return [str(p) for p in caught.value.problems]
+    return config_problems(tmp_path, textwrap.dedent(text).replace("{key}", key))
 
 
 def test_authority_etcd_loads_with_defaults(tmp_path, key):
@@ -142,7 +140,5 @@ def test_the_samples_etcd_section_is_valid_once_uncommented(tmp_path, key):
             continue
         lines.append(line[2:] if inside and line.startswith("# ") else line)
     text = "\n".join(lines).replace("  authority: heartbeats", "  authority: etcd")
-    path = tmp_path / "sample.yaml"
-    path.write_text(text)
-    loaded = cfg.load(str(path))
+    loaded = load_config(tmp_path, text, "sample.yaml")
     assert loaded.cluster.authority == "etcd" and loaded.etcd.ttl_s == 3 and len(loaded.etcd.endpoints) == 3

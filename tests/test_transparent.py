@@ -21,7 +21,8 @@ from hapacs.reload import describe, restart_needed
 from hapacs.transparent import Plan, plan_for, render
 
 from .fixtures import lab_fixture
-from .test_balance import BASE, SERVICE, load, members, problems, problems_in
+from .fixtures import config_problems
+from .test_balance import BASE, SERVICE, load, members, problems
 
 TRANSPARENT = "  client_address: transparent\n  workstations: [198.51.100.0/24, 192.0.2.200/32]\n" + SERVICE
 TWO_VIPS = SERVICE + SERVICE.replace("  services:\n", "").replace("name: dicom", "name: second") \
@@ -66,7 +67,7 @@ def test_what_transparent_and_outgoing_from_vip_require(tmp_path, key, balance, 
 
 
 def _two_vips(tmp_path, key, balance) -> list[str]:
-    return problems_in(tmp_path, BASE.format(key=key, balance=balance).replace(
+    return config_problems(tmp_path, BASE.format(key=key, balance=balance).replace(
         "  - address: 192.0.2.100/24\n", "  - address: 192.0.2.100/24\n  - address: 192.0.2.101/24\n"))
 
 
