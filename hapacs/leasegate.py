@@ -137,7 +137,6 @@ class LeaseGate:
         self.failures = 0
         self.holder: str | None = None
         self.holder_revision = 0
-        self.taken_revision = 0
         self.last_error: str | None = None
         self.wanted: tuple[Reason, bool] | None = None     # why the election wants MASTER; sticky
         self.take_deadline = 0.0               # TAKING: the answer is overdue after this
@@ -249,7 +248,7 @@ class LeaseGate:
 
     def _taken(self, event: LeaseTaken, now: float) -> list[Effect]:
         effects = self._reachable(now)
-        self.holder, self.holder_revision, self.taken_revision = self.name, event.revision, event.revision
+        self.holder, self.holder_revision = self.name, event.revision
         if self.phase != LeasePhase.TAKING or not self._still_wanted():
             # Nobody wants it any more (a MASTER appeared, a fault, a stop): give it back at once.
             self.phase = LeasePhase.IDLE
