@@ -36,12 +36,15 @@ Rules, with the reason for each:
 |-------------|----------------------------------------|--------------------------------------------------------|
 | IDLE        | no lease, none wanted                  | the election wants MASTER: TakeLease -> TAKING         |
 | TAKING      | a take is under way (hold)             | taken -> HELD, MASTER; held by another -> WAITING;     |
-|             |                                        | failed -> UNREACHABLE                                  |
-| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again;          |
-|             |                                        | probe_at -> ProbeAuthority (the watch may be cut off)  |
+|             |                                        | failed or take_deadline -> UNREACHABLE; no longer      |
+|             |                                        | wanted -> IDLE (a late grant is revoked)               |
+| WAITING     | another holds the key (hold)           | key gone or no longer wanted -> IDLE, the election     |
+|             |                                        | decides again; probe_at -> ProbeAuthority (the watch   |
+|             |                                        | may be cut off)                                        |
 | HELD        | holds the lease until held_until       | MASTER ends -> revoke, IDLE; held_until, key gone or   |
-|             |                                        | another's -> FAULT, IDLE                               |
-| UNREACHABLE | etcd did not answer (fault "etcd")     | any answer -> IDLE; retry_at -> ProbeAuthority         |
+|             |                                        | another's -> revoke, FAULT, UNREACHABLE                |
+| UNREACHABLE | etcd did not answer, or the lease was  | any answer -> IDLE; retry_at -> ProbeAuthority         |
+|             | lost (fault "etcd")                    |                                                        |
 """
 
 from __future__ import annotations
