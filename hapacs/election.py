@@ -30,9 +30,11 @@ The parts, each owning its deadline (`next_deadline()` is their minimum):
 `PeerTable` (who is there, RFC ranking; when the next peer falls silent),
 `MasterWatch` (a BACKUP's Master_Down_Timer and the decision to take
 over), `Handoffs` (handover, preemption and takeover request, each with
-named phases), `SplitBrainGuard` (quorum, witness) and `Suspects` (living
+named phases), `SplitBrainGuard` (quorum, witness), `Suspects` (living
 but misconfigured peers, which keep this node from taking the VIPs; their
-evidence expires like a peer). This class keeps
+evidence expires like a peer) and, under `cluster.authority: etcd`,
+`LeaseGate` (the leadership lease: MASTER only while it is held; its
+events and phases are in hapacs.leasegate). This class keeps
 the state, the terms, the gates (faults, holds, maintenance, penalty),
 the lifecycle and the public API. The parts call back only the methods
 without a leading underscore.

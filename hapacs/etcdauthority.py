@@ -67,6 +67,12 @@ def holder_name(kv: KeyValue | None) -> str | None:
     return text if text.isprintable() and 0 < len(text) <= 64 else repr(kv.value[:64])
 
 
+def read_holder(kv: KeyValue | None, revision: int) -> KeyHolder:
+    """What a read of the key tells the core: who holds it, at the key's revision (the store's
+    revision when nobody does)."""
+    return KeyHolder(holder_name(kv), kv.mod_revision if kv else revision, kv.lease if kv else 0)
+
+
 class EtcdAuthority:
     def __init__(self, agent: Agent, config: EtcdConfig) -> None:
         self.agent = agent
@@ -74,6 +80,7 @@ class EtcdAuthority:
         self.key = config.leader_key
         self.value = agent.config.node.name.encode()
         self.client: EtcdClient | None = None
+        self._clients: list[EtcdClient] = []     # one per endpoint, for the health loop
         self.held: set[int] = set()        # leases granted here and not given up: revoked at stop
         self.renewing = 0
         self._limited = RateLimited(log)
@@ -223,7 +230,7 @@ class EtcdAuthority:
         except EtcdError as err:
             self._failed("probe", err)
             return
-        self._feed(KeyHolder(holder_name(kv), kv.mod_revision if kv else revision, kv.lease if kv else 0))
+        self._feed(read_holder(kv, revision))
 
     # --- the watch and the endpoints' health ------------------------------------------------
 
@@ -244,7 +251,7 @@ class EtcdAuthority:
                 await asyncio.sleep(timing.lease_retry_s(failures))
                 continue
             failures = 0
-            self._feed(KeyHolder(holder_name(kv), kv.mod_revision if kv else revision, kv.lease if kv else 0))
+            self._feed(read_holder(kv, revision))
             opened = self.agent.loop.time()
             try:
                 async for message in self.client.watch(self.key, revision + 1):

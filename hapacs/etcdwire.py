@@ -255,5 +255,4 @@ def parse_watch(answer: dict, what: str = "watch") -> WatchMessage:
             raise EtcdError(BAD_ANSWER, f"{what}: unknown event type {kind!r}")
         parsed.append(WatchEvent(kind, parse_kv(event.get("kv"), what)))
     return WatchMessage(created=answer.get("created") is True, canceled=answer.get("canceled") is True,
-                        revision=_int(answer["header"].get("revision"), "header.revision", what, 0),
-                        events=tuple(parsed))
+                        revision=header_revision(answer, what), events=tuple(parsed))

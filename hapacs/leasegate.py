@@ -36,12 +36,15 @@ Rules, with the reason for each:
 |-------------|----------------------------------------|--------------------------------------------------------|
 | IDLE        | no lease, none wanted                  | the election wants MASTER: TakeLease -> TAKING         |
 | TAKING      | a take is under way (hold)             | taken -> HELD, MASTER; held by another -> WAITING;     |
-|             |                                        | failed -> UNREACHABLE                                  |
-| WAITING     | another holds the key (hold)           | key gone -> IDLE, the election decides again;          |
-|             |                                        | probe_at -> ProbeAuthority (the watch may be cut off)  |
+|             |                                        | failed or take_deadline -> UNREACHABLE; no longer      |
+|             |                                        | wanted -> IDLE (a late grant is revoked)               |
+| WAITING     | another holds the key (hold)           | key gone or no longer wanted -> IDLE, the election     |
+|             |                                        | decides again; probe_at -> ProbeAuthority (the watch   |
+|             |                                        | may be cut off)                                        |
 | HELD        | holds the lease until held_until       | MASTER ends -> revoke, IDLE; held_until, key gone or   |
-|             |                                        | another's -> FAULT, IDLE                               |
-| UNREACHABLE | etcd did not answer (fault "etcd")     | any answer -> IDLE; retry_at -> ProbeAuthority         |
+|             |                                        | another's -> revoke, FAULT, UNREACHABLE                |
+| UNREACHABLE | etcd did not answer, or the lease was  | any answer -> IDLE; retry_at -> ProbeAuthority         |
+|             | lost (fault "etcd")                    |                                                        |
 """
 
 from __future__ import annotations
@@ -137,7 +140,6 @@ class LeaseGate:
         self.failures = 0
         self.holder: str | None = None
         self.holder_revision = 0
-        self.taken_revision = 0
         self.last_error: str | None = None
         self.wanted: tuple[Reason, bool] | None = None     # why the election wants MASTER; sticky
         self.take_deadline = 0.0               # TAKING: the answer is overdue after this
@@ -249,7 +251,7 @@ class LeaseGate:
 
     def _taken(self, event: LeaseTaken, now: float) -> list[Effect]:
         effects = self._reachable(now)
-        self.holder, self.holder_revision, self.taken_revision = self.name, event.revision, event.revision
+        self.holder, self.holder_revision = self.name, event.revision
         if self.phase != LeasePhase.TAKING or not self._still_wanted():
             # Nobody wants it any more (a MASTER appeared, a fault, a stop): give it back at once.
             self.phase = LeasePhase.IDLE

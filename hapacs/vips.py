@@ -97,10 +97,14 @@ class VipManager:
         if failures:
             self.on_failure("; ".join(failures))
 
-    async def _add(self, vip: VipConfig) -> None:
+    def _link_of(self, vip: VipConfig) -> Link:
         link = self.links.get(vip.interface)
         if link is None:
             raise KeyError(f"interface {vip.interface} not found")
+        return link
+
+    async def _add(self, vip: VipConfig) -> None:
+        link = self._link_of(vip)
         # At least a second, the kernel's unit: under the lease that is only when its take took
         # longer than TTL - margin - 1 s to answer.
         lifetime = max(1, self.lifetime_s())
@@ -181,11 +185,8 @@ class VipManager:
                 continue      # never shorten a lifetime already given
             self.ends_at = now + lifetime
             for vip in self.vips:
-                link = self.links.get(vip.interface)
                 try:
-                    if link is None:
-                        raise KeyError(f"interface {vip.interface} not found")
-                    await self.netlink.renew_lease(link.index, vip.address, lifetime)
+                    await self.netlink.renew_lease(self._link_of(vip).index, vip.address, lifetime)
                     self.held[vip.label] = True
                 except (NetlinkFailure, KeyError) as err:
                     log.error("cannot renew VIP %s: %s", vip.label, err)

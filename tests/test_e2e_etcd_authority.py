@@ -106,6 +106,12 @@ def cut_from_etcd(lab, host: str, on: bool) -> None:
     lab.exec(host, ["nft", "-f", "-"], input=rules)
 
 
+
+def remove_cut(lab, host: str) -> None:
+    """Take `host`'s cut from etcd away if it is still there (a test that failed while cut)."""
+    if "ea_cut" in lab.exec(host, ["nft", "list", "tables"]).stdout:
+        cut_from_etcd(lab, host, False)
+
 def test_the_best_node_holds_the_lease_and_a_kill_9_moves_it(lab, etcd, pacs):
     cluster = etcd_cluster(lab, etcd, "/hapacs/kill/")
     sampler = None
@@ -129,7 +135,7 @@ def test_the_best_node_holds_the_lease_and_a_kill_9_moves_it(lab, etcd, pacs):
         took_over = master_since(cluster, "b") - killed
         lab.wait_for(lambda: lab.holders(VIP) == ["b"], 5, what="b the only holder")
         samples = sampler.stop()
-        overlap = [t for t, h in samples if len(h) > 1]
+        overlap = [t for t, _ in sampler.doubles()]
         print(f"kill -9: b MASTER {took_over:.2f} s later; {len(samples)} samples, the dead agent's address "
               f"beside b's for {overlap[-1] - overlap[0] if overlap else 0:.2f} s")
         assert took_over <= TTL + 1.0, f"b took over {took_over:.2f} s after the kill"
@@ -176,7 +182,7 @@ def test_a_master_cut_from_etcd_drops_the_vip_before_the_other_gets_the_key(lab,
     finally:
         if sampler is not None:
             sampler.stop()
-        cut_from_etcd(lab, "a", False) if "ea_cut" in lab.exec("a", ["nft", "list", "tables"]).stdout else None
+        remove_cut(lab, "a")
         stop_agents(cluster)
 
 
@@ -273,5 +279,6 @@ def test_no_usable_etcd_at_start_is_a_fault_without_vip_until_etcd_answers(lab, 
     finally:
         stop_agents(cluster)
         stop_agents(wrong)
+        remove_cut(lab, "a")      # the lab is the module's: a test failed while cut must not cut the next
         lab.kill(server, signal.SIGKILL)
         lab.kill(tls_server, signal.SIGKILL)

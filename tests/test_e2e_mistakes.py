@@ -144,6 +144,17 @@ def watch_b_decide(lab, cluster) -> None:
                  what="both agents running")
 
 
+
+def b_joins_and_stays_off(lab, cluster, sampler, cause: str, what: str) -> list[dict]:
+    """b joins the running MASTER a, holds no VIP while it decides, and reports a (192.0.2.11)
+    as the one misconfigured peer, blocking, for `cause`; returns b's "misconfigured" list."""
+    mark = join_running_master(lab, cluster, sampler)
+    watch_b_decide(lab, cluster)
+    sampler.check(mark)
+    found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what=what)
+    assert [(m["address"], m["cause"], m["blocking"]) for m in found] == [("192.0.2.11", cause, True)]
+    return found
+
 # --- 1. another key, another cluster.id ------------------------------------------------------------
 
 @pytest.mark.parametrize("cause,b_priority", [("auth", 100), ("auth", 150), ("cluster", 150)])
@@ -156,12 +167,8 @@ def test_a_node_that_cannot_read_its_peer_never_takes_the_vips(lab, cause, b_pri
     _, trap_log = start_trapd(lab)
     with HolderSampler(lab) as sampler:
         try:
-            mark = join_running_master(lab, cluster, sampler)
             # b hears a living MASTER it cannot read: it says so and stays off the VIPs.
-            watch_b_decide(lab, cluster)
-            sampler.check(mark)
-            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports a misconfigured peer")
-            assert [(m["address"], m["cause"], m["blocking"]) for m in found] == [("192.0.2.11", cause, True)]
+            found = b_joins_and_stays_off(lab, cluster, sampler, cause, "b reports a misconfigured peer")
             assert "pacs-a MASTER" in found[0]["claims"], found
             assert one_holder(lab) == "a" and cluster.state("b") == "BACKUP"
             lab.wait_for(lambda: misconfigured(cluster, "a"), 5, what="a reports b too")
@@ -271,11 +278,7 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips(lab, b_priority):
     cluster.add("b", b_priority, node={"name": "pacs-a"})    # b's file copied from a, name not edited
     with HolderSampler(lab) as sampler:
         try:
-            mark = join_running_master(lab, cluster, sampler)
-            watch_b_decide(lab, cluster)
-            sampler.check(mark)
-            found = lab.wait_for(lambda: misconfigured(cluster, "b"), 5, what="b reports its twin")
-            assert [(m["address"], m["cause"], m["blocking"]) for m in found] == [("192.0.2.11", "name", True)]
+            b_joins_and_stays_off(lab, cluster, sampler, "name", "b reports its twin")
             assert one_holder(lab) == "a" and cluster.state("b") == "BACKUP"
             assert [(m["address"], m["cause"]) for m in misconfigured(cluster, "a")] == [("192.0.2.12", "name")]
             assert cluster.status("b")["counters"]["became_master"] == 0

@@ -756,12 +756,18 @@ def test_a_cold_start_with_one_misconfigured_node_elects_exactly_one(priorities)
     assert all(len(holders) <= 1 for _, holders in sim.holder_history)
 
 
-def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_gone():
+def master_a_and_misconfigured_b() -> SimCluster:
+    """a MASTER, then b joins with another key and listens for 2 s."""
     sim = SimCluster()
     sim.add("a", 150, "192.0.2.11")
     sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
     sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
     sim.run(2.0)
+    return sim
+
+
+def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_gone():
+    sim = master_a_and_misconfigured_b()
     sim.crash("a")
     took = sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes the VIPs of the dead a")
     assert took < 1.0
@@ -771,11 +777,7 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
 def test_a_misconfigured_peer_that_will_not_take_over_does_not_block():
     # a's PACS fails: a is in FAULT, holds no VIP and will not take them while it is, so b,
     # which cannot read a, must not wait for it while nobody serves.
-    sim = SimCluster()
-    sim.add("a", 150, "192.0.2.11")
-    sim.run_until(lambda: sim.masters() == ["a"], 2.0, "a master")
-    sim.add("b", 100, "192.0.2.12", key=OTHER_KEY)
-    sim.run(2.0)
+    sim = master_a_and_misconfigured_b()
     assert sim.masters() == ["a"]
     sim.command("a", "set_fault", "check:pacs", "check pacs down")
     sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b takes over from an unfit a")

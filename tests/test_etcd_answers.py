@@ -152,6 +152,20 @@ def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 10))
 
 
+def get_refused(handler, key=b"k", more_endpoints=()) -> EtcdError:
+    """The EtcdError a get of `key` raises against a loopback server running `handler` (then
+    `more_endpoints`); the server is closed even when the get did not raise."""
+    async def scenario():
+        server, url = await serve(handler)
+        try:
+            with pytest.raises(EtcdError) as raised:
+                await EtcdClient([url, *more_endpoints]).get(key)
+        finally:
+            server.close()
+        return raised.value
+    return run(scenario())
+
+
 def test_a_chunked_stream_split_mid_line_yields_whole_messages():
     lines = [json.dumps({"result": {"header": HEADER, "created": True}}).encode() + b"\n",
              json.dumps({"result": {"header": HEADER, "events": [{"kv": kv(value="a")}]}}).encode() + b"\n"]
@@ -212,16 +226,9 @@ def test_nothing_listening_and_a_web_server_are_named_in_the_error():
 
 def test_etcds_own_refusal_is_not_retried_elsewhere():
     refusal = b'{"error": "etcdserver: permission denied", "code": 7, "message": "etcdserver: permission denied"}'
-
-    async def scenario():
-        server, url = await serve(answer_with(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n",
-                                              [refusal], chunked=False))
-        with pytest.raises(EtcdError) as raised:
-            await EtcdClient([url, "http://127.0.0.1:9"]).get(b"/hapacs/51/leader")
-        server.close()
-        return raised.value
-
-    error = run(scenario())
+    error = get_refused(answer_with(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n",
+                                    [refusal], chunked=False),
+                        key=b"/hapacs/51/leader", more_endpoints=["http://127.0.0.1:9"])
     assert error.code == wire.PERMISSION and "role" in error.reason
 
 
@@ -245,28 +252,13 @@ def test_a_member_without_a_leader_is_passed_over():
 def test_the_gateway_refusing_client_certificates_under_authentication_is_a_permission_error():
     # etcd 3.4's own answer (reproduced with auth enabled and --client-cert-auth)
     text = b"CommonName of client sending a request against gateway will be ignored and not used as expected\n"
-
-    async def scenario():
-        head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        server, url = await serve(answer_with(head, [text], chunked=False))
-        with pytest.raises(EtcdError) as raised:
-            await EtcdClient([url]).get(b"k")
-        server.close()
-        return raised.value
-
-    error = run(scenario())
+    head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    error = get_refused(answer_with(head, [text], chunked=False))
     assert error.code == wire.PERMISSION and "authentication on" in error.reason and "CommonName" in error.reason
 
 
 def test_garbage_instead_of_http_is_not_etcd():
-    async def scenario():
-        server, url = await serve(answer_with(b"SSH-2.0-OpenSSH_9.2\r\n", [b""], chunked=False))
-        with pytest.raises(EtcdError) as raised:
-            await EtcdClient([url]).get(b"k")
-        server.close()
-        return raised.value
-
-    error = run(scenario())
+    error = get_refused(answer_with(b"SSH-2.0-OpenSSH_9.2\r\n", [b""], chunked=False))
     assert error.code == wire.NOT_ETCD and "not an HTTP answer" in error.reason
 
 
@@ -280,14 +272,7 @@ def test_an_error_answer_that_breaks_the_chunking_is_not_etcd():
         await writer.drain()
         writer.close()
 
-    async def scenario():
-        server, url = await serve(endless_chunk_size)
-        with pytest.raises(EtcdError) as raised:
-            await EtcdClient([url]).get(b"k")
-        server.close()
-        return raised.value
-
-    error = run(scenario())
+    error = get_refused(endless_chunk_size)
     assert error.code == wire.NOT_ETCD and "no etcd \"header\"" in error.reason
 
 
@@ -308,10 +293,11 @@ def tls_get(server_certs, client_context, require_client: bool) -> EtcdError:
         server = await asyncio.start_server(answer_with(JSON_OK, [b"{}"], chunked=False), "127.0.0.1", 0,
                                             ssl=tls_server_context(server_certs, require_client))
         url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        with pytest.raises(EtcdError) as raised:
-            await EtcdClient([url]).get(b"k") if client_context is None else \
+        try:
+            with pytest.raises(EtcdError) as raised:
                 await EtcdClient([url], ssl_context=client_context).get(b"k")
-        server.close()
+        finally:
+            server.close()
         return raised.value
     return run(scenario())
 

@@ -75,14 +75,17 @@ def test_the_key_goes_when_its_lease_is_not_renewed(lab, etcd):
 def test_an_http_server_that_is_not_etcd_is_named_and_skipped(lab, etcd):
     web = lab.spawn("ws", [sys.executable, "-m", "http.server", str(NOT_ETCD_PORT), "--bind", "192.0.2.200"])
     not_etcd = f"http://192.0.2.200:{NOT_ETCD_PORT}"
-    wait_for(lambda: f":{NOT_ETCD_PORT} " in lab.exec("ws", ["ss", "-ltnH"]).stdout, 10,
-             what="python -m http.server to listen")
-    alone = probe(lab, "get", not_etcd, "k")
-    assert alone["error"] == "not-etcd"
-    assert f"{not_etcd}: get: answered HTTP 501" in alone["reason"] and "not etcd's JSON gateway" in alone["reason"]
-    with_etcd = probe(lab, "get", f"{not_etcd},{etcd.urls['a']}", "k")
-    assert with_etcd["answered_by"] == etcd.urls["a"] and with_etcd["failed"] == {not_etcd: "not-etcd"}
-    lab.stop(web)
+    try:
+        wait_for(lambda: f":{NOT_ETCD_PORT} " in lab.exec("ws", ["ss", "-ltnH"]).stdout, 10,
+                 what="python -m http.server to listen")
+        alone = probe(lab, "get", not_etcd, "k")
+        assert alone["error"] == "not-etcd"
+        assert f"{not_etcd}: get: answered HTTP 501" in alone["reason"] and \
+            "not etcd's JSON gateway" in alone["reason"]
+        with_etcd = probe(lab, "get", f"{not_etcd},{etcd.urls['a']}", "k")
+        assert with_etcd["answered_by"] == etcd.urls["a"] and with_etcd["failed"] == {not_etcd: "not-etcd"}
+    finally:
+        lab.stop(web)        # the module's lab goes on: leave no server on the workstation
 
 
 def test_a_silent_follower_costs_one_attempt_then_another_answers(lab, etcd):
