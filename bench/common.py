@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 
@@ -35,3 +36,13 @@ def write_json(path: str | None, value) -> None:
     if path:
         with open(path, "w") as handle:
             json.dump(value, handle, indent=1)
+
+
+def exit_with(main) -> None:
+    """sys.exit(main()); a lab command that failed (CalledProcessError) is printed and exits 1,
+    without a traceback."""
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as error:
+        print(error, file=sys.stderr)
+        sys.exit(1)
