@@ -79,7 +79,10 @@ def show_stat(path: str) -> dict[str, dict]:
 
 
 class StatWatch:
-    """`show stat` of one HAProxy every POLL_S, in a thread: [(monotonic t, rows)]."""
+    """`show stat` of one HAProxy every POLL_S, in a thread: [(monotonic t, rows)]. Bounded in time
+    even when a failed wait skips stop(): every scene it watches lasts seconds."""
+
+    LIMIT_S = 120.0
 
     def __init__(self, path: str):
         self.path, self.samples, self.done = path, [], threading.Event()
@@ -87,7 +90,8 @@ class StatWatch:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.done.wait(POLL_S):
+        deadline = time.monotonic() + self.LIMIT_S
+        while not self.done.wait(POLL_S) and time.monotonic() < deadline:
             try:
                 rows = show_stat(self.path)
             except (OSError, KeyError, ValueError):
