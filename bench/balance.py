@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import load_average  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -61,7 +62,7 @@ def parallel_load(lab, cluster, parallel: int, seconds: float = 4.0) -> dict:
                  what="HAProxy's totals")
     after = totals(cluster)
     return {"client": client, "per_member": {n: after[n] - before.get(n, 0) for n in after},
-            "load": "/".join(f"{x:.1f}" for x in os.getloadavg())}
+            "load": load_average()}
 
 
 SLOW_SCP = """
@@ -112,7 +113,7 @@ def run(trials: int, held: int, check_interval: float, slow_ms: int = 20, parall
         lab.wait_for(lambda: f"established {held} of {held}" in out.read_text(), 60, what="held")
         lab.wait_for(lambda: sum(n for _, n in member_states(cluster).values()) == held, 5, what="counted")
         results["spread"] = {name: n for name, (_, n) in member_states(cluster).items()}
-        results["spread_load"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+        results["spread_load"] = load_average()
         lab.stop(holder)
         if slow_ms:
             results["slow"] = slow_member(lab, cluster, scp, slow_ms, parallel)

@@ -1,4 +1,4 @@
-"""Issue 14's load-balancing figures in one run, proxy and direct side by side.
+"""The load-balancing figures in one run, proxy and direct side by side.
 
 Runs, one after another, each in its own lab: bench/balance.py (distribution, slow member; proxy),
 bench/proxy.py and bench/direct.py (member death, drain, balancer host loss; the same three
@@ -20,19 +20,17 @@ import sys
 import tempfile
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH))
+from bench.common import load_average, not_root  # noqa: E402
 
 
 def run(script: str, *args: str) -> str:
-    print(f"== {script} {' '.join(args)} (load {load()})", flush=True)
+    print(f"== {script} {' '.join(args)} (load {load_average()})", flush=True)
     done = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], capture_output=True, text=True,
                           timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"{script} failed: {done.stderr[-2000:]}")
     return done.stdout
-
-
-def load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def json_objects(text: str) -> list[dict]:
@@ -60,8 +58,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--out")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/balancing.py: run as root", file=sys.stderr)
+    if not_root("bench/balancing.py"):
         return 1
     out = args.out or tempfile.mkdtemp(prefix="hapacs-balancing-")
     os.makedirs(out, exist_ok=True)
@@ -126,7 +123,7 @@ def main() -> int:
     print("\n| figure | proxy | direct |\n| --- | --- | --- |")
     for figure, in_proxy, in_direct in table:
         print(f"| {figure} | {in_proxy} | {in_direct} |")
-    print(f"\n(every script's JSON and the pictures: {out}; load at the end {load()})")
+    print(f"\n(every script's JSON and the pictures: {out}; load at the end {load_average()})")
     return 0
 
 

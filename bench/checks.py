@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -83,8 +84,7 @@ def main() -> int:
     parser.add_argument("--no-realtime", action="store_true",
                         help="run the agents with normal scheduling (default: SCHED_RR, as systemd/hapacs.service)")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/checks.py: run as root", file=sys.stderr)
+    if not_root("bench/checks.py"):
         return 1
     check = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
              "interval": args.interval, "timeout": args.timeout, "fall": args.fall, "rise": 2}

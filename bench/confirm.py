@@ -27,6 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root  # noqa: E402
 
 from hapacs.checks import CheckRunner, Verdict, run_probe   # noqa: E402
 from hapacs.config import CheckConfig                       # noqa: E402
@@ -94,8 +95,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--probes", type=int, default=50)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/confirm.py: run as root", file=sys.stderr)
+    if not_root("bench/confirm.py"):
         return 1
     with Lab(unique_prefix("bf"), hosts=("a",), workstation=False) as lab:
         latencies = in_netns(lab.ns("a"), probe_latencies, args.probes)

@@ -30,7 +30,6 @@ Run as root: .venv/bin/python bench/direct.py [--trials 10] [--releases 4] [--js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import load_average, not_root, p95, write_json  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -54,10 +54,6 @@ CHECK = [{"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": 
 MEMBERS = [{"name": "pacs-a", "address": "192.0.2.11"}, {"name": "pacs-b", "address": "192.0.2.12"}]
 BALANCE = {"mode": "direct", "members": MEMBERS,
            "services": [{"name": "dicom", "address": VIP, "port": 104, "health": "pacs-dicom"}]}
-
-
-def load_average() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def syn_retransmissions(lab) -> int:
@@ -265,8 +261,8 @@ def balancer_loss(lab, cluster, trials: int, how: str) -> dict:
         lab.wait_for(lambda: answered(path, since=back) >= 10, 10, what="served by c")
     lab.stop(probe)
     outages = sorted(r["outage_s"] for r in rows)
-    p95 = outages[min(len(outages) - 1, round(0.95 * (len(outages) - 1)))]
-    return {"how": how, "rows": rows, "records": path, "outage_median_s": statistics.median(outages), "outage_p95_s": p95,
+    return {"how": how, "rows": rows, "records": path, "outage_median_s": statistics.median(outages),
+            "outage_p95_s": p95(outages),
             "outage_max_s": outages[-1], "held_answering": sum(r["held_answering"] for r in rows),
             "held": HELD * len(rows)}
 
@@ -307,8 +303,7 @@ def main() -> int:
     parser.add_argument("--scenarios", default="release,member,drain,loss")
     parser.add_argument("--loss", choices=("host", "link"), default="host")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/direct.py: run as root", file=sys.stderr)
+    if not_root("bench/direct.py"):
         return 1
     results: dict = {"load_at_start": load_average()}
     with Lab(unique_prefix("lb"), hosts=("a", "b", "c")) as lab:
@@ -342,9 +337,7 @@ def main() -> int:
         print(f"balancer loss: outage median {summary['outage_median_s']:.3f} s, p95 {summary['outage_p95_s']:.3f} s, "
               f"max {summary['outage_max_s']:.3f} s; held associations answering afterwards "
               f"{summary['held_answering']} of {summary['held']}", flush=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
+    write_json(args.json, results)
     return 0
 
 

@@ -28,6 +28,7 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -83,8 +84,7 @@ def main() -> int:
     parser.add_argument("--keep-alive", action="store_true", help="all scrapes on one connection, as Prometheus")
     parser.add_argument("--json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/metrics_storm.py: run as root", file=sys.stderr)
+    if not_root("bench/metrics_storm.py"):
         return 1
     rate, seconds = min(args.rate, 1000.0), min(args.seconds, 60.0)
     figures: dict = {"rate": rate, "seconds": seconds, "realtime": args.realtime, "keep_alive": args.keep_alive}

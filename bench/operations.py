@@ -14,7 +14,6 @@ Run as root: .venv/bin/python bench/operations.py [--trials 5]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -22,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root, write_json  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -99,8 +99,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/operations.py: run as root", file=sys.stderr)
+    if not_root("bench/operations.py"):
         return 1
     results = {}
     for kind in ("release", "takeover", "restart"):
@@ -116,9 +115,7 @@ def main() -> int:
               f"{results[kind]['move_max_ms']} ms; failures: {results[kind]['failed_echoes']} echoes, "
               f"{results[kind]['failed_stores']} stores; slowest answer: echo "
               f"{results[kind]['slowest_echo_s']:.2f} s, store {results[kind]['slowest_store_s']:.2f} s", flush=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
+    write_json(args.json, results)
     return 0
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root  # noqa: E402
 
 from lab import Lab, unique_prefix  # noqa: E402
 from lab.dicom import start_storescp  # noqa: E402
@@ -65,8 +66,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--members", type=int, default=2, choices=(1, 2, 3))
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/pacs_cluster.py: run as root", file=sys.stderr)
+    if not_root("bench/pacs_cluster.py"):
         return 1
     rows = []
     for number in range(1, args.trials + 1):

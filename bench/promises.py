@@ -28,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root, write_json  # noqa: E402
 
 from lab import Lab, unique_prefix                      # noqa: E402
 from lab.announcements import AnnouncementWatch         # noqa: E402
@@ -80,8 +81,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/promises.py: run as root", file=sys.stderr)
+    if not_root("bench/promises.py"):
         return 1
     rows = [trial(i + 1) for i in range(args.trials)]
     leases = [r["lease_expired_after_kill_s"] for r in rows]
@@ -94,9 +94,7 @@ def main() -> int:
         print(f"{kind}: counts {counts}; first after the transition to MASTER: median "
               f"{statistics.median(firsts) * 1000:.1f} ms, max {max(firsts) * 1000:.1f} ms; span median "
               f"{statistics.median(spans):.3f} s, min {min(spans):.3f} s, max {max(spans):.3f} s")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
+    write_json(args.json, rows)
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import socket
 import statistics
@@ -43,7 +42,8 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.direct import Held, attempts, load_average, member_states, syn_retransmissions  # noqa: E402
+from bench.common import load_average, not_root, p95, write_json  # noqa: E402
+from bench.direct import Held, attempts, member_states, syn_retransmissions  # noqa: E402
 from hapacs.haproxy import stats_socket        # noqa: E402
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -79,7 +79,10 @@ def show_stat(path: str) -> dict[str, dict]:
 
 
 class StatWatch:
-    """`show stat` of one HAProxy every POLL_S, in a thread: [(monotonic t, rows)]."""
+    """`show stat` of one HAProxy every POLL_S, in a thread: [(monotonic t, rows)]. Bounded in time
+    even when a failed wait skips stop(): every scene it watches lasts seconds."""
+
+    LIMIT_S = 120.0
 
     def __init__(self, path: str):
         self.path, self.samples, self.done = path, [], threading.Event()
@@ -87,7 +90,8 @@ class StatWatch:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.done.wait(POLL_S):
+        deadline = time.monotonic() + self.LIMIT_S
+        while not self.done.wait(POLL_S) and time.monotonic() < deadline:
             try:
                 rows = show_stat(self.path)
             except (OSError, KeyError, ValueError):
@@ -256,8 +260,7 @@ def balancer_loss(lab, cluster, trials: int) -> dict:
         lab.wait_for(lambda: answered(path, since=back) >= 10, 10, what="served by c")
     lab.stop(probe)
     outages = sorted(r["outage_s"] for r in rows)
-    p95 = outages[min(len(outages) - 1, round(0.95 * (len(outages) - 1)))]
-    return {"rows": rows, "outage_median_s": statistics.median(outages), "outage_p95_s": p95,
+    return {"rows": rows, "outage_median_s": statistics.median(outages), "outage_p95_s": p95(outages),
             "outage_max_s": outages[-1]}
 
 
@@ -299,8 +302,7 @@ def main() -> int:
     parser.add_argument("--png")
     parser.add_argument("--scenarios", default="member,drain,loss")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/proxy.py: run as root", file=sys.stderr)
+    if not_root("bench/proxy.py"):
         return 1
     results: dict = {"load_at_start": load_average()}
     with Lab(unique_prefix("lq"), hosts=("a", "b", "c")) as lab:
@@ -337,8 +339,7 @@ def main() -> int:
         for scene in [results.get("member"), *results.get("drain", [])]:
             if scene:
                 scene.pop("samples", None)
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
+        write_json(args.json, results)
     return 0
 
 

@@ -22,12 +22,12 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import exit_with  # noqa: E402
 
 from lab import unique_prefix  # noqa: E402
 from lab.cluster import AgentCluster  # noqa: E402
@@ -172,8 +172,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except subprocess.CalledProcessError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
+    exit_with(main)

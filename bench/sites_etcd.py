@@ -27,11 +27,11 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import exit_with, p95  # noqa: E402
 
 from lab import unique_prefix  # noqa: E402
 from lab.cluster import AgentCluster  # noqa: E402
@@ -66,11 +66,6 @@ def ready(lab, cluster, host: str) -> None:
 def served(lab, out: str, since: float, count: int = 20) -> None:
     lab.wait_for(lambda: os.path.exists(out) and sum(1 for r in load(out) if r["ok"] and r["t"] > since) >= count,
                  20, what="the workstation served")
-
-
-def p95(values: list[float]) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
 
 
 def summary(values: list[float], unit: str = "s") -> str:
@@ -263,8 +258,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except subprocess.CalledProcessError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
+    exit_with(main)

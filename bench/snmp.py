@@ -17,13 +17,13 @@ Run as root: .venv/bin/python bench/snmp.py [--walks 10] [--burst 1000] [--garba
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import not_root, write_json  # noqa: E402
 
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -86,8 +86,7 @@ def main() -> int:
     parser.add_argument("--garbage", type=int, default=3000)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/snmp.py: run as root", file=sys.stderr)
+    if not_root("bench/snmp.py"):
         return 1
     figures: dict = {}
     with Lab(unique_prefix("bs")) as lab:
@@ -158,9 +157,7 @@ def main() -> int:
               f"{lines_added} log line(s); MASTER's timer at most {garbage['timer_late_ms_max_during']:.1f} ms late "
               f"(last minute); pacs-b received {received} of ~{round(window / 0.1)} heartbeats; "
               f"{garbage['transitions']} transitions", flush=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=1)
+    write_json(args.json, figures)
     return 0
 
 
