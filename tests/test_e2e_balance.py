@@ -58,7 +58,20 @@ def echoes(lab, count: int) -> list[bool]:
 
 
 def haproxy_pid(cluster, host: str) -> int:
-    return int(Path(cluster.dir, f"{host}-state", "haproxy", "haproxy.pid").read_text().split()[0])
+    """The HAProxy master's PID from its pid file.
+
+    HAProxy truncates and rewrites the file when it reloads, so an empty read
+    is waited out (a deadline, not a sleep) rather than taken as an answer."""
+    path = Path(cluster.dir, f"{host}-state", "haproxy", "haproxy.pid")
+    found: list[int] = []
+
+    def written() -> bool:
+        words = path.read_text().split() if path.exists() else []
+        found[:] = [int(words[0])] if words else []
+        return bool(found)
+
+    cluster.lab.wait_for(written, 5, what=f"{path} written")
+    return found[0]
 
 
 def holder_lines(path: str) -> list[str]:
