@@ -34,6 +34,7 @@ from .balanceconfig import BalanceConfig, ServiceConfig
 
 HAPROXY = "haproxy"
 START_TIMEOUT_S = 10.0
+CHECK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 STATS_TIMEOUT_S = 2.0
 LOG_LINES_KEPT = 20
@@ -212,10 +213,21 @@ class HAProxy:
         candidate = self.config_path + ".new"
         with open(candidate, "w", encoding="utf-8") as handle:
             handle.write(text)
-        checked = await asyncio.create_subprocess_exec(
-            self.binary, "-c", "-f", candidate, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await checked.communicate()
+        try:
+            checked = await asyncio.create_subprocess_exec(
+                self.binary, "-c", "-f", candidate, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        except OSError as err:
+            raise HAProxyError(f"cannot run {self.binary} -c: {err.strerror or err}") from None
+        try:
+            # Bounded: a start or a reload must not wait for ever on a check that hangs
+            # (a resolver in the configuration, a stuck file system); it is killed and reaped.
+            output, _ = await asyncio.wait_for(checked.communicate(), CHECK_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            checked.kill()
+            await checked.wait()
+            raise HAProxyError(f"{self.binary} -c did not answer within {CHECK_TIMEOUT_S:g} s "
+                               f"on the configuration written from balance: ({candidate})") from None
         if checked.returncode != 0:
             lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
             raise HAProxyError(f"HAProxy refuses the configuration written from balance: ({candidate}): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import shutil
 import socket
 
@@ -173,6 +174,21 @@ def test_a_configuration_haproxy_refuses_is_an_error_naming_the_reason(tmp_path)
     missing = haproxy.HAProxy(str(tmp_path), binary="no-haproxy-here")
     with pytest.raises(haproxy.HAProxyError, match="no-haproxy-here is not installed"):
         asyncio.run(missing.check("global\n"))
+
+
+def test_a_haproxy_check_that_hangs_is_killed_and_an_error(tmp_path, monkeypatch):
+    """A stand-in for `haproxy -c` that never answers (the real one answers at once: a hang cannot be
+    provoked with it here): the start or reload that asked gets an error, the process is reaped."""
+    hung = tmp_path / "haproxy"
+    hung.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 30\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(haproxy, "CHECK_TIMEOUT_S", 0.5)
+    proxy = haproxy.HAProxy(str(tmp_path / "state"), binary=str(hung))
+    with pytest.raises(haproxy.HAProxyError, match=r"haproxy -c did not answer within 0.5 s"):
+        asyncio.run(proxy.check("global\n"))
+    pid = int((tmp_path / "pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the hung check is killed and reaped, not left behind"
+    assert not os.path.exists(proxy.config_path), "nothing installed"
 
 
 def test_show_stat_rows_and_member_states():
