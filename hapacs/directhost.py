@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import shutil
 
-from . import nftcommand
+from . import nftcommand, sysctl
 
-SYSCTL = "/proc/sys/net/ipv4/conf/{}/{}"
 WANTED = {"arp_ignore": (1, 2), "arp_announce": (2,)}
 
 
@@ -36,14 +35,6 @@ def balanced_vips(config) -> set:
 def on_loopback(config, ip, owner: str | None) -> bool:
     """A VIP this node carries on lo as a direct-routing member: not a VIP 'owned' by the host."""
     return owner == "lo" and ip in balanced_vips(config)
-
-
-def _sysctl(interface: str, name: str) -> int | None:
-    try:
-        with open(SYSCTL.format(interface, name), encoding="ascii") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def is_member(config, facts) -> bool:
@@ -75,7 +66,7 @@ def problems(config, facts, problem) -> None:
 
 def _arp(interface: str, key: str, problem) -> None:
     for name, allowed in WANTED.items():
-        values = [_sysctl(where, name) for where in ("all", interface)]
+        values = [sysctl.read(f"ipv4/conf/{where}/{name}") for where in ("all", interface)]
         if None in values:
             continue        # no such interface: reported by hostcheck already
         if max(values) not in allowed:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import nftcommand
+from . import nftcommand, sysctl
 from .nftcommand import NftError
 
 NFT_TABLE = "hapacs_proxy"
@@ -141,22 +141,14 @@ def problems(config, problem) -> None:
     # sub-associations); an ICMP redirect would send a member around it, answers of balanced
     # associations included, so the holder must not send any (the kernel sends if all OR the interface says so).
     interface = next((v.interface for v in config.vips if v.address.ip == balance.vip), config.cluster.interface)
-    if _sysctl("ipv4/ip_forward") == 0:
+    if sysctl.read("ipv4/ip_forward") == 0:
         problem(key, "transparent: this node must forward the other members' connections to the workstations "
                 "when it holds the VIP (C-MOVE sub-associations): sysctl -w net.ipv4.ip_forward=1 (and in "
                 "/etc/sysctl.d)")
-    sending = [where for where in ("all", interface) if _sysctl(f"ipv4/conf/{where}/send_redirects") == 1]
+    sending = [where for where in ("all", interface) if sysctl.read(f"ipv4/conf/{where}/send_redirects") == 1]
     if sending:
         problem(key, "transparent: ICMP redirects would send the members around the VIP holder: " + "; ".join(
             f"sysctl -w net.ipv4.conf.{where}.send_redirects=0" for where in sending) + " (and in /etc/sysctl.d)")
-
-
-def _sysctl(name: str) -> int | None:
-    try:
-        with open(f"/proc/sys/net/{name}", encoding="ascii") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 class HostRouting:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hapacs import config as cfg, directdrain, directhost
+from hapacs import config as cfg, directdrain, directhost, sysctl
 from hapacs.balancer import members_of
 from hapacs.buckets import BUCKETS
 from hapacs.directbalancer import DirectBalancer, alive_members, service_rules
@@ -148,9 +148,9 @@ def facts(lo: list[str]) -> HostFacts:
 
 def sysctls(monkeypatch, tmp_path, values: dict[tuple[str, str], int]):
     for (where, name), value in values.items():
-        (tmp_path / where).mkdir(parents=True, exist_ok=True)
-        (tmp_path / where / name).write_text(f"{value}\n")
-    monkeypatch.setattr(directhost, "SYSCTL", str(tmp_path) + "/{}/{}")
+        (tmp_path / "ipv4" / "conf" / where).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ipv4" / "conf" / where / name).write_text(f"{value}\n")
+    monkeypatch.setattr(sysctl, "ROOT", str(tmp_path))
 
 
 def member_problems(config, lo) -> list[tuple[str, str]]:
