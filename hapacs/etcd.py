@@ -200,11 +200,6 @@ class EtcdClient:
         """The member's status (answers without a quorum): is this endpoint an etcd that answers?"""
         return await self.call("/v3/maintenance/status", {}, "status")
 
-    async def delete_if_value(self, key: bytes, value: bytes) -> bool:
-        """Delete the key only while it still holds `value` (a holder giving up, not a rival's key)."""
-        answer = await self.call("/v3/kv/txn", wire.delete_if_value_body(key, value), "delete")
-        return wire.parse_succeeded(answer, "delete")
-
     async def watch(self, key: bytes, start_revision: int = 0) -> AsyncIterator[WatchMessage]:
         """Messages of a watch on one key, the first with `created`; ends (EtcdError) when the
         stream breaks. Opening it fails over like any request; waiting for events has no deadline."""

@@ -114,11 +114,6 @@ def take_body(key: bytes, value: bytes, lease_id: int) -> dict:
             "failure": [{"request_range": {"key": b64(key)}}]}
 
 
-def delete_if_value_body(key: bytes, value: bytes) -> dict:
-    return {"compare": [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}],
-            "success": [{"request_delete_range": {"key": b64(key)}}]}
-
-
 def watch_body(key: bytes, start_revision: int = 0) -> dict:
     request: dict[str, Any] = {"key": b64(key)}
     if start_revision:

@@ -21,10 +21,18 @@ import sys
 import time
 
 from hapacs.etcd import EtcdClient, tls_context
-from hapacs.etcdwire import DELETE, EtcdError
+from hapacs.etcdwire import DELETE, EtcdError, b64, parse_succeeded
 
 WAIT_S = 15.0
 KEEPALIVES = 5
+
+
+async def delete_if_value(client: EtcdClient, key: bytes, value: bytes) -> bool:
+    """Delete the key only while it still holds `value`: the probe's own transaction through the
+    client (hapacs itself never deletes a key: it revokes its lease)."""
+    body = {"compare": [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}],
+            "success": [{"request_delete_range": {"key": b64(key)}}]}
+    return parse_succeeded(await client.call("/v3/kv/txn", body, "delete"), "delete")
 
 
 async def lease(client: EtcdClient, ttl_s: int) -> dict:
@@ -47,8 +55,8 @@ async def take(client: EtcdClient, rival: EtcdClient, key: bytes) -> dict:
     second = await rival.take(key, b"node-b", theirs.id)
     retried = await client.take(key, b"node-a", mine.id)
     held = await client.get(key)
-    wrong_delete = await rival.delete_if_value(key, b"node-b")
-    right_delete = await client.delete_if_value(key, b"node-a")
+    wrong_delete = await delete_if_value(rival, key, b"node-b")
+    right_delete = await delete_if_value(client, key, b"node-a")
     after = await client.get(key)
     for lease_id in (mine.id, theirs.id):
         await client.revoke(lease_id)
@@ -79,7 +87,7 @@ async def watch(client: EtcdClient, key: bytes, ttl_s: int | None) -> dict:
         taken_at = time.monotonic()
         await client.take(key, b"holder", granted.id)
         if ttl_s is None:
-            await client.delete_if_value(key, b"holder")
+            await delete_if_value(client, key, b"holder")
         await asyncio.wait_for(watcher, WAIT_S + (ttl_s or 0))
     finally:
         watcher.cancel()
