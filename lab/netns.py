@@ -527,11 +527,12 @@ class Lab:
                 for link in json.loads(shown.stdout) for info in link.get("addr_info", [])
                 if info.get("scope") != "link"}
 
-    def holders(self, vip: str) -> list[str]:
-        """Hosts (in lab order) whose interface has `vip` ("192.0.2.100" or with "/24")."""
+    def holders(self, vip: str, hosts=None) -> list[str]:
+        """Hosts (in lab order; among `hosts` when given) whose interface has `vip` ("192.0.2.100"
+        or with "/24")."""
         wanted = ipaddress.ip_interface(vip).ip
-        return [host for host in self.hosts
-                if any(ipaddress.ip_interface(a).ip == wanted for a in self.addresses(host))]
+        return [host for host in self.hosts if (hosts is None or host in hosts)
+                and any(ipaddress.ip_interface(a).ip == wanted for a in self.addresses(host))]
 
     wait_for = staticmethod(wait_for)
 

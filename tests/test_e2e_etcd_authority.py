@@ -13,7 +13,6 @@ import os
 import signal
 from pathlib import Path
 import sys
-import threading
 import time
 
 import pytest
@@ -23,6 +22,7 @@ from lab.dicom import start_storescp
 from lab.etcd import CLIENT_PORT, make_certificates, require_etcd_tools, start_etcd_cluster
 from lab.outage import load
 from lab.probe import start_probe
+from lab.sampling import HolderSampler
 
 from .e2e import VIP, settle, workstation_echo
 from .fixtures import lab_fixture
@@ -45,30 +45,6 @@ def pacs(lab):
     """A DICOM server on a and b, for the workstation's C-ECHOes to the VIP."""
     for host in ("a", "b"):
         start_storescp(lab, lab.ns(host), port=104, aet="PACS")
-
-
-class VipSampler:
-    """Who holds the VIP on a and b, every ~20 ms in a thread: (monotonic, holders)."""
-
-    def __init__(self, lab):
-        self.lab, self.samples, self._stop = lab, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        deadline = time.monotonic() + 60
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            holders = tuple(h for h in ("a", "b") if f"{VIP}/24" in self.lab.addresses(h))
-            self.samples.append((time.monotonic(), holders))
-            self._stop.wait(0.02)
-
-    def stop(self) -> list:
-        self._stop.set()
-        self._thread.join(5)
-        return self.samples
-
-    def doubles(self) -> list:
-        return [(t, h) for t, h in self.samples if len(h) > 1]
 
 
 def etcd_cluster(lab, etcd, prefix: str, endpoints=None, hosts=(("a", 150), ("b", 100)), **etcd_extra) -> AgentCluster:
@@ -128,13 +104,14 @@ def test_the_best_node_holds_the_lease_and_a_kill_9_moves_it(lab, etcd, pacs):
         assert "authority etcd: lease held by pacs-a" in table.stdout, table.stdout
         assert workstation_echo(lab)
 
-        sampler = VipSampler(lab)
+        sampler = HolderSampler(lab, VIP, interval_s=0.02, limit_s=60, hosts=("a", "b")).start()
         killed = time.monotonic()
         cluster.kill("a", signal.SIGKILL)
         lab.wait_for(lambda: cluster.state("b") == "MASTER", TTL + 3, what="b MASTER")
         took_over = master_since(cluster, "b") - killed
         lab.wait_for(lambda: lab.holders(VIP) == ["b"], 5, what="b the only holder")
-        samples = sampler.stop()
+        sampler.stop()
+        samples = sampler.samples
         overlap = [t for t, _ in sampler.doubles()]
         print(f"kill -9: b MASTER {took_over:.2f} s later; {len(samples)} samples, the dead agent's address "
               f"beside b's for {overlap[-1] - overlap[0] if overlap else 0:.2f} s")
@@ -157,12 +134,13 @@ def test_a_master_cut_from_etcd_drops_the_vip_before_the_other_gets_the_key(lab,
     try:
         cluster.start_all()
         settle(lab, cluster, "a", timeout=15)
-        sampler = VipSampler(lab)
+        sampler = HolderSampler(lab, VIP, interval_s=0.02, limit_s=60, hosts=("a", "b")).start()
         cut_at = time.monotonic()
         cut_from_etcd(lab, "a", True)
         lab.wait_for(lambda: cluster.state("b") == "MASTER", TTL + 5, what="b MASTER")
         lab.wait_for(lambda: lab.holders(VIP) == ["b"], 3, what="b the only holder")
-        samples = sampler.stop()
+        sampler.stop()
+        samples = sampler.samples
         left = [t for t in cluster.transitions("a") if t["from"] == "MASTER"][-1]
         dropped = left["monotonic"]
         b_master = master_since(cluster, "b")

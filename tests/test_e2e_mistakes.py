@@ -19,15 +19,14 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import threading
 import time
-from typing import Self
 
 import pytest
 
 from hapacs.states import State
 from lab.cluster import AgentCluster
 from lab.dicom import start_storescp
+from lab.sampling import BackgroundLoop, HolderSampler
 
 from .e2e import VIP, one_holder, settle
 from .fixtures import lab_fixture
@@ -36,79 +35,9 @@ from .test_e2e_snmp import SNMP, require_net_snmp, start_trapd, traps
 
 lab = lab_fixture("mc", before=require_net_snmp)
 
-SAMPLE_INTERVAL_S = 0.05
 COLD_STARTS = 10                 # with checks on each node; and as many more without checks
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
-
-
-class BackgroundLoop:
-    """`_run` in a daemon thread from the `with` block's start to its end, even when the body fails.
-
-    `_run` must be bounded in count and time, and wait on `self._stop` between its rounds.
-    """
-
-    name = "background-loop"
-
-    def __init__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-
-class HolderSampler(BackgroundLoop):
-    """Who holds the VIP, sampled every 50 ms in a background thread (bounded in time and count)."""
-
-    name = "vip-sampler"
-
-    def __init__(self, lab, vip: str = VIP, limit_s: float = 300.0):
-        self.lab, self.vip, self.limit_s = lab, vip, limit_s
-        self.samples: list[tuple[float, tuple[str, ...]]] = []
-        self.errors: list[BaseException] = []
-        super().__init__()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.limit_s
-        for _ in range(int(self.limit_s / SAMPLE_INTERVAL_S) + 1):
-            if self._stop.is_set() or time.monotonic() > deadline:
-                return
-            started = time.monotonic()
-            try:
-                self.samples.append((started, tuple(self.lab.holders(self.vip))))
-            except BaseException as error:   # handed to the test through check()
-                self.errors.append(error)
-                return
-            self._stop.wait(max(0.0, SAMPLE_INTERVAL_S - (time.monotonic() - started)))
-
-    def since(self, mark: float) -> list[tuple[str, ...]]:
-        return [holders for at, holders in self.samples if at >= mark]
-
-    def check(self, mark: float = 0.0) -> None:
-        """No sample since `mark` with two holders; the sampler itself worked and kept its pace."""
-        assert not self.errors, f"sampling the VIP failed: {self.errors[0]!r}"
-        taken = [(at, holders) for at, holders in self.samples if at >= mark]
-        assert len(taken) >= 5, f"only {len(taken)} samples"
-        doubles = [(round(at - taken[0][0], 3), holders) for at, holders in taken if len(holders) > 1]
-        assert not doubles, f"two VIP holders at (s, holders): {doubles[:10]}"
-
-    def gaps_s(self) -> tuple[float, float]:
-        """(mean, longest) time between samples: the pace the machine allowed."""
-        times = [at for at, _ in self.samples]
-        gaps = [b - a for a, b in zip(times, times[1:])] or [0.0]
-        return sum(gaps) / len(gaps), max(gaps)
 
 
 def write_key(path: str) -> str:
@@ -165,7 +94,7 @@ def test_a_node_that_cannot_read_its_peer_never_takes_the_vips(lab, cause, b_pri
              else {"id": cluster.cluster_id + 1})
     cluster.add("b", b_priority, cluster=wrong, snmp=SNMP)     # the NMS (snmptrapd) is the workstation
     _, trap_log = start_trapd(lab)
-    with HolderSampler(lab) as sampler:
+    with HolderSampler(lab, VIP) as sampler:
         try:
             # b hears a living MASTER it cannot read: it says so and stays off the VIPs.
             found = b_joins_and_stays_off(lab, cluster, sampler, cause, "b reports a misconfigured peer")
@@ -197,7 +126,7 @@ def test_the_misconfigured_node_takes_over_once_the_master_it_could_not_read_is_
     cluster = AgentCluster(lab)
     cluster.add("a", 150)
     cluster.add("b", 100, cluster={"auth_key_file": write_key(os.path.join(cluster.dir, "other.key"))})
-    with HolderSampler(lab) as sampler:
+    with HolderSampler(lab, VIP) as sampler:
         try:
             join_running_master(lab, cluster, sampler)
             lab.wait_for(lambda: any(m["blocking"] for m in misconfigured(cluster, "b")), 5,
@@ -244,7 +173,7 @@ def test_forged_heartbeats_after_the_cluster_ran_neither_move_a_vip_nor_stop_a_f
     cluster = AgentCluster(lab)
     cluster.add("a", 150)
     cluster.add("b", 100)
-    with HolderSampler(lab) as sampler:
+    with HolderSampler(lab, VIP) as sampler:
         try:
             cluster.start_all()
             settle(lab, cluster, "a")
@@ -276,7 +205,7 @@ def test_two_nodes_with_one_name_never_both_hold_the_vips(lab, b_priority):
     cluster = AgentCluster(lab)
     cluster.add("a", 150 if b_priority < 150 else 100)
     cluster.add("b", b_priority, node={"name": "pacs-a"})    # b's file copied from a, name not edited
-    with HolderSampler(lab) as sampler:
+    with HolderSampler(lab, VIP) as sampler:
         try:
             b_joins_and_stays_off(lab, cluster, sampler, "name", "b reports its twin")
             assert one_holder(lab) == "a" and cluster.state("b") == "BACKUP"
@@ -329,7 +258,7 @@ def test_a_simultaneous_cold_start_elects_the_best_node_every_time(lab, with_che
     cluster.add("b", 100)
     began = time.monotonic()
     elected = []
-    with HolderSampler(lab) as sampler:
+    with HolderSampler(lab, VIP) as sampler:
         try:
             for round_number in range(COLD_STARTS):
                 # The worse node started first is the hard case: it listens first.
