@@ -106,6 +106,12 @@ class PeerTable:
                 parts.append(f"{peer.name} silent for {now - peer.last_seen:.1f} s")
             elif Flags.MAINTENANCE in peer.flags:
                 parts.append(f"{peer.name} in maintenance")
+            elif peer.state == State.BACKUP and Flags.HELD in peer.flags:
+                # Its heartbeats say it is held back, not by what: its own status says.
+                parts.append(f"{peer.name} BACKUP but held back (first check results, its BGP session "
+                             f"or the etcd lease: `hapacs status` on {peer.name} says which)")
+            elif peer.state == State.BACKUP and peer.priority == 0:
+                parts.append(f"{peer.name} BACKUP with priority 0 (its checks lowered it)")
             else:
                 parts.append(f"{peer.name} {peer.state.name}")
         return " (" + ", ".join(parts) + ")"

@@ -310,6 +310,20 @@ def test_release_refused_without_healthy_backup_and_on_backup():
         sim.command("a", "release", 30.0)
 
 
+def test_a_refused_release_says_a_held_backup_is_held_back():
+    """A BACKUP held back (first check results, the BGP gate, the etcd lease) is no candidate:
+    the refusal says so and where to look, not only "b BACKUP"."""
+    sim = two_nodes()
+    sim.command("b", "set_hold", "bgp", "BGP session uplink not stable yet")
+    sim.run(0.3)
+    with pytest.raises(CommandRefused, match=r"no healthy BACKUP.*b BACKUP but held back .*`hapacs status` on b"):
+        sim.command("a", "release", 30.0)
+    sim.command("b", "set_hold", "bgp", None)
+    sim.run(0.3)
+    sim.command("a", "release", 30.0)
+    sim.run_until(lambda: sim.masters() == ["b"], 3.0, "b master after the hold ends")
+
+
 def test_release_hands_over_after_drain_and_new_master_is_sticky():
     sim = two_nodes(preempt_delay=0.0)
     sim.nodes["a"].drain_delay_s = 1.5
