@@ -521,3 +521,11 @@ def both_held(initial: dict[str, bool], events: list[tuple[float, str, bool]]) -
             spans.append(stamp - both_since)
             both_since = None
     return spans
+
+
+def ready_to_take_over(cluster, host: str) -> bool:
+    """`host` may become MASTER: its BGP gate open (a session Established for bgp.stable_for) and its
+    checks up. Until then its heartbeats say it is held back, and a release has nobody to go to."""
+    status = cluster.status(host) or {}
+    return status.get("state") == "BACKUP" and (status.get("bgp") or {}).get("ready") is True \
+        and all(check["ok"] for check in status.get("checks", []))

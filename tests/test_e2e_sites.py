@@ -27,7 +27,8 @@ from lab.cluster import AgentCluster
 from lab.dicom import echo, start_storescp
 from lab.netns import in_namespace, list_namespaces, unique_prefix
 from lab.sites import AGENT_DEAD_AFTER as DEAD_AFTER
-from lab.sites import VIP, CoreSampler, SiteRouteMonitor, SitesLab, VipProbe, agent_extra
+from lab.sites import (VIP, CoreSampler, SiteRouteMonitor, SitesLab, VipProbe, agent_extra,
+                       ready_to_take_over)
 
 ECHO = {"name": "pacs-dicom", "type": "dicom-echo", "port": 104, "called_ae": "PACS",
         "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 2}
@@ -79,6 +80,7 @@ def test_the_masters_site_announces_the_vip_and_the_workstation_reaches_it(lab, 
 
 def test_release_moves_the_route_to_the_other_site_without_a_failed_echo(lab, cluster):
     lab.wait_serving(cluster, "a")
+    lab.wait_for(lambda: ready_to_take_over(cluster, "b"), 10, what="b ready to take over")
     probe = VipProbe(lab, "release.jsonl", duration=30, timeout=3.0)
     # A release hands over make before break, as with ARP VIPs: b announces, a withdraws when it
     # hears b, so the core's BGP table knows both for a few ms (BENCHMARKS.md: median 3 ms). What

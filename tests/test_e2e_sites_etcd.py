@@ -30,7 +30,7 @@ from lab.cluster import AgentCluster
 from lab.dicom import echo, start_storescp
 from lab.etcd import require_etcd_tools
 from lab.netns import unique_prefix
-from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, VipProbe, etcd_agent_extra
+from lab.sites import AGENT_DEAD_AFTER, VIP, SitesLab, VipProbe, etcd_agent_extra, ready_to_take_over
 
 TTL = 2
 STABLE_FOR_S = 1.0
@@ -106,6 +106,7 @@ def test_a_site_cut_off_from_etcd_stops_serving_before_its_lease_expires(lab, cl
 
 def test_release_across_sites_passes_lease_and_route_with_no_failed_echo(lab, cluster):
     serving(lab, cluster, "b")
+    lab.wait_for(lambda: ready_to_take_over(cluster, "a"), 10, what="a ready to take over")
     # A SYN held back by the drain (dropped) and again in the gap between the sites (the core's
     # discard route) is sent a third time 3 s after the first: the workstation waits up to 5 s.
     probe = VipProbe(lab, "release-etcd.jsonl", duration=20, timeout=5.0)
