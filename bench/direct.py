@@ -121,13 +121,20 @@ def build(lab) -> tuple[AgentCluster, dict]:
         pacs[host] = start_storescp(lab, lab.ns(host), port=104, aet="PACS", fork=True)
     # pacs-c's PACS only keeps its health check up (balance.services[].health names it): no member
     pacs["c"] = start_storescp(lab, lab.ns("c"), port=104, aet="PACS", fork=True)
-    cluster = AgentCluster(lab, checks={host: CHECK for host in "abc"})
+    return start_balancing(lab, CHECK, BALANCE), pacs
+
+
+def start_balancing(lab, check: list[dict], balance: dict) -> AgentCluster:
+    """The agents of both benches (this one and bench/proxy.py): pacs-c (200) the balancer,
+    pacs-a (150) and pacs-b (100) the members, each with `check`; once pacs-c holds the VIP and
+    sees both members up."""
+    cluster = AgentCluster(lab, checks={host: check for host in "abc"})
     for host, priority in (("c", 200), ("a", 150), ("b", 100)):
-        cluster.add(host, priority, balance=BALANCE)
+        cluster.add(host, priority, balance=balance)
     cluster.start_all()
     lab.wait_for(lambda: cluster.masters() == ["c"] and lab.holders(VIP) == ["c"], 30, what="pacs-c MASTER")
     lab.wait_for(lambda: member_states(cluster, "c") == {"pacs-a": "up", "pacs-b": "up"}, 20, what="members up")
-    return cluster, pacs
+    return cluster
 
 
 def attempts(path: str, since: float, until: float = float("inf")) -> dict:

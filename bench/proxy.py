@@ -43,7 +43,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import load_average, not_root, p95, write_json  # noqa: E402
-from bench.direct import Held, attempts, member_states, syn_retransmissions  # noqa: E402
+from bench.direct import Held, attempts, member_states, start_balancing, syn_retransmissions  # noqa: E402
 from hapacs.haproxy import stats_socket        # noqa: E402
 from lab import Lab, unique_prefix              # noqa: E402
 from lab.cluster import AgentCluster            # noqa: E402
@@ -130,13 +130,7 @@ def brief(counts: dict) -> dict:
 
 def build(lab) -> tuple[AgentCluster, dict]:
     pacs = {host: start_storescp(lab, lab.ns(host), port=PORT, aet="PACS", fork=True) for host in "abc"}
-    cluster = AgentCluster(lab, checks={host: CHECK for host in "abc"})
-    for host, priority in (("c", 200), ("a", 150), ("b", 100)):
-        cluster.add(host, priority, balance=BALANCE)
-    cluster.start_all()
-    lab.wait_for(lambda: cluster.masters() == ["c"] and lab.holders(VIP) == ["c"], 30, what="pacs-c MASTER")
-    lab.wait_for(lambda: member_states(cluster, "c") == {"pacs-a": "up", "pacs-b": "up"}, 20, what="members up")
-    return cluster, pacs
+    return start_balancing(lab, CHECK, BALANCE), pacs
 
 
 def holder_socket(cluster, host: str) -> str:
